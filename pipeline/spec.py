@@ -1,0 +1,237 @@
+"""The job spec: YAML -> typed model, validated before any Ray call.
+
+Unknown keys and bad values raise SpecError naming the key (``caption.batch_size``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Inputs(_Section):
+    paths: list[str] = Field(default_factory=list, description="Files or glob patterns.")
+    manifest: Optional[str] = Field(None, description="Parquet, CSV or JSONL file with a `uri` column.")
+
+    @model_validator(mode="after")
+    def _some_input(self):
+        if not self.paths and not self.manifest:
+            raise ValueError("give inputs.paths or inputs.manifest")
+        return self
+
+
+class Output(_Section):
+    uri: str = Field(description="Output directory (local path or file:// URI).")
+    samples_per_shard: int = Field(64, ge=1)
+    overwrite: bool = Field(False, description="Replace an existing output directory.")
+
+    @field_validator("uri")
+    @classmethod
+    def _local_only(cls, v: str) -> str:
+        if "://" in v and not v.startswith("file://"):
+            raise ValueError(f"only local directories are supported as output for now, got {v!r}")
+        return v
+
+
+class Probe(_Section):
+    max_file_mb: float = Field(20_000, gt=0)
+    max_duration_s: float = Field(4 * 3600, gt=0)
+    min_side: int = Field(32, ge=1)
+    max_side: int = Field(8192, ge=1)
+
+
+class Analysis(_Section):
+    width: int = Field(256, ge=32, description="Analysis frames are downscaled to this width.")
+    sample_fps: float = Field(4.0, gt=0, description="Rate of the small frames kept for CLIP and the VLM.")
+    frame_size: int = Field(224, ge=16, description="Short side of the kept frames, pixels.")
+    frames_per_clip: int = Field(4, ge=1, le=32)
+    jpeg_quality: int = Field(85, ge=10, le=100)
+    flow_width: int = Field(128, ge=16, description="Optical flow runs at this width.")
+
+
+class Shots(_Section):
+    detector: Literal["content", "adaptive", "threshold"] = "content"
+    threshold: Optional[float] = Field(None, gt=0, description="Detector threshold; PySceneDetect's default when null.")
+    min_scene_len: int = Field(15, ge=1, description="Frames.")
+    min_clip_s: float = Field(1.0, ge=0)
+    max_clip_s: float = Field(20.0, gt=0)
+    trim_s: float = Field(0.0, ge=0, description="Trimmed from each end of a shot.")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max_clip_s < self.min_clip_s:
+            raise ValueError("max_clip_s must be >= min_clip_s")
+        return self
+
+
+class Scores(_Section):
+    min_motion: Optional[float] = Field(None, ge=0, description="Mean optical-flow magnitude, px/frame at flow_width.")
+    max_motion: Optional[float] = Field(None, ge=0)
+    min_sharpness: Optional[float] = Field(None, ge=0, description="Variance of the Laplacian.")
+    min_brightness: Optional[float] = Field(None, ge=0, le=255)
+    max_brightness: Optional[float] = Field(None, ge=0, le=255)
+    min_contrast: Optional[float] = Field(None, ge=0, description="Std of luma.")
+
+
+class ClipFilter(_Section):
+    keep_prompts: list[str] = Field(default_factory=lambda: ["a video frame"])
+    reject_prompts: list[str] = Field(default_factory=lambda: ["a blank screen", "a title card with text"])
+    frames: int = Field(3, ge=1)
+    max_reject_margin: Optional[float] = Field(0.0, description="Reject when reject_sim - keep_sim exceeds this.")
+    min_keep_sim: Optional[float] = None
+
+
+class Caption(_Section):
+    prompt: str = Field("clip_v1", description="Prompt file name under stages/prompts/ or a path.")
+    frames: int = Field(4, ge=1)
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.0, ge=0)
+
+
+class Chapters(_Section):
+    similarity_threshold: float = Field(0.85, ge=-1, le=1, description="New chapter below this adjacent-clip cosine.")
+    min_clips: int = Field(1, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    chapter_prompt: str = "chapter_v1"
+    video_prompt: str = "video_v1"
+
+
+class ClipModel(_Section):
+    name: str = "ViT-B-32"
+    pretrained: Optional[str] = Field("laion2b_s34b_b79k", description="open_clip tag, hf-hub id or local checkpoint path.")
+    config: Optional[str] = Field(None, description="JSON model config to register (custom or tiny models).")
+
+
+class VlmModel(_Section):
+    name_or_path: str = "Qwen/Qwen2.5-VL-3B-Instruct"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+
+class Models(_Section):
+    clip: ClipModel = ClipModel()
+    vlm: VlmModel = VlmModel()
+
+
+class StageResources(_Section):
+    concurrency: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: Union[float, Literal["auto"]] = Field(0.0, description="'auto': 1 when the cluster has GPUs.")
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _gpus(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError("must be >= 0 or 'auto'")
+        return v
+
+
+class Resources(_Section):
+    analyze: StageResources = StageResources(concurrency=2)
+    clip: StageResources = StageResources(batch_size=16)
+    caption: StageResources = StageResources(batch_size=4, num_gpus="auto")
+    hierarchy: StageResources = StageResources(batch_size=4, num_gpus="auto")
+    write: StageResources = StageResources(concurrency=2)
+
+
+class RayOptions(_Section):
+    address: Optional[str] = Field(None, description="null: RAY_ADDRESS if set (ray job submit), else an embedded local Ray.")
+    num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of the embedded local Ray.")
+    progress: bool = True
+
+
+class JobSpec(_Section):
+    name: str = "job"
+    inputs: Inputs
+    output: Output
+    probe: Probe = Probe()
+    analysis: Analysis = Analysis()
+    shots: Shots = Shots()
+    scores: Scores = Scores()
+    clip_filter: ClipFilter = ClipFilter()
+    caption: Caption = Caption()
+    chapters: Chapters = Chapters()
+    models: Models = Models()
+    resources: Resources = Resources()
+    ray: RayOptions = RayOptions()
+
+
+def _set_dotted(doc: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = doc
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise SpecError(f"--set {dotted}: {k} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def apply_overrides(doc: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` overrides; values are parsed as YAML (``1``, ``true``, ``[a, b]``)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise SpecError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        _set_dotted(doc, key.strip(), yaml.safe_load(raw))
+    return doc
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{key}: {msg}")
+    return "invalid job spec:\n  " + "\n  ".join(lines)
+
+
+def parse_spec(doc: dict) -> JobSpec:
+    if not isinstance(doc, dict):
+        raise SpecError("invalid job spec: the top level must be a mapping")
+    try:
+        return JobSpec.model_validate(doc)
+    except ValidationError as err:
+        raise SpecError(_format_error(err)) from None
+
+
+def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> JobSpec:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise SpecError(f"cannot read job spec {path}: {err.strerror}") from None
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"job spec {path} is not valid YAML: {err}") from None
+    return parse_spec(apply_overrides(doc, overrides or []))
+
+
+def check_inputs(spec: JobSpec) -> None:
+    """Fail early (before Ray) when the inputs section names nothing that exists."""
+    if spec.inputs.manifest and not Path(spec.inputs.manifest).is_file():
+        raise SpecError(f"inputs.manifest: no such file: {spec.inputs.manifest}")
+    for i, pattern in enumerate(spec.inputs.paths):
+        if not glob.glob(pattern) and not Path(pattern).exists():
+            raise SpecError(f"inputs.paths[{i}]: nothing matches {pattern!r}")
+
+
+def resolved_yaml(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def json_schema() -> dict:
+    return JobSpec.model_json_schema()

@@ -1,0 +1,118 @@
+"""Versioned pyarrow schemas of every output table (and the in-flight clip row).
+
+Tables are written with exactly these schemas; nothing is inferred from data.
+Bump SCHEMA_VERSION on any change a reader could notice.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+VIDEO_STATUS = ("ok", "rejected", "error")
+CLIP_STATUS = ("kept", "rejected")
+CAPTION_LEVELS = ("clip", "chapter", "video")
+
+
+def _versioned(name: str, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={"vidcurate.table": name, "vidcurate.schema_version": SCHEMA_VERSION})
+
+
+VIDEOS = _versioned("videos", [
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("size_bytes", pa.int64()),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("reason", pa.string()),
+    pa.field("message", pa.string()),
+    pa.field("container", pa.string()),
+    pa.field("codec", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("fps", pa.float64()),
+    pa.field("duration_s", pa.float64()),
+    pa.field("num_frames", pa.int64()),
+    pa.field("num_clips", pa.int32()),
+    pa.field("num_clips_kept", pa.int32()),
+    pa.field("caption_id", pa.string()),
+    pa.field("analysis_s", pa.float64()),
+])
+
+CLIPS = _versioned("clips", [
+    pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("index", pa.int32(), nullable=False),
+    pa.field("start_frame", pa.int64(), nullable=False),
+    pa.field("end_frame", pa.int64(), nullable=False),
+    pa.field("start_s", pa.float64(), nullable=False),
+    pa.field("end_s", pa.float64(), nullable=False),
+    pa.field("duration_s", pa.float64(), nullable=False),
+    pa.field("motion", pa.float32()),
+    pa.field("sharpness", pa.float32()),
+    pa.field("brightness", pa.float32()),
+    pa.field("contrast", pa.float32()),
+    pa.field("clip_keep_sim", pa.float32()),
+    pa.field("clip_reject_sim", pa.float32()),
+    pa.field("embedding", pa.list_(pa.float32())),
+    pa.field("clip_model", pa.string()),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("reason", pa.string()),
+    pa.field("chapter_id", pa.string()),
+    pa.field("caption_id", pa.string()),
+    pa.field("shard", pa.string()),
+    pa.field("key", pa.string()),
+])
+
+CAPTIONS = _versioned("captions", [
+    pa.field("caption_id", pa.string(), nullable=False),
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("clip_id", pa.string()),
+    pa.field("chapter_id", pa.string()),
+    pa.field("level", pa.string(), nullable=False),
+    pa.field("parent_id", pa.string()),
+    pa.field("start_s", pa.float64(), nullable=False),
+    pa.field("end_s", pa.float64(), nullable=False),
+    pa.field("duration_s", pa.float64(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("prompt_version", pa.string(), nullable=False),
+    pa.field("generation", pa.string(), nullable=False),
+])
+
+CHAPTERS = _versioned("chapters", [
+    pa.field("chapter_id", pa.string(), nullable=False),
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("index", pa.int32(), nullable=False),
+    pa.field("start_s", pa.float64(), nullable=False),
+    pa.field("end_s", pa.float64(), nullable=False),
+    pa.field("duration_s", pa.float64(), nullable=False),
+    pa.field("title", pa.string(), nullable=False),
+    pa.field("summary", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("clip_ids", pa.list_(pa.string()), nullable=False),
+    pa.field("caption_id", pa.string()),
+])
+
+TABLES = {"videos": VIDEOS, "clips": CLIPS, "captions": CAPTIONS, "chapters": CHAPTERS}
+
+# In-flight clip rows between Ray stages: the clips columns plus the sampled frames (small
+# JPEGs) and the clip caption produced by the caption stage.
+CLIP_WORK = pa.schema(list(CLIPS) + [
+    pa.field("frames", pa.list_(pa.binary())),
+    pa.field("caption_text", pa.string()),
+    pa.field("caption_model", pa.string()),
+    pa.field("caption_prompt_version", pa.string()),
+    pa.field("caption_generation", pa.string()),
+])
+
+
+def table(name: str, rows: list[dict]) -> pa.Table:
+    """Build an output table from row dicts with its declared schema (missing keys -> null)."""
+    schema = TABLES[name]
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+
+
+def work_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in CLIP_WORK} for r in rows], schema=CLIP_WORK)

@@ -1,0 +1,1 @@
+"""vidcurate stages: pure functions for the math plus one small class per Ray stage."""

@@ -1,0 +1,154 @@
+"""Analyze: one decode pass per video computing everything later stages need.
+
+Per frame, from a downscaled BGR frame produced by the decoder's scaler (never a full-size
+RGB array): shot-detector input, quality (sharpness, brightness, contrast) and optical-flow
+motion at a smaller size. Every ``fps / sample_fps`` frames, a small JPEG is kept; after the
+pass each clip gets ``frames_per_clip`` of them for CLIP and the VLM.
+
+Reads: uri, video_id, size_bytes. Adds: the videos columns plus ``clips`` (a list of
+in-flight clip rows, schemas.CLIP_WORK). Resources: resources.analyze (CPU tasks).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+import schemas
+from stages.base import Rejected, clip_id, subsample
+from stages.probe import open_video
+from stages.scores import clip_scores, flow_magnitude, frame_quality, score_reason
+from stages.shots import ShotDetector, assemble_clips, shots_from_cuts
+
+ANALYZED = pa.schema(list(schemas.VIDEOS) + [pa.field("clips", pa.list_(pa.struct(list(schemas.CLIP_WORK))))])
+MIN_COVERAGE = 0.9  # decoded span / container duration below this -> truncated
+
+
+def _even(x: float) -> int:
+    return max(2, int(round(x / 2)) * 2)
+
+
+def decode_pass(path: str, spec) -> tuple[dict, dict]:
+    """Decode ``path`` once. Returns (video metadata, per-frame signals and thumbnails)."""
+    import av
+    import cv2
+
+    container, stream, meta = open_video(path, spec.probe)
+    try:
+        stream.thread_type = "AUTO"
+        fps = meta["fps"] or 25.0
+        aw = min(spec.analysis.width, meta["width"])
+        ah = _even(meta["height"] * aw / meta["width"])
+        fw = min(spec.analysis.flow_width, aw)
+        fh = _even(meta["height"] * fw / meta["width"])
+        ts = spec.analysis.frame_size
+        short = min(meta["width"], meta["height"])
+        tw, th = _even(meta["width"] * ts / short), _even(meta["height"] * ts / short)
+        stride = max(1, int(round(fps / spec.analysis.sample_fps)))
+        detector = ShotDetector(detector=spec.shots.detector, threshold=spec.shots.threshold,
+                                min_scene_len=spec.shots.min_scene_len, fps=fps)
+        times, sharp, bright, contrast, motion, thumbs = [], [], [], [], [], []
+        prev = None
+        quality = [cv2.IMWRITE_JPEG_QUALITY, spec.analysis.jpeg_quality]
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                times.append(float(frame.time) if frame.time is not None else i / fps)
+                bgr = frame.to_ndarray(format="bgr24", width=aw, height=ah)
+                detector.feed(i, bgr)
+                gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+                s, b, c = frame_quality(gray)
+                sharp.append(s), bright.append(b), contrast.append(c)
+                small = cv2.resize(gray, (fw, fh), interpolation=cv2.INTER_AREA)
+                motion.append(flow_magnitude(prev, small) if prev is not None else np.nan)
+                prev = small
+                if i % stride == 0:
+                    thumb = frame.to_ndarray(format="bgr24", width=tw, height=th)
+                    thumbs.append((i, cv2.imencode(".jpg", thumb, quality)[1].tobytes()))
+        except av.error.FFmpegError as err:
+            if not times:
+                raise Rejected("decode_error", str(err)) from None
+            meta["message"] = f"decode stopped early: {err}"
+        if not times:
+            raise Rejected("no_frames", "the video stream decoded to no frames")
+        span = times[-1] - times[0] + 1.0 / fps
+        if meta["duration_s"] and span < MIN_COVERAGE * meta["duration_s"]:
+            raise Rejected("truncated", f"decoded {span:.2f}s of {meta['duration_s']:.2f}s "
+                           + meta.get("message", ""))
+        meta["num_frames"] = len(times)
+        if not meta["duration_s"]:
+            meta["duration_s"] = span
+        signals = {"sharpness": np.array(sharp), "brightness": np.array(bright),
+                   "contrast": np.array(contrast), "motion": np.array(motion)}
+        return meta, {"times": times, "signals": signals, "cuts": detector.finish(), "thumbs": thumbs}
+    finally:
+        container.close()
+
+
+def _frames_for(thumbs: list, start: int, end: int, k: int) -> list[bytes]:
+    inside = [b for i, b in thumbs if start <= i < end]
+    if not inside:  # clip shorter than the sampling stride: nearest thumbnail
+        mid = (start + end) / 2
+        inside = [min(thumbs, key=lambda t: abs(t[0] - mid))[1]]
+    return subsample(inside, k)
+
+
+def build_clips(video: dict, meta: dict, analysis: dict, spec) -> list[dict]:
+    """Clip rows (schemas.CLIP_WORK) from the cuts and per-frame signals of one video."""
+    times, n, fps = analysis["times"], meta["num_frames"], meta["fps"] or 25.0
+    shots = shots_from_cuts(analysis["cuts"], n)
+    rows = []
+    for index, c in enumerate(assemble_clips(shots, fps, min_clip_s=spec.shots.min_clip_s,
+                                             max_clip_s=spec.shots.max_clip_s, trim_s=spec.shots.trim_s)):
+        a, b = c["start_frame"], c["end_frame"]
+        start_s = times[a] - times[0]
+        end_s = (times[b] - times[0]) if b < n else (times[-1] - times[0] + 1.0 / fps)
+        scores = clip_scores(analysis["signals"], a, b)
+        reason = c["reason"] or score_reason(scores, spec.scores)
+        rows.append({
+            "clip_id": clip_id(video["video_id"], a, b), "video_id": video["video_id"],
+            "uri": video["uri"], "index": index, "start_frame": a, "end_frame": b,
+            "start_s": start_s, "end_s": end_s, "duration_s": end_s - start_s,
+            **{k: (None if np.isnan(v) else v) for k, v in scores.items()},
+            "status": "rejected" if reason else "kept", "reason": reason,
+            "frames": None if reason else _frames_for(analysis["thumbs"], a, b, spec.analysis.frames_per_clip),
+        })
+    return rows
+
+
+def analyze_video(video: dict, spec) -> dict:
+    """One input -> one analyzed row (a videos row plus its clips); never raises for bad files."""
+    t0 = time.perf_counter()
+    row = dict(video)
+    try:
+        meta, analysis = decode_pass(video["uri"], spec)
+        row.update(meta, status="ok")
+        row["clips"] = build_clips(video, meta, analysis, spec)
+        row["num_clips"] = len(row["clips"])
+        row["num_clips_kept"] = sum(c["status"] == "kept" for c in row["clips"])
+        if not row["clips"]:
+            row.update(status="rejected", reason="no_clips")
+    except Rejected as rej:
+        row.update(status="rejected", reason=rej.reason, message=rej.message, clips=[])
+    except Exception as err:  # a bug or an unforeseen decoder failure: recorded, not raised
+        row.update(status="error", reason="decode_error", message=f"{type(err).__name__}: {err}", clips=[])
+    row["analysis_s"] = time.perf_counter() - t0
+    return row
+
+
+class AnalyzeStage:
+    """Ray stage: one decode pass per input video (batches of input rows, pyarrow in/out)."""
+
+    def __init__(self, *, spec):
+        self.spec = spec
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [analyze_video(v, self.spec) for v in batch.to_pylist()]
+        return pa.Table.from_pylist([{f.name: r.get(f.name) for f in ANALYZED} for r in rows], schema=ANALYZED)
+
+
+def explode_clips(batch: pa.Table) -> pa.Table:
+    """Analyzed video rows -> in-flight clip rows (one per clip)."""
+    rows = [c for clips in batch.column("clips").to_pylist() for c in (clips or [])]
+    return schemas.work_table(rows)

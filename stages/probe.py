@@ -1,0 +1,69 @@
+"""Probe: container and stream metadata without decoding, with bounds from the job spec.
+
+Reads: uri. Adds: container, codec, width, height, fps, duration_s. Raises Rejected with a
+reason from stages.base.VIDEO_REASONS for files that cannot or must not be analysed.
+Runs inside the analyze task (CPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+from stages.base import Rejected
+
+
+def open_video(path: str, limits) -> tuple:
+    """Open ``path`` with PyAV and check it against ``limits`` (spec.probe).
+
+    Returns (container, stream, meta). The caller closes the container.
+    """
+    import av
+
+    if not os.path.exists(path):
+        raise Rejected("not_found", path)
+    size = os.path.getsize(path)
+    if size == 0:
+        raise Rejected("empty_file", "0 bytes")
+    if size > limits.max_file_mb * 1e6:
+        raise Rejected("file_too_large", f"{size} bytes > probe.max_file_mb={limits.max_file_mb}")
+    try:
+        container = av.open(path, options={"protocol_whitelist": "file"})
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
+        raise Rejected("not_a_video", str(err)) from None
+    try:
+        meta = stream_metadata(container, limits)
+    except Exception:
+        container.close()
+        raise
+    return container, container.streams.video[0], meta
+
+
+def stream_metadata(container, limits) -> dict:
+    if not container.streams.video:
+        raise Rejected("no_video_stream", f"streams: {[s.type for s in container.streams]}")
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    if ctx is None or not ctx.name:
+        raise Rejected("unsupported_codec", "no decoder for the video stream")
+    width, height = int(ctx.width or 0), int(ctx.height or 0)
+    if min(width, height) < limits.min_side or max(width, height) > limits.max_side:
+        raise Rejected("resolution_out_of_bounds", f"{width}x{height} outside "
+                       f"[probe.min_side={limits.min_side}, probe.max_side={limits.max_side}]")
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    duration = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1e6
+    if duration is not None and duration > limits.max_duration_s:
+        raise Rejected("too_long", f"{duration:.1f}s > probe.max_duration_s={limits.max_duration_s}")
+    return {
+        "container": container.format.name,
+        "codec": ctx.name,
+        "width": width,
+        "height": height,
+        "fps": fps,
+        "duration_s": duration,
+    }
+

@@ -1,0 +1,71 @@
+"""Shots: PySceneDetect detectors fed from the single analysis pass, and clip assembly.
+
+The detector sees the downscaled BGR frames the analysis pass already has, so shot detection
+costs no extra decode. Clip assembly is pure: cuts -> shots -> clips with min/max length,
+edge trimming and windows for over-long shots. Reads: frames. Adds: start_frame, end_frame,
+status, reason. Resources: runs inside the analyze task (CPU).
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class ShotDetector:
+    """Wraps one PySceneDetect detector; feed frames in order, then call ``finish``."""
+
+    def __init__(self, *, detector: str = "content", threshold: float | None = None,
+                 min_scene_len: int = 15, fps: float = 25.0):
+        from scenedetect.detectors import AdaptiveDetector, ContentDetector, ThresholdDetector
+
+        kwargs = {"min_scene_len": min_scene_len}
+        if detector == "content":
+            self._det = ContentDetector(**kwargs, **({"threshold": threshold} if threshold else {}))
+        elif detector == "adaptive":
+            self._det = AdaptiveDetector(**kwargs, **({"adaptive_threshold": threshold} if threshold else {}))
+        elif detector == "threshold":
+            self._det = ThresholdDetector(**kwargs, **({"threshold": threshold} if threshold else {}))
+        else:
+            raise ValueError(f"shots.detector: unknown detector {detector!r}")
+        self.fps = fps or 25.0
+        self.cuts: set[int] = set()
+        self._last = 0
+
+    def _timecode(self, index: int):
+        from scenedetect import FrameTimecode
+
+        return FrameTimecode(index, self.fps)
+
+    def feed(self, index: int, bgr) -> None:
+        self._last = index
+        for tc in self._det.process_frame(self._timecode(index), bgr):
+            self.cuts.add(int(tc.frame_num))
+
+    def finish(self) -> list[int]:
+        for tc in self._det.post_process(self._timecode(self._last)):
+            self.cuts.add(int(tc.frame_num))
+        return sorted(c for c in self.cuts if 0 < c <= self._last)
+
+
+def shots_from_cuts(cuts: list[int], num_frames: int) -> list[tuple[int, int]]:
+    """Cut frames (first frame of a new shot) -> [start, end) shots covering all frames."""
+    edges = [0] + sorted(c for c in set(cuts) if 0 < c < num_frames) + [num_frames]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def assemble_clips(shots: list[tuple[int, int]], fps: float, *, min_clip_s: float,
+                   max_clip_s: float, trim_s: float = 0.0) -> list[dict]:
+    """Shots -> clips. Short shots stay as rejected rows; long shots become equal windows."""
+    clips = []
+    trim = int(round(trim_s * fps))
+    max_len = max(1, int(math.floor(max_clip_s * fps)))
+    for start, end in shots:
+        s, e = start + trim, end - trim
+        if e - s < max(1, math.ceil(min_clip_s * fps)):
+            clips.append({"start_frame": start, "end_frame": end, "status": "rejected", "reason": "too_short"})
+            continue
+        pieces = math.ceil((e - s) / max_len)
+        bounds = [s + round(i * (e - s) / pieces) for i in range(pieces + 1)]
+        for a, b in zip(bounds, bounds[1:]):
+            clips.append({"start_frame": a, "end_frame": b, "status": "kept", "reason": None})
+    return clips
