@@ -235,3 +235,19 @@ def resolved_yaml(spec: JobSpec) -> str:
 
 def json_schema() -> dict:
     return JobSpec.model_json_schema()
+
+
+def _abs_if_local(value: Optional[str]) -> Optional[str]:
+    if value and "://" not in value and not value.startswith("hf-hub:") and Path(value).exists():
+        return str(Path(value).absolute())
+    return value
+
+
+def with_absolute_paths(spec: JobSpec) -> JobSpec:
+    """Make local model paths absolute, so workers started elsewhere find the same files."""
+    clip = spec.models.clip.model_copy(update={"pretrained": _abs_if_local(spec.models.clip.pretrained),
+                                               "config": _abs_if_local(spec.models.clip.config)})
+    vlm = spec.models.vlm.model_copy(update={"name_or_path": _abs_if_local(spec.models.vlm.name_or_path)})
+    caption = spec.caption.model_copy(update={"prompt": _abs_if_local(spec.caption.prompt)})
+    return spec.model_copy(update={"models": spec.models.model_copy(update={"clip": clip, "vlm": vlm}),
+                                   "caption": caption})

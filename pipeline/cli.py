@@ -1,0 +1,119 @@
+"""Command line: ``vidcurate`` / ``python -m pipeline``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _print_summary(manifest: dict, out: str) -> None:
+    c = manifest["counts"]
+    print("\nvidcurate summary")
+    print(f"  videos    in {c['videos_in']}, accepted {c['videos_ok']}, rejected {c['videos_rejected']}, "
+          f"errors {c['videos_error']}")
+    print(f"  clips     {c['clips']} found; kept after shots {c['clips_after_shots']}, after scores "
+          f"{c['clips_after_scores']}, after CLIP filter {c['clips_after_clip_filter']}")
+    caps = ", ".join(f"{k} {v}" for k, v in c["captions"].items()) or "none"
+    print(f"  captions  {caps}; chapters {c['chapters']}")
+    print(f"  shards    {c['shards']} ({c['samples']} samples)")
+    if manifest.get("tiny_random_models"):
+        print("  NOTE      tiny random-weight models were used: CLIP scores and captions are meaningless;"
+              " set models.clip / models.vlm to real weights for real results")
+    print(f"  outputs   {out}  (manifest.json, videos/ clips/ captions/ chapters/ Parquet, shards/, stats.json)")
+
+
+def cmd_run(args) -> int:
+    from pipeline.plan import output_dir, run_job
+    from pipeline.spec import load_spec, with_absolute_paths
+
+    spec = with_absolute_paths(load_spec(args.job, args.set))
+    if args.quiet:
+        spec = spec.model_copy(update={"ray": spec.ray.model_copy(update={"progress": False})})
+    manifest = run_job(spec)
+    _print_summary(manifest, str(output_dir(spec)))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from pipeline.spec import check_inputs, load_spec, resolved_yaml
+
+    spec = load_spec(args.job, args.set)
+    check_inputs(spec)
+    print(f"{args.job}: valid")
+    if args.print:
+        print(resolved_yaml(spec))
+    return 0
+
+
+def cmd_shots(args) -> int:
+    from pipeline.spec import load_spec, parse_spec
+    from stages.analyze import decode_pass
+    from stages.base import Rejected
+    from stages.shots import shots_from_cuts
+
+    if args.job:
+        spec = load_spec(args.job, args.set)
+    else:
+        spec = parse_spec({"inputs": {"paths": [args.video]}, "output": {"uri": "unused"}})
+    try:
+        meta, analysis = decode_pass(args.video, spec)
+    except Rejected as rej:
+        print(json.dumps({"uri": args.video, "status": "rejected", "reason": rej.reason, "message": rej.message}))
+        return 2
+    times, n, fps = analysis["times"], meta["num_frames"], meta["fps"] or 25.0
+    shots = []
+    for a, b in shots_from_cuts(analysis["cuts"], n):
+        start = times[a] - times[0]
+        end = (times[b] - times[0]) if b < n else times[-1] - times[0] + 1.0 / fps
+        shots.append({"start_frame": a, "end_frame": b, "start_s": round(start, 6), "end_s": round(end, 6),
+                      "duration_s": round(end - start, 6), "transition_in": "cut" if a else None})
+    print(json.dumps({"uri": args.video, "fps": meta["fps"], "num_frames": n, "detector": spec.shots.detector,
+                      "shots": shots}))
+    return 0
+
+
+def cmd_prepare_demo(args) -> int:
+    from pipeline.demo import prepare_demo
+
+    prepare_demo(args.root)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vidcurate", description="Curate raw video into training data on Ray.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a job spec")
+    run.add_argument("job")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+    val = sub.add_parser("validate", help="check a job spec without running it")
+    val.add_argument("job")
+    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    val.add_argument("--print", action="store_true", help="print the resolved spec")
+    val.set_defaults(func=cmd_validate)
+    shots = sub.add_parser("shots", help="print the shots of one video as JSON")
+    shots.add_argument("video")
+    shots.add_argument("--job", help="take analysis and shot settings from this spec")
+    shots.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    shots.set_defaults(func=cmd_shots)
+    demo = sub.add_parser("prepare-demo", help="make the demo inputs and tiny models (offline)")
+    demo.add_argument("--root", default="data/demo")
+    demo.set_defaults(func=cmd_prepare_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.spec import SpecError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

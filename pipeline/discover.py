@@ -1,0 +1,48 @@
+"""Discover inputs: paths, globs and manifest files -> sorted, de-duplicated input rows."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+from stages.base import video_id
+
+
+def _manifest_uris(path: str) -> list[str]:
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+    import pyarrow.parquet as pq
+
+    suffix = Path(path).suffix.lower()
+    if suffix == ".parquet":
+        table = pq.read_table(path)
+    elif suffix in (".csv", ".tsv"):
+        table = pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","))
+    elif suffix in (".jsonl", ".json"):
+        table = pjson.read_json(path)
+    else:
+        raise ValueError(f"inputs.manifest: unsupported manifest type {suffix!r} (parquet, csv, tsv, jsonl)")
+    if "uri" not in table.column_names:
+        raise ValueError(f"inputs.manifest: {path} has no 'uri' column (columns: {table.column_names})")
+    base = Path(path).parent
+    return [u if os.path.isabs(u) else str(base / u) for u in table.column("uri").to_pylist() if u]
+
+
+def discover(inputs) -> list[dict]:
+    """Input rows {uri, video_id, size_bytes}; a missing file still yields a row (it is rejected later)."""
+    uris: list[str] = []
+    for pattern in inputs.paths:
+        matches = sorted(glob.glob(pattern)) or [pattern]
+        uris.extend(m for m in matches if not os.path.isdir(m))
+    if inputs.manifest:
+        uris.extend(_manifest_uris(inputs.manifest))
+    rows, seen = [], set()
+    for uri in uris:
+        uri = os.path.abspath(uri)
+        if uri in seen:
+            continue
+        seen.add(uri)
+        size = os.path.getsize(uri) if os.path.isfile(uri) else -1
+        rows.append({"uri": uri, "video_id": video_id(uri, size), "size_bytes": size})
+    return sorted(rows, key=lambda r: r["uri"])

@@ -1,0 +1,251 @@
+"""Build and run the plan: spec -> Ray Data stages -> tables, shards, manifest.
+
+The driver discovers inputs, wires stages into Ray Data, and assembles the small metadata
+tables; it never decodes a video or loads a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import schemas
+from pipeline.discover import discover
+from pipeline.resources import cluster_gpus, ray_args
+from pipeline.sinks import ShardWriterStage, shard_name, write_json, write_parquet
+from pipeline.spec import JobSpec, SpecError, check_inputs, resolved_yaml
+from stages.analyze import AnalyzeStage, explode_clips
+from stages.base import Stats
+from stages.caption import CaptionStage
+from stages.chapters import HierarchyStage, caption_id
+from stages.embed import ClipEmbedStage
+
+PACKAGES = ("vidcurate", "ray", "pyarrow", "av", "scenedetect", "open_clip_torch", "transformers",
+            "torch", "webdataset", "numpy", "opencv-python-headless")
+
+
+def output_dir(spec: JobSpec) -> Path:
+    uri = spec.output.uri
+    return Path(uri[len("file://"):] if uri.startswith("file://") else uri).absolute()
+
+
+def prepare_output(spec: JobSpec) -> Path:
+    """Check the output directory before any work: empty, or replaced when output.overwrite."""
+    out = output_dir(spec)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not spec.output.overwrite:
+            raise SpecError(f"output.uri: {out} exists and is not empty; set output.overwrite: true to replace it")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def connect_ray(spec: JobSpec) -> bool:
+    """Join RAY_ADDRESS / ray.address when given, else start an embedded local Ray. True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = spec.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(address="local", num_cpus=spec.ray.num_cpus, include_dashboard=False)
+    return True
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def tiny_models_in_use(spec: JobSpec) -> bool:
+    return (Path(spec.models.vlm.name_or_path) / "VIDCURATE_TINY_RANDOM_WEIGHTS").exists() or \
+        "tiny" in (spec.models.clip.config or "")
+
+
+def _sample(clip: dict, chapter: dict | None, video_caption: str | None) -> dict:
+    caption = None
+    if clip.get("caption_id"):
+        caption = {"caption_id": clip["caption_id"], "text": clip["caption_text"],
+                   "model": clip["caption_model"], "prompt_version": clip["caption_prompt_version"],
+                   "start_s": 0.0, "end_s": clip["duration_s"]}
+    return {
+        "clip_id": clip["clip_id"], "video_id": clip["video_id"], "uri": clip["uri"],
+        "start_s": clip["start_s"], "end_s": clip["end_s"], "duration_s": clip["duration_s"],
+        "scores": {k: clip[k] for k in ("motion", "sharpness", "brightness", "contrast",
+                                         "clip_keep_sim", "clip_reject_sim")},
+        "caption": caption,
+        "chapter": None if chapter is None else {k: chapter[k] for k in ("chapter_id", "index", "title",
+                                                                          "start_s", "end_s")},
+        "video_caption_id": video_caption,
+    }
+
+
+def run_job(spec: JobSpec, log=print) -> dict:
+    """Run the whole job; returns the manifest."""
+    import ray
+
+    check_inputs(spec)
+    out = prepare_output(spec)
+    inputs = discover(spec.inputs)
+    started = connect_ray(spec)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = spec.ray.progress
+        return _run(spec, inputs, out, log)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
+    import ray
+
+    gpus = cluster_gpus()
+    res = spec.resources
+    seconds = {}
+    log(f"vidcurate: {len(inputs)} input video(s) -> {out}")
+
+    t = time.perf_counter()
+    analyzed = ray.data.from_items(inputs, override_num_blocks=max(1, len(inputs))).map_batches(
+        AnalyzeStage(spec=spec), **ray_args(res.analyze, actor=False)).materialize()
+    videos = sorted(analyzed.drop_columns(["clips"]).take_all(), key=lambda r: r["uri"])
+    seconds["analyze"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    clips_ds = analyzed.map_batches(explode_clips, batch_format="pyarrow")
+    clips_ds = clips_ds.map_batches(ClipEmbedStage, fn_constructor_kwargs={
+        "model": spec.models.clip, "settings": spec.clip_filter}, **ray_args(res.clip, actor=True, gpus_in_cluster=gpus))
+    clips_ds = clips_ds.map_batches(CaptionStage, fn_constructor_kwargs={
+        "model": spec.models.vlm, "settings": spec.caption}, **ray_args(res.caption, actor=True, gpus_in_cluster=gpus))
+    clips = sorted(clips_ds.drop_columns(["frames"]).take_all(), key=lambda r: (r["uri"], r["start_frame"]))
+    seconds["clip_and_caption"] = time.perf_counter() - t
+
+    for c in clips:
+        if c.get("caption_text") is not None:
+            c["caption_id"] = caption_id(c["clip_id"], "clip", c["caption_model"], c["caption_prompt_version"])
+    kept = [c for c in clips if c["status"] == "kept"]
+
+    t = time.perf_counter()
+    by_video = defaultdict(list)
+    for c in kept:
+        by_video[c["video_id"]].append({k: c[k] for k in ("clip_id", "start_s", "end_s", "embedding", "caption_text")})
+    duration = {v["video_id"]: v["duration_s"] for v in videos}
+    hierarchy_in = [{"video_id": vid, "duration_s": duration[vid], "clips_json": json.dumps(cs)}
+                    for vid, cs in sorted(by_video.items())]
+    chapters, captions = [], []
+    if hierarchy_in:
+        for row in ray.data.from_items(hierarchy_in).map_batches(HierarchyStage, fn_constructor_kwargs={
+                "model": spec.models.vlm, "settings": spec.chapters},
+                **ray_args(res.hierarchy, actor=True, gpus_in_cluster=gpus)).take_all():
+            chapters.extend(json.loads(row["chapters_json"]))
+            captions.extend(json.loads(row["captions_json"]))
+    seconds["hierarchy"] = time.perf_counter() - t
+
+    chapter_of = {cid: ch for ch in chapters for cid in ch["clip_ids"]}
+    video_caption = {c["video_id"]: c["caption_id"] for c in captions if c["level"] == "video"}
+    for v in videos:
+        v["caption_id"] = video_caption.get(v["video_id"])
+    for c in kept:
+        ch = chapter_of.get(c["clip_id"])
+        c["chapter_id"] = ch["chapter_id"] if ch else None
+        if c.get("caption_id"):
+            captions.append({"caption_id": c["caption_id"], "video_id": c["video_id"], "clip_id": c["clip_id"],
+                             "chapter_id": c["chapter_id"], "level": "clip",
+                             "parent_id": ch["caption_id"] if ch else None, "start_s": c["start_s"],
+                             "end_s": c["end_s"], "text": c["caption_text"], "model": c["caption_model"],
+                             "prompt_version": c["caption_prompt_version"],
+                             "generation": c["caption_generation"]})
+    for cap in captions:
+        cap["duration_s"] = cap["end_s"] - cap["start_s"]
+
+    t = time.perf_counter()
+    per = spec.output.samples_per_shard
+    shard_rows = []
+    for n in range(0, len(kept), per):
+        group = kept[n:n + per]
+        name = shard_name(n // per)
+        for c in group:
+            c["shard"], c["key"] = name, c["clip_id"]
+        samples = [{"key": c["key"], "uri": c["uri"], "start_s": c["start_s"], "end_s": c["end_s"],
+                    "json": _sample(c, chapter_of.get(c["clip_id"]), video_caption.get(c["video_id"])),
+                    "txt": c.get("caption_text") or ""} for c in group]
+        shard_rows.append({"shard": name, "out_dir": str(out / "shards"), "samples_json": json.dumps(samples)})
+    shards = []
+    if shard_rows:
+        shards = sorted(ray.data.from_items(shard_rows, override_num_blocks=len(shard_rows)).map_batches(
+            ShardWriterStage(), **ray_args(res.write, actor=False)).take_all(), key=lambda s: s["shard"])
+    seconds["write_shards"] = time.perf_counter() - t
+
+    level_order = {"video": 0, "chapter": 1, "clip": 2}
+    tables = {
+        "videos": videos,
+        "clips": clips,
+        "captions": sorted(captions, key=lambda c: (c["video_id"], level_order[c["level"]], c["start_s"])),
+        "chapters": sorted(chapters, key=lambda c: (c["video_id"], c["index"])),
+    }
+    table_info = {name: write_parquet(out / name / "part-000000.parquet", schemas.table(name, rows))
+                  for name, rows in tables.items()}
+    for info in table_info.values():
+        info["path"] = os.path.relpath(info["path"], out)
+
+    stats = _stats(videos, clips, captions, shards, seconds)
+    write_json(out / "stats.json", stats)
+    (out / "spec.yaml").write_text(resolved_yaml(spec))
+    manifest = {
+        "name": spec.name,
+        "schema_version": schemas.SCHEMA_VERSION,
+        "spec": spec.model_dump(mode="json"),
+        "versions": _versions(),
+        "tiny_random_models": tiny_models_in_use(spec),
+        "counts": stats["counts"],
+        "tables": table_info,
+        "shards": [{**s, "path": f"shards/{s['shard']}"} for s in shards],
+    }
+    write_json(out / "manifest.json", manifest)  # written last: the manifest is the commit
+    return manifest
+
+
+def _stats(videos, clips, captions, shards, seconds) -> dict:
+    analyze = Stats("analyze", total=len(videos), kept=sum(v["status"] == "ok" for v in videos),
+                    seconds=sum(v["analysis_s"] or 0 for v in videos))
+    for v in videos:
+        if v["status"] != "ok":
+            analyze.drop(v["reason"])
+    reasons = Counter(c["reason"] for c in clips if c["status"] == "rejected")
+    shot_drops = {"too_short"}
+    score_drops = {"low_motion", "high_motion", "blurry", "too_dark", "too_bright", "low_contrast"}
+    after_shots = len(clips) - sum(n for r, n in reasons.items() if r in shot_drops)
+    after_scores = after_shots - sum(n for r, n in reasons.items() if r in score_drops)
+    kept = sum(c["status"] == "kept" for c in clips)
+    levels = Counter(c["level"] for c in captions)
+    counts = {
+        "videos_in": len(videos),
+        "videos_ok": analyze.kept,
+        "videos_rejected": sum(v["status"] == "rejected" for v in videos),
+        "videos_error": sum(v["status"] == "error" for v in videos),
+        "clips": len(clips),
+        "clips_after_shots": after_shots,
+        "clips_after_scores": after_scores,
+        "clips_after_clip_filter": kept,
+        "clips_kept": kept,
+        "captions": dict(sorted(levels.items())),
+        "chapters": levels.get("chapter", 0),
+        "shards": len(shards),
+        "samples": sum(s["samples"] for s in shards),
+    }
+    return {"counts": counts, "video_reasons": analyze.as_dict(),
+            "clip_reasons": dict(sorted(reasons.items())),
+            "wall_seconds": {k: round(v, 3) for k, v in seconds.items()}}

@@ -1,0 +1,83 @@
+"""CLIP filter: open_clip image embeddings of sampled frames, similarity to keep/reject prompts.
+
+Reads: frames, status. Adds: embedding (mean of normalized frame embeddings, normalized),
+clip_keep_sim, clip_reject_sim, clip_model; rejects with clip_reject_prompt or
+clip_low_keep_sim. Rows already rejected pass through untouched.
+Resources: resources.clip (actor pool; GPU when given).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+import schemas
+from stages.base import decode_jpegs, subsample
+
+
+def clip_reason(keep_sim: float, reject_sim: float, *, max_reject_margin, min_keep_sim) -> str | None:
+    """Early-return filter on prompt similarities (CLIP-style zero-shot filtering)."""
+    if max_reject_margin is not None and reject_sim - keep_sim > max_reject_margin:
+        return "clip_reject_prompt"
+    if min_keep_sim is not None and keep_sim < min_keep_sim:
+        return "clip_low_keep_sim"
+    return None
+
+
+def mean_embedding(frame_embeddings: np.ndarray) -> np.ndarray:
+    """Normalize each frame embedding, average, normalize again."""
+    e = frame_embeddings / np.linalg.norm(frame_embeddings, axis=1, keepdims=True).clip(1e-12)
+    m = e.mean(axis=0)
+    return m / max(float(np.linalg.norm(m)), 1e-12)
+
+
+class ClipEmbedStage:
+    """Ray actor stage: embeds kept clips' frames and applies the prompt filter."""
+
+    def __init__(self, *, model, settings):
+        self.model_cfg = model
+        self.settings = settings
+        self._model = None
+
+    def setup(self) -> None:
+        import torch
+
+        from stages.models import load_open_clip
+
+        self._model, self._preprocess, tokenizer = load_open_clip(
+            self.model_cfg.name, self.model_cfg.pretrained, self.model_cfg.config)
+        self._device = next(self._model.parameters()).device
+        prompts = list(self.settings.keep_prompts) + list(self.settings.reject_prompts)
+        with torch.inference_mode():
+            text = self._model.encode_text(tokenizer(prompts).to(self._device)).float()
+        text = torch.nn.functional.normalize(text, dim=-1).cpu().numpy()
+        n_keep = len(self.settings.keep_prompts)
+        self._keep, self._reject = text[:n_keep], text[n_keep:]
+        self._model_id = f"open_clip:{self.model_cfg.name}:{self.model_cfg.pretrained}"
+
+    def _embed(self, frames: list[bytes]) -> np.ndarray:
+        import torch
+
+        images = decode_jpegs(subsample(frames, self.settings.frames))
+        pixels = torch.stack([self._preprocess(im) for im in images]).to(self._device)
+        with torch.inference_mode():
+            feats = self._model.encode_image(pixels).float().cpu().numpy()
+        return mean_embedding(feats)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self._model is None:
+            self.setup()
+        rows = batch.to_pylist()
+        for row in rows:
+            if row["status"] != "kept":
+                continue
+            emb = self._embed(row["frames"])
+            keep_sim = float((self._keep @ emb).max())
+            reject_sim = float((self._reject @ emb).max()) if len(self._reject) else -1.0
+            reason = clip_reason(keep_sim, reject_sim, max_reject_margin=self.settings.max_reject_margin,
+                                 min_keep_sim=self.settings.min_keep_sim)
+            row.update(embedding=emb.astype(np.float32).tolist(), clip_keep_sim=keep_sim,
+                       clip_reject_sim=reject_sim, clip_model=self._model_id)
+            if reason:
+                row.update(status="rejected", reason=reason)
+        return schemas.work_table(rows)

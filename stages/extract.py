@@ -1,0 +1,52 @@
+"""Extract: the bytes of one clip as a standalone H.264 MP4, by seeking (no full decode).
+
+The clip's frames [start_s, end_s) (seconds from the first frame) are re-encoded with
+libx264 using bit-exact flags, so the same input gives the same bytes. Audio is not copied.
+Runs inside the shard writer tasks (CPU).
+"""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+
+def _first_frame_time(container, stream) -> float:
+    for frame in container.decode(stream):
+        return float(frame.time or 0.0)
+    return 0.0
+
+
+def extract_clip(path: str, start_s: float, end_s: float, *, crf: int = 20, preset: str = "veryfast") -> bytes:
+    import av
+
+    with av.open(path, options={"protocol_whitelist": "file"}) as src:
+        stream = src.streams.video[0]
+        t0 = _first_frame_time(src, stream)
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        half = 0.5 / float(rate)
+        lo, hi = t0 + start_s - half, t0 + end_s - half
+        src.seek(int(max(0.0, lo) / stream.time_base), stream=stream, backward=True, any_frame=False)
+        buf = io.BytesIO()
+        with av.open(buf, mode="w", format="mp4", options={"fflags": "+bitexact"}) as dst:
+            out = dst.add_stream("libx264", rate=rate)
+            out.width = stream.codec_context.width // 2 * 2
+            out.height = stream.codec_context.height // 2 * 2
+            out.pix_fmt = "yuv420p"
+            out.options = {"crf": str(crf), "preset": preset}
+            out.codec_context.flags |= av.codec.context.Flags.bitexact
+            n = 0
+            for frame in src.decode(stream):
+                t = float(frame.time or 0.0)
+                if t < lo:
+                    continue
+                if t >= hi:
+                    break
+                img = frame.reformat(width=out.width, height=out.height, format="yuv420p")
+                img.pts, img.time_base = n, Fraction(1) / rate
+                dst.mux(out.encode(img))
+                n += 1
+            dst.mux(out.encode(None))
+        if n == 0:
+            raise ValueError(f"no frames in [{start_s:.3f}, {end_s:.3f}) of {path}")
+        return buf.getvalue()
