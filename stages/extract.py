@@ -33,7 +33,8 @@ def extract_clip(path: str, start_s: float, end_s: float, *, crf: int = 20, pres
             out.width = stream.codec_context.width // 2 * 2
             out.height = stream.codec_context.height // 2 * 2
             out.pix_fmt = "yuv420p"
-            out.options = {"crf": str(crf), "preset": preset}
+            # No B-frames: with them libx264 gave different bytes for the same frames across runs.
+            out.options = {"crf": str(crf), "preset": preset, "bf": "0"}
             out.codec_context.flags |= av.codec.context.Flags.bitexact
             n = 0
             for frame in src.decode(stream):
@@ -44,6 +45,7 @@ def extract_clip(path: str, start_s: float, end_s: float, *, crf: int = 20, pres
                     break
                 img = frame.reformat(width=out.width, height=out.height, format="yuv420p")
                 img.pts, img.time_base = n, Fraction(1) / rate
+                img.pict_type = av.video.frame.PictureType.NONE  # let the encoder choose, not the source
                 dst.mux(out.encode(img))
                 n += 1
             dst.mux(out.encode(None))

@@ -1,0 +1,125 @@
+"""Pure functions: no Ray, no models, no files (except tiny temp files for writers)."""
+
+from __future__ import annotations
+
+import tarfile
+
+import numpy as np
+import pytest
+
+from pipeline.sinks import write_tar
+from pipeline.spec import SpecError, apply_overrides, parse_spec
+from stages.base import Stats, clean_text, clip_id, subsample, video_id
+from stages.chapters import group_chapters
+from stages.embed import clip_reason, mean_embedding
+from stages.scores import clip_scores, score_reason
+from stages.shots import assemble_clips, shots_from_cuts
+
+BASE = {"inputs": {"paths": ["a.mp4"]}, "output": {"uri": "out"}}
+
+
+def test_shots_cover_all_frames_end_exclusive():
+    assert shots_from_cuts([40, 80, 0, 80, 200], 120) == [(0, 40), (40, 80), (80, 120)]
+    assert shots_from_cuts([], 10) == [(0, 10)]
+
+
+def test_assemble_clips_windows_short_and_trim():
+    clips = assemble_clips([(0, 10), (10, 260)], 25.0, min_clip_s=1.0, max_clip_s=4.0)
+    assert clips[0] == {"start_frame": 0, "end_frame": 10, "status": "rejected", "reason": "too_short"}
+    windows = [(c["start_frame"], c["end_frame"]) for c in clips[1:]]
+    assert windows == [(10, 93), (93, 177), (177, 260)]  # 250 frames > 100 -> 3 equal windows
+    assert all(b - a <= 100 for a, b in windows)
+    trimmed = assemble_clips([(0, 100)], 25.0, min_clip_s=1.0, max_clip_s=10.0, trim_s=0.2)
+    assert (trimmed[0]["start_frame"], trimmed[0]["end_frame"]) == (5, 95)
+
+
+def test_score_reason_early_returns():
+    limits = parse_spec({**BASE, "scores": {"min_motion": 0.5, "min_brightness": 20, "min_sharpness": 10}}).scores
+    good = {"motion": 1.0, "sharpness": 50.0, "brightness": 100.0, "contrast": 40.0}
+    assert score_reason(good, limits) is None
+    assert score_reason({**good, "motion": 0.1}, limits) == "low_motion"
+    assert score_reason({**good, "motion": float("nan")}, limits) == "low_motion"
+    assert score_reason({**good, "brightness": 5.0}, limits) == "too_dark"
+    assert score_reason({**good, "sharpness": 1.0, "brightness": 5.0}, limits) == "blurry"
+
+
+def test_clip_scores_ignore_nan():
+    s = clip_scores({"motion": np.array([np.nan, 1.0, 3.0, 10.0])}, 0, 3)
+    assert s["motion"] == pytest.approx(2.0)
+
+
+def test_clip_reason_and_mean_embedding():
+    assert clip_reason(0.3, 0.1, max_reject_margin=0.0, min_keep_sim=None) is None
+    assert clip_reason(0.1, 0.3, max_reject_margin=0.0, min_keep_sim=None) == "clip_reject_prompt"
+    assert clip_reason(0.1, 0.0, max_reject_margin=None, min_keep_sim=0.2) == "clip_low_keep_sim"
+    e = mean_embedding(np.array([[3.0, 0.0], [0.0, 5.0]]))
+    assert np.allclose(e, [2 ** -0.5, 2 ** -0.5])
+
+
+def test_group_chapters():
+    a, b = [1.0, 0.0], [0.0, 1.0]
+    assert group_chapters([a, a, b, b, a], threshold=0.5) == [[0, 1], [2, 3], [4]]
+    assert group_chapters([a, a, b, b, a], threshold=0.5, min_clips=2) == [[0, 1], [2, 3, 4]]
+    assert group_chapters([], 0.5) == []
+
+
+def test_ids_deterministic_and_safe():
+    v = video_id("/x/a.mp4", 10)
+    assert v == video_id("/x/a.mp4", 10) != video_id("/x/a.mp4", 11)
+    c = clip_id(v, 0, 40)
+    assert c != clip_id(v, 0, 41) and "." not in c and len(c) == 16
+
+
+def test_subsample_and_clean_text():
+    assert subsample(list(range(10)), 3) == [1, 5, 8]
+    assert subsample([1, 2], 5) == [1, 2]
+    assert clean_text(" a\x10b\nc ") == "ab\nc"
+
+
+def test_stats_merge():
+    a, b = Stats("s", 2, 1, 1.0, {"x": 1}), Stats("s", 3, 3, 2.0, {"x": 1, "y": 2})
+    assert (a + b).as_dict() == {"stage": "s", "total": 5, "kept": 4, "seconds": 3.0, "dropped_x": 2, "dropped_y": 2}
+
+
+def test_spec_errors_name_the_key():
+    with pytest.raises(SpecError, match=r"caption\.batch_sise: unknown key"):
+        parse_spec({**BASE, "caption": {"batch_sise": 3}})
+    with pytest.raises(SpecError, match=r"resources\.clip\.batch_size"):
+        parse_spec({**BASE, "resources": {"clip": {"batch_size": 0}}})
+    with pytest.raises(SpecError, match=r"shots\.detector"):
+        parse_spec({**BASE, "shots": {"detector": "magic"}})
+    with pytest.raises(SpecError, match=r"output\.uri"):
+        parse_spec({"inputs": {"paths": ["a"]}, "output": {"uri": "s3://bucket/x"}})
+    with pytest.raises(SpecError, match=r"output: Field required"):
+        parse_spec({"inputs": {"paths": ["a"]}})
+
+
+def test_overrides_parse_yaml_values():
+    doc = apply_overrides({"output": {"uri": "x"}}, ["shots.max_clip_s=8", "inputs.paths=[a, b]", "ray.progress=false"])
+    spec = parse_spec(doc)
+    assert spec.shots.max_clip_s == 8.0 and spec.inputs.paths == ["a", "b"] and spec.ray.progress is False
+    with pytest.raises(SpecError, match="key=value"):
+        apply_overrides({}, ["novalue"])
+
+
+def test_tar_deterministic_sorted_and_key_checked(tmp_path):
+    samples = [{"__key__": "b2", "txt": b"two", "json": b"{}"}, {"__key__": "a1", "txt": b"one", "json": b"{}"}]
+    first = write_tar(tmp_path / "x.tar", samples)
+    second = write_tar(tmp_path / "y.tar", list(reversed(samples)))
+    assert first["sha256"] == second["sha256"]
+    with tarfile.open(tmp_path / "x.tar") as tar:
+        assert tar.getnames() == ["a1.json", "a1.txt", "b2.json", "b2.txt"]
+        assert {m.mtime for m in tar.getmembers()} == {0}
+    for bad in ("../evil", "a.b", "x/y", ""):
+        with pytest.raises(ValueError, match="unsafe sample key"):
+            write_tar(tmp_path / "z.tar", [{"__key__": bad, "txt": b""}])
+    assert not (tmp_path / "z.tar").exists()
+
+
+def test_ray_args_gpu_auto():
+    from pipeline.resources import ray_args
+
+    res = parse_spec(BASE).resources.caption
+    assert "num_gpus" not in ray_args(res, actor=True, gpus_in_cluster=0)
+    args = ray_args(res, actor=True, gpus_in_cluster=2)
+    assert args["num_gpus"] == 1.0 and args["batch_size"] == res.batch_size
