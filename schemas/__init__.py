@@ -15,6 +15,11 @@ CLIP_STATUS = ("kept", "rejected")
 CAPTION_LEVELS = ("clip", "chapter", "video")
 
 
+def _list(t: pa.DataType) -> pa.DataType:
+    """A list type whose item field is named as Parquet names it, so tables round-trip exactly."""
+    return pa.list_(pa.field("element", t))
+
+
 def _versioned(name: str, fields: list[pa.Field]) -> pa.Schema:
     return pa.schema(fields, metadata={"vidcurate.table": name, "vidcurate.schema_version": SCHEMA_VERSION})
 
@@ -36,7 +41,6 @@ VIDEOS = _versioned("videos", [
     pa.field("num_clips", pa.int32()),
     pa.field("num_clips_kept", pa.int32()),
     pa.field("caption_id", pa.string()),
-    pa.field("analysis_s", pa.float64()),
 ])
 
 CLIPS = _versioned("clips", [
@@ -55,7 +59,7 @@ CLIPS = _versioned("clips", [
     pa.field("contrast", pa.float32()),
     pa.field("clip_keep_sim", pa.float32()),
     pa.field("clip_reject_sim", pa.float32()),
-    pa.field("embedding", pa.list_(pa.float32())),
+    pa.field("embedding", _list(pa.float32())),
     pa.field("clip_model", pa.string()),
     pa.field("status", pa.string(), nullable=False),
     pa.field("reason", pa.string()),
@@ -91,7 +95,7 @@ CHAPTERS = _versioned("chapters", [
     pa.field("title", pa.string(), nullable=False),
     pa.field("summary", pa.string(), nullable=False),
     pa.field("source", pa.string(), nullable=False),
-    pa.field("clip_ids", pa.list_(pa.string()), nullable=False),
+    pa.field("clip_ids", _list(pa.string()), nullable=False),
     pa.field("caption_id", pa.string()),
 ])
 
@@ -100,7 +104,7 @@ TABLES = {"videos": VIDEOS, "clips": CLIPS, "captions": CAPTIONS, "chapters": CH
 # In-flight clip rows between Ray stages: the clips columns plus the sampled frames (small
 # JPEGs) and the clip caption produced by the caption stage.
 CLIP_WORK = pa.schema(list(CLIPS) + [
-    pa.field("frames", pa.list_(pa.binary())),
+    pa.field("frames", _list(pa.binary())),
     pa.field("caption_text", pa.string()),
     pa.field("caption_model", pa.string()),
     pa.field("caption_prompt_version", pa.string()),

@@ -22,7 +22,10 @@ from stages.probe import open_video
 from stages.scores import clip_scores, flow_magnitude, frame_quality, score_reason
 from stages.shots import ShotDetector, assemble_clips, shots_from_cuts
 
-ANALYZED = pa.schema(list(schemas.VIDEOS) + [pa.field("clips", pa.list_(pa.struct(list(schemas.CLIP_WORK))))])
+# The videos columns, the clips, and the wall time of the pass (kept out of the videos table so
+# reruns write identical bytes; it goes to stats.json).
+ANALYZED = pa.schema(list(schemas.VIDEOS) + [pa.field("analysis_s", pa.float64()),
+                                             pa.field("clips", pa.list_(pa.struct(list(schemas.CLIP_WORK))))])
 MIN_COVERAGE = 0.9  # decoded span / container duration below this -> truncated
 
 

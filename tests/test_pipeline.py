@@ -1,0 +1,126 @@
+"""End to end on an embedded local Ray: the demo job, its tables, shards and manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+import schemas
+from tests.conftest import ROOT, demo_overrides
+
+EPS = 1e-6
+
+
+def _tables(out: Path) -> dict:
+    return {name: pq.read_table(out / name) for name in schemas.TABLES}
+
+
+def test_every_input_has_a_videos_row(demo_run, demo):
+    out, manifest, _ = demo_run
+    videos = {Path(r["uri"]).name: r for r in pq.read_table(out / "videos").to_pylist()}
+    inputs = [Path(p).name for p in demo["videos"]] + list(demo["bad"])
+    assert sorted(videos) == sorted(inputs)
+    for name, reason in demo["bad"].items():
+        assert (videos[name]["status"], videos[name]["reason"]) == ("rejected", reason)
+    assert all(videos[Path(p).name]["status"] == "ok" for p in demo["videos"])
+    assert manifest["counts"]["videos_in"] == len(inputs)
+
+
+def test_parquet_files_match_declared_schemas(demo_run):
+    out, manifest, _ = demo_run
+    for name, schema in schemas.TABLES.items():
+        table = pq.read_table(out / name)
+        assert table.schema.equals(schema, check_metadata=True), name
+        assert manifest["tables"][name]["rows"] == table.num_rows
+
+
+def test_rejections_carry_reasons(demo_run):
+    out, _, _ = demo_run
+    clips = pq.read_table(out / "clips").to_pylist()
+    assert {c["status"] for c in clips} == {"kept", "rejected"}
+    for c in clips:
+        assert (c["reason"] is None) == (c["status"] == "kept")
+    reasons = {c["reason"] for c in clips if c["reason"]}
+    assert "low_motion" in reasons  # dark_static.mp4
+    assert reasons <= {"too_short", "low_motion", "high_motion", "blurry", "too_dark", "too_bright",
+                       "low_contrast", "clip_reject_prompt", "clip_low_keep_sim"}
+
+
+def test_shards_agree_with_tables(demo_run):
+    out, manifest, _ = demo_run
+    t = {k: v.to_pylist() for k, v in _tables(out).items()}
+    clips = {c["clip_id"]: c for c in t["clips"]}
+    captions = {c["caption_id"]: c for c in t["captions"]}
+    chapters = {c["chapter_id"]: c for c in t["chapters"]}
+    seen = []
+    for shard in manifest["shards"]:
+        path = out / shard["path"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"]
+        n = 0
+        for sample in wds.WebDataset(str(path), shardshuffle=False):
+            n += 1
+            meta = json.loads(sample["json"])
+            clip = clips[sample["__key__"]]
+            assert meta["clip_id"] == clip["clip_id"] and clip["status"] == "kept"
+            assert clip["shard"] == shard["shard"] and clip["key"] == sample["__key__"]
+            assert meta["start_s"] == clip["start_s"] and meta["end_s"] == clip["end_s"]
+            cap = captions[meta["caption"]["caption_id"]]
+            assert cap["clip_id"] == clip["clip_id"] and cap["text"] == meta["caption"]["text"]
+            assert sample["txt"].decode() == cap["text"]
+            assert meta["chapter"]["chapter_id"] == clip["chapter_id"]
+            assert clip["clip_id"] in chapters[clip["chapter_id"]]["clip_ids"]
+            assert captions[meta["video_caption_id"]]["level"] == "video"
+            assert sample["mp4"][4:8] == b"ftyp"
+            seen.append(sample["__key__"])
+        assert n == shard["samples"]
+    assert sorted(seen) == sorted(c["clip_id"] for c in t["clips"] if c["status"] == "kept")
+
+
+def test_caption_and_chapter_times_lie_inside_the_video(demo_run):
+    out, _, _ = demo_run
+    t = {k: v.to_pylist() for k, v in _tables(out).items()}
+    duration = {v["video_id"]: v["duration_s"] for v in t["videos"]}
+    captions = {c["caption_id"]: c for c in t["captions"]}
+    assert {c["level"] for c in t["captions"]} == {"clip", "chapter", "video"}
+    for row in t["captions"] + t["chapters"] + t["clips"]:
+        assert -EPS <= row["start_s"] < row["end_s"] <= duration[row["video_id"]] + EPS
+        assert row["duration_s"] == pytest.approx(row["end_s"] - row["start_s"])
+    for cap in t["captions"]:  # a child lies inside its parent
+        if cap["parent_id"]:
+            parent = captions[cap["parent_id"]]
+            assert parent["start_s"] - EPS <= cap["start_s"] and cap["end_s"] <= parent["end_s"] + EPS
+            assert {"clip": "chapter", "chapter": "video"}[cap["level"]] == parent["level"]
+        else:
+            assert cap["level"] == "video"
+    for ch in t["chapters"]:
+        members = [c for c in t["clips"] if c["clip_id"] in ch["clip_ids"]]
+        assert ch["start_s"] == min(c["start_s"] for c in members) and ch["end_s"] == max(c["end_s"] for c in members)
+
+
+def test_outputs_beside_manifest(demo_run):
+    out, manifest, spec = demo_run
+    saved = (out / "spec.yaml").read_text()
+    assert "samples_per_shard: 4" in saved and manifest["spec"]["output"]["uri"] == spec.output.uri
+    assert manifest["tiny_random_models"] is True
+    assert {"ray", "pyarrow", "av", "transformers", "open_clip_torch"} <= set(manifest["versions"])
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [s["shard"] for s in manifest["shards"]]
+    assert all(s["shard"] == f"shard-{i:06d}.tar" for i, s in enumerate(manifest["shards"]))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["counts"] == manifest["counts"]
+
+
+def test_rerun_gives_identical_bytes(demo_run, demo, tmp_path):
+    """Same inputs and spec -> the same tables and shards, byte for byte."""
+    from pipeline.plan import run_job
+    from pipeline.spec import load_spec
+
+    out, manifest, _ = demo_run
+    again = run_job(load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out)
+                              + ["output.overwrite=true"]), log=lambda *_: None)
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in manifest["shards"]]
+    assert {k: v["sha256"] for k, v in again["tables"].items()} == {k: v["sha256"] for k, v in manifest["tables"].items()}
