@@ -80,6 +80,13 @@ def cmd_prepare_demo(args) -> int:
     return 0
 
 
+def cmd_schema(args) -> int:
+    from pipeline.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vidcurate", description="Curate raw video into training data on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -101,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("prepare-demo", help="make the demo inputs and tiny models (offline)")
     demo.add_argument("--root", default="data/demo")
     demo.set_defaults(func=cmd_prepare_demo)
+    schema = sub.add_parser("schema", help="print the JSON Schema of job specs")
+    schema.set_defaults(func=cmd_schema)
     return p
 
 

@@ -123,3 +123,25 @@ def test_ray_args_gpu_auto():
     assert "num_gpus" not in ray_args(res, actor=True, gpus_in_cluster=0)
     args = ray_args(res, actor=True, gpus_in_cluster=2)
     assert args["num_gpus"] == 1.0 and args["batch_size"] == res.batch_size
+
+
+def test_job_spec_json_schema_file_is_current():
+    import json
+    from pathlib import Path
+
+    from pipeline.spec import json_schema
+
+    path = Path(__file__).resolve().parent.parent / "schemas" / "jobspec.schema.json"
+    assert json.loads(path.read_text()) == json.loads(json.dumps(json_schema())), \
+        "regenerate with: python -m pipeline schema > schemas/jobspec.schema.json"
+
+
+def test_every_job_in_jobs_validates():
+    from pathlib import Path
+
+    from pipeline.spec import load_spec
+
+    jobs = sorted((Path(__file__).resolve().parent.parent / "jobs").glob("*.yaml"))
+    assert jobs
+    for job in jobs:
+        load_spec(job)
