@@ -80,8 +80,7 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
             raise Rejected("truncated", f"decoded {span:.2f}s of {meta['duration_s']:.2f}s "
                            + meta.get("message", ""))
         meta["num_frames"] = len(times)
-        if not meta["duration_s"]:
-            meta["duration_s"] = span
+        meta["duration_s"] = span  # what was decoded: every clip and caption time lies inside it
         signals = {"sharpness": np.array(sharp), "brightness": np.array(bright),
                    "contrast": np.array(contrast), "motion": np.array(motion)}
         return meta, {"times": times, "signals": signals, "cuts": detector.finish(), "thumbs": thumbs}

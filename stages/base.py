@@ -89,3 +89,25 @@ def subsample(items: list, k: int) -> list:
 def clean_text(text: str) -> str:
     """Drop control characters a model may emit; keep newlines and tabs."""
     return "".join(ch for ch in text if ch.isprintable() or ch in "\n\t").strip()
+
+
+class ModelStage:
+    """Base of the actor stages: cheap, picklable settings in ``__init__``; the model loads in
+    ``setup()`` on the first batch, inside the Ray actor, never on the driver."""
+
+    def __init__(self, *, model, settings):
+        self.model_cfg = model
+        self.settings = settings
+        self._ready = False
+
+    def setup(self) -> None:  # pragma: no cover - each stage overrides
+        raise NotImplementedError
+
+    def process(self, batch):  # pragma: no cover - each stage overrides
+        raise NotImplementedError
+
+    def __call__(self, batch):
+        if not self._ready:
+            self.setup()
+            self._ready = True
+        return self.process(batch)

@@ -13,16 +13,11 @@ import json
 import pyarrow as pa
 
 import schemas
-from stages.base import clean_text, decode_jpegs, subsample
+from stages.base import ModelStage, clean_text, decode_jpegs, subsample
 
 
-class CaptionStage:
+class CaptionStage(ModelStage):
     """Ray actor stage wrapping stages.models.VlmRunner."""
-
-    def __init__(self, *, model, settings):
-        self.model_cfg = model
-        self.settings = settings
-        self._runner = None
 
     def setup(self) -> None:
         from stages.models import VlmRunner, load_prompt
@@ -33,9 +28,7 @@ class CaptionStage:
                                        "temperature": self.settings.temperature,
                                        "frames": self.settings.frames}, sort_keys=True)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        if self._runner is None:
-            self.setup()
+    def process(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         todo = [r for r in rows if r["status"] == "kept"]
         if todo:

@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from stages.base import clean_text, stable_id
+from stages.base import ModelStage, clean_text, stable_id
 
 HIERARCHY_OUT = pa.schema([("video_id", pa.string()), ("chapters_json", pa.string()),
                            ("captions_json", pa.string())])
@@ -46,13 +46,8 @@ def caption_id(owner_id: str, level: str, model: str, prompt_version: str) -> st
     return stable_id("caption", owner_id, level, model, prompt_version)
 
 
-class HierarchyStage:
+class HierarchyStage(ModelStage):
     """Ray actor stage: chapters, chapter titles and summaries, and the video caption."""
-
-    def __init__(self, *, model, settings):
-        self.model_cfg = model
-        self.settings = settings
-        self._runner = None
 
     def setup(self) -> None:
         from stages.models import VlmRunner, load_prompt
@@ -69,12 +64,12 @@ class HierarchyStage:
         out = self._runner.generate(prompts, max_new_tokens=self.settings.max_new_tokens)
         return [clean_text(t) for t in out]
 
-    def _video_rows(self, video_id: str, duration: float, clips: list[dict]):
+    def _chapters(self, video_id: str, clips: list[dict]) -> list[dict]:
+        """Chapter rows of one video, each with the prompts for its summary and title."""
         groups = group_chapters([c["embedding"] for c in clips], self.settings.similarity_threshold,
                                 self.settings.min_clips)
-        model, (cv, ct), (tv, tt), (vv, vt) = self._runner.model_id, self._chapter, self._title, self._video
-        video_cap = caption_id(video_id, "video", model, vv)
-        chapters, captions = [], []
+        model, (cv, ct), (_, tt) = self._runner.model_id, self._chapter, self._title
+        chapters = []
         for index, group in enumerate(groups):
             members = [clips[i] for i in group]
             chapter_id = stable_id("chapter", video_id, index, members[0]["clip_id"])
@@ -85,28 +80,25 @@ class HierarchyStage:
                              "caption_id": caption_id(chapter_id, "chapter", model, cv),
                              "_summary_prompt": ct.format(captions=lines),
                              "_title_prompt": tt.format(captions=lines)})
-        return chapters, captions, video_cap
+        return chapters
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        if self._runner is None:
-            self.setup()
+    def process(self, batch: pa.Table) -> pa.Table:
         videos = batch.to_pylist()
-        per_video = [self._video_rows(v["video_id"], v["duration_s"], json.loads(v["clips_json"]))
-                     for v in videos]
-        all_chapters = [c for chapters, _, _ in per_video for c in chapters]
+        per_video = [self._chapters(v["video_id"], json.loads(v["clips_json"])) for v in videos]
+        all_chapters = [c for chapters in per_video for c in chapters]
         summaries = self._gen([c.pop("_summary_prompt") for c in all_chapters])
         titles = self._gen([c.pop("_title_prompt") for c in all_chapters])
         for chapter, summary, title in zip(all_chapters, summaries, titles):
             chapter.update(summary=summary, title=title.splitlines()[0] if title else "")
         video_prompts = [self._video[1].format(summaries="\n".join(
-            f"{i + 1}. {c['summary']}" for i, c in enumerate(chapters))) for chapters, _, _ in per_video]
+            f"{i + 1}. {c['summary']}" for i, c in enumerate(chapters))) for chapters in per_video]
         video_texts = self._gen(video_prompts)
-        out = []
-        for v, (chapters, captions, video_cap), text in zip(videos, per_video, video_texts):
-            model = self._runner.model_id
-            captions.append({"caption_id": video_cap, "video_id": v["video_id"], "level": "video",
-                             "parent_id": None, "start_s": 0.0, "end_s": v["duration_s"], "text": text,
-                             "model": model, "prompt_version": self._video[0], "generation": self._generation})
+        out, model = [], self._runner.model_id
+        for v, chapters, text in zip(videos, per_video, video_texts):
+            video_cap = caption_id(v["video_id"], "video", model, self._video[0])
+            captions = [{"caption_id": video_cap, "video_id": v["video_id"], "level": "video",
+                         "parent_id": None, "start_s": 0.0, "end_s": v["duration_s"], "text": text,
+                         "model": model, "prompt_version": self._video[0], "generation": self._generation}]
             for c in chapters:
                 c["duration_s"] = c["end_s"] - c["start_s"]
                 captions.append({"caption_id": c["caption_id"], "video_id": v["video_id"],

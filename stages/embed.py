@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 import schemas
-from stages.base import decode_jpegs, subsample
+from stages.base import ModelStage, decode_jpegs, subsample
 
 
 def clip_reason(keep_sim: float, reject_sim: float, *, max_reject_margin, min_keep_sim) -> str | None:
@@ -31,13 +31,8 @@ def mean_embedding(frame_embeddings: np.ndarray) -> np.ndarray:
     return m / max(float(np.linalg.norm(m)), 1e-12)
 
 
-class ClipEmbedStage:
+class ClipEmbedStage(ModelStage):
     """Ray actor stage: embeds kept clips' frames and applies the prompt filter."""
-
-    def __init__(self, *, model, settings):
-        self.model_cfg = model
-        self.settings = settings
-        self._model = None
 
     def setup(self) -> None:
         import torch
@@ -64,9 +59,7 @@ class ClipEmbedStage:
             feats = self._model.encode_image(pixels).float().cpu().numpy()
         return mean_embedding(feats)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        if self._model is None:
-            self.setup()
+    def process(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         for row in rows:
             if row["status"] != "kept":

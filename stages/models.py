@@ -15,9 +15,20 @@ from stages.torchvision_cpu_guard import ensure_torchvision
 
 
 def device() -> str:
+    """'cuda' when a GPU is visible, else 'cpu' with torch using the CPUs Ray gave this worker."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    try:  # Ray sets one thread per worker by default; use the CPUs the stage declared
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1) if ray.is_initialized() else 0
+        if cpus >= 1:
+            torch.set_num_threads(int(cpus))
+    except Exception:  # outside Ray (tests, CLI): keep torch's default
+        pass
+    return "cpu"
 
 
 def register_open_clip_config(config_path: str) -> str:
