@@ -220,13 +220,22 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Jo
     return parse_spec(apply_overrides(doc, overrides or []))
 
 
+def _looks_local(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~")) or value.endswith((".pt", ".bin", ".safetensors", ".json"))
+
+
 def check_inputs(spec: JobSpec) -> None:
-    """Fail early (before Ray) when the inputs section names nothing that exists."""
+    """Fail early (before Ray) when inputs or local model files named by the spec do not exist."""
     if spec.inputs.manifest and not Path(spec.inputs.manifest).is_file():
         raise SpecError(f"inputs.manifest: no such file: {spec.inputs.manifest}")
     for i, pattern in enumerate(spec.inputs.paths):
         if not glob.glob(pattern) and not Path(pattern).exists():
             raise SpecError(f"inputs.paths[{i}]: nothing matches {pattern!r}")
+    local = {"models.clip.pretrained": spec.models.clip.pretrained, "models.clip.config": spec.models.clip.config,
+             "models.vlm.name_or_path": spec.models.vlm.name_or_path}
+    for key, value in local.items():
+        if value and _looks_local(value) and not Path(value).expanduser().exists():
+            raise SpecError(f"{key}: no such file or directory: {value}")
 
 
 def resolved_yaml(spec: JobSpec) -> str:

@@ -124,3 +124,34 @@ def test_rerun_gives_identical_bytes(demo_run, demo, tmp_path):
                               + ["output.overwrite=true"]), log=lambda *_: None)
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in manifest["shards"]]
     assert {k: v["sha256"] for k, v in again["tables"].items()} == {k: v["sha256"] for k, v in manifest["tables"].items()}
+
+
+def test_job_with_nothing_kept_still_writes_every_table(demo, ray_local, tmp_path):
+    from pipeline.plan import run_job
+    from pipeline.spec import load_spec
+
+    root = demo["root"]
+    out = tmp_path / "none_kept"
+    overrides = demo_overrides(demo, out) + [f"inputs.paths=[{root}/videos/carphone_pristine.mp4, {root}/bad/*]",
+                                             "scores.min_motion=1000"]
+    manifest = run_job(load_spec(ROOT / "jobs" / "demo.yaml", overrides), log=lambda *_: None)
+    assert manifest["counts"]["clips_kept"] == 0 and manifest["shards"] == []
+    videos = pq.read_table(out / "videos").to_pylist()
+    assert len(videos) == 1 + len(demo["bad"])
+    clips = pq.read_table(out / "clips").to_pylist()
+    assert clips and all(c["reason"] == "low_motion" for c in clips)
+    for name in ("captions", "chapters"):
+        assert pq.read_table(out / name).num_rows == 0
+
+
+def test_existing_output_is_not_overwritten_without_consent(demo, tmp_path):
+    from pipeline.plan import run_job
+    from pipeline.spec import SpecError, load_spec
+
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    spec = load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out) + ["output.overwrite=false"])
+    with pytest.raises(SpecError, match="output.uri: .* exists and is not empty"):
+        run_job(spec, log=lambda *_: None)
+    assert (out / "keep.txt").read_text() == "user data"

@@ -145,3 +145,41 @@ def test_every_job_in_jobs_validates():
     assert jobs
     for job in jobs:
         load_spec(job)
+
+
+def test_missing_local_model_fails_before_ray(tmp_path):
+    from pipeline.spec import check_inputs
+
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"x")
+    ok = {"inputs": {"paths": [str(video)]}, "output": {"uri": str(tmp_path / "o")}}
+    check_inputs(parse_spec(ok))  # hub ids are not checked locally
+    with pytest.raises(SpecError, match=r"models\.vlm\.name_or_path: no such file"):
+        check_inputs(parse_spec({**ok, "models": {"vlm": {"name_or_path": str(tmp_path / "missing")}}}))
+    with pytest.raises(SpecError, match=r"inputs\.paths\[0\]: nothing matches"):
+        check_inputs(parse_spec({**ok, "inputs": {"paths": [str(tmp_path / "*.mkv")]}}))
+
+
+def test_discover_paths_globs_and_manifests(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.discover import discover
+
+    for name in ("b.mp4", "a.mp4"):
+        (tmp_path / name).write_bytes(b"123")
+    (tmp_path / "m.csv").write_text("uri,title\na.mp4,first\nmissing.mp4,gone\n")
+    (tmp_path / "m.jsonl").write_text('{"uri": "b.mp4"}\n')
+    pq.write_table(pa.table({"uri": [str(tmp_path / "a.mp4")]}), tmp_path / "m.parquet")
+    spec = parse_spec({"inputs": {"paths": [str(tmp_path / "*.mp4")], "manifest": str(tmp_path / "m.csv")},
+                       "output": {"uri": "o"}})
+    rows = discover(spec.inputs)
+    assert [r["uri"].rsplit("/", 1)[1] for r in rows] == ["a.mp4", "b.mp4", "missing.mp4"]  # de-duplicated, sorted
+    assert rows[2]["size_bytes"] == -1 and len({r["video_id"] for r in rows}) == 3
+    for manifest, expected in (("m.jsonl", "b.mp4"), ("m.parquet", "a.mp4")):
+        spec = parse_spec({"inputs": {"manifest": str(tmp_path / manifest)}, "output": {"uri": "o"}})
+        assert [r["uri"].rsplit("/", 1)[1] for r in discover(spec.inputs)] == [expected]
+    (tmp_path / "bad.csv").write_text("path\nx.mp4\n")
+    spec = parse_spec({"inputs": {"manifest": str(tmp_path / "bad.csv")}, "output": {"uri": "o"}})
+    with pytest.raises(ValueError, match="no 'uri' column"):
+        discover(spec.inputs)
