@@ -123,6 +123,10 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
         AnalyzeStage(spec=spec), **ray_args(res.analyze, actor=False)).materialize()
     videos = sorted(analyzed.drop_columns(["clips"]).take_all(), key=lambda r: r["uri"])
     seconds["analyze"] = time.perf_counter() - t
+    bad = Counter(v["reason"] for v in videos if v["status"] != "ok")
+    log(f"[analyze] {len(videos)} videos: {len(videos) - sum(bad.values())} ok"
+        + "".join(f", {n} {r}" for r, n in sorted(bad.items()))
+        + f"; {sum(v['num_clips'] or 0 for v in videos)} clips ({seconds['analyze']:.1f}s)")
 
     t = time.perf_counter()
     clips_ds = analyzed.map_batches(explode_clips, batch_format="pyarrow")
@@ -132,6 +136,8 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
         "model": spec.models.vlm, "settings": spec.caption}, **ray_args(res.caption, actor=True, gpus_in_cluster=gpus))
     clips = sorted(clips_ds.drop_columns(["frames"]).take_all(), key=lambda r: (r["uri"], r["start_frame"]))
     seconds["clip_and_caption"] = time.perf_counter() - t
+    log(f"[clip filter + caption] {sum(c['status'] == 'kept' for c in clips)} of {len(clips)} clips kept, "
+        f"{sum(c.get('caption_text') is not None for c in clips)} captioned ({seconds['clip_and_caption']:.1f}s)")
 
     for c in clips:
         if c.get("caption_text") is not None:
@@ -153,6 +159,7 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
             chapters.extend(json.loads(row["chapters_json"]))
             captions.extend(json.loads(row["captions_json"]))
     seconds["hierarchy"] = time.perf_counter() - t
+    log(f"[chapters] {len(chapters)} chapters and {len(hierarchy_in)} video captions ({seconds['hierarchy']:.1f}s)")
 
     chapter_of = {cid: ch for ch in chapters for cid in ch["clip_ids"]}
     video_caption = {c["video_id"]: c["caption_id"] for c in captions if c["level"] == "video"}
@@ -188,6 +195,7 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
         shards = sorted(ray.data.from_items(shard_rows, override_num_blocks=len(shard_rows)).map_batches(
             ShardWriterStage(), **ray_args(res.write, actor=False)).take_all(), key=lambda s: s["shard"])
     seconds["write_shards"] = time.perf_counter() - t
+    log(f"[write] {len(shards)} shards, {sum(s['samples'] for s in shards)} samples ({seconds['write_shards']:.1f}s)")
 
     level_order = {"video": 0, "chapter": 1, "clip": 2}
     tables = {

@@ -10,6 +10,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_report_header(config):
+    return ("vidcurate: model stages run tiny open_clip and Qwen2-VL models with random weights, "
+            "built offline by the tests; their scores and captions are meaningless by design")
+
+
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     """The demo inputs and tiny random-weight models, built offline into a temp dir."""

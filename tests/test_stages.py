@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import av
 import pytest
@@ -127,3 +128,15 @@ def test_shots_cli(demo):
     assert [s["start_frame"] for s in shots][1:] == pytest.approx(demo["synthetic_cuts"], abs=1)
     assert all(s["end_frame"] == n["start_frame"] for s, n in zip(shots, shots[1:]))
     assert shots[-1]["end_frame"] == 160 and shots[0]["start_s"] == 0.0
+
+
+def test_console_script_validate(demo):
+    from tests.conftest import ROOT, demo_overrides
+
+    exe = str(Path(sys.executable).parent / "vidcurate")
+    sets = [a for o in demo_overrides(demo, demo["root"] / "out") for a in ("--set", o)]
+    ok = subprocess.run([exe, "validate", str(ROOT / "jobs" / "demo.yaml"), *sets], capture_output=True, text=True)
+    assert ok.returncode == 0 and "valid" in ok.stdout, ok.stderr
+    bad = subprocess.run([exe, "validate", str(ROOT / "jobs" / "demo.yaml"), *sets, "--set", "caption.batch_sise=3"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "caption.batch_sise: unknown key" in bad.stderr
