@@ -6,6 +6,7 @@ import glob
 import os
 from pathlib import Path
 
+from pipeline.spec import SpecError
 from stages.base import video_id
 
 
@@ -22,9 +23,9 @@ def _manifest_uris(path: str) -> list[str]:
     elif suffix in (".jsonl", ".json"):
         table = pjson.read_json(path)
     else:
-        raise ValueError(f"inputs.manifest: unsupported manifest type {suffix!r} (parquet, csv, tsv, jsonl)")
+        raise SpecError(f"inputs.manifest: unsupported manifest type {suffix!r} (parquet, csv, tsv, jsonl)")
     if "uri" not in table.column_names:
-        raise ValueError(f"inputs.manifest: {path} has no 'uri' column (columns: {table.column_names})")
+        raise SpecError(f"inputs.manifest: {path} has no 'uri' column (columns: {table.column_names})")
     base = Path(path).parent
     return [u if os.path.isabs(u) else str(base / u) for u in table.column("uri").to_pylist() if u]
 
@@ -33,8 +34,11 @@ def discover(inputs) -> list[dict]:
     """Input rows {uri, video_id, size_bytes}; a missing file still yields a row (it is rejected later)."""
     uris: list[str] = []
     for pattern in inputs.paths:
-        matches = sorted(glob.glob(pattern)) or [pattern]
-        uris.extend(m for m in matches if not os.path.isdir(m))
+        for match in sorted(glob.glob(pattern)) or [pattern]:
+            if os.path.isdir(match):  # a directory: every file below it
+                uris.extend(str(p) for p in sorted(Path(match).rglob("*")) if p.is_file())
+            else:
+                uris.append(match)
     if inputs.manifest:
         uris.extend(_manifest_uris(inputs.manifest))
     rows, seen = [], set()

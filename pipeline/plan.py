@@ -33,13 +33,24 @@ def output_dir(spec: JobSpec) -> Path:
     return Path(uri[len("file://"):] if uri.startswith("file://") else uri).absolute()
 
 
-def prepare_output(spec: JobSpec) -> Path:
-    """Check the output directory before any work: empty, or replaced when output.overwrite."""
+OUTPUT_NAMES = {"manifest.json", "spec.yaml", "stats.json", "videos", "clips", "captions", "chapters", "shards"}
+
+
+def prepare_output(spec: JobSpec, inputs: list[dict]) -> Path:
+    """Check the output directory before any work: empty, or a previous vidcurate output that
+    is replaced when output.overwrite. Never deletes anything else, and never an input."""
     out = output_dir(spec)
+    inside = [r["uri"] for r in inputs if Path(r["uri"]).is_relative_to(out)]
+    if inside:
+        raise SpecError(f"output.uri: {out} contains inputs (e.g. {inside[0]}); choose another directory")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not spec.output.overwrite:
             raise SpecError(f"output.uri: {out} exists and is not empty; set output.overwrite: true to replace it")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_NAMES) if out.is_dir() else [out.name]
+        if foreign:
+            raise SpecError(f"output.uri: {out} holds files vidcurate did not write ({', '.join(foreign[:3])}); "
+                            "refusing to replace it")
+        shutil.rmtree(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     return out
 
@@ -98,8 +109,8 @@ def run_job(spec: JobSpec, log=print) -> dict:
     import ray
 
     check_inputs(spec)
-    out = prepare_output(spec)
     inputs = discover(spec.inputs)
+    out = prepare_output(spec, inputs)
     started = connect_ray(spec)
     try:
         ctx = ray.data.DataContext.get_current()
@@ -195,6 +206,11 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
         shards = sorted(ray.data.from_items(shard_rows, override_num_blocks=len(shard_rows)).map_batches(
             ShardWriterStage(), **ray_args(res.write, actor=False)).take_all(), key=lambda s: s["shard"])
     seconds["write_shards"] = time.perf_counter() - t
+    failed = {k: v for s in shards for k, v in json.loads(s.pop("failed_json")).items()}
+    for c in kept:
+        if c["clip_id"] in failed:
+            c.update(status="rejected", reason="extract_error", shard=None, key=None)
+            log(f"[write] clip {c['clip_id']} of {c['uri']} left out: {failed[c['clip_id']]}")
     log(f"[write] {len(shards)} shards, {sum(s['samples'] for s in shards)} samples ({seconds['write_shards']:.1f}s)")
 
     level_order = {"video": 0, "chapter": 1, "clip": 2}
@@ -237,6 +253,7 @@ def _stats(videos, clips, captions, shards, seconds) -> dict:
     score_drops = {"low_motion", "high_motion", "blurry", "too_dark", "too_bright", "low_contrast"}
     after_shots = len(clips) - sum(n for r, n in reasons.items() if r in shot_drops)
     after_scores = after_shots - sum(n for r, n in reasons.items() if r in score_drops)
+    after_clip = after_scores - sum(n for r, n in reasons.items() if r.startswith("clip_"))
     kept = sum(c["status"] == "kept" for c in clips)
     levels = Counter(c["level"] for c in captions)
     counts = {
@@ -247,7 +264,7 @@ def _stats(videos, clips, captions, shards, seconds) -> dict:
         "clips": len(clips),
         "clips_after_shots": after_shots,
         "clips_after_scores": after_scores,
-        "clips_after_clip_filter": kept,
+        "clips_after_clip_filter": after_clip,
         "clips_kept": kept,
         "captions": dict(sorted(levels.items())),
         "chapters": levels.get("chapter", 0),

@@ -76,7 +76,8 @@ class ShardWriterStage:
     """Ray stage: extracts clip bytes and writes one shard per input row.
 
     Reads: shard, out_dir, samples_json (key, uri, start_s, end_s, json, txt per sample).
-    Adds: sha256, samples, bytes. Resources: resources.write (CPU tasks).
+    Adds: sha256, samples, bytes, failed_json (key -> error of clips that could not be
+    extracted; they are left out of the shard). Resources: resources.write (CPU tasks).
     """
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -84,16 +85,20 @@ class ShardWriterStage:
 
         out = []
         for row in batch.to_pylist():
-            samples = []
+            samples, failed = [], {}
             for s in json.loads(row["samples_json"]):
-                samples.append({
-                    "__key__": s["key"],
-                    "mp4": extract_clip(s["uri"], s["start_s"], s["end_s"]),
-                    "json": json.dumps(s["json"], sort_keys=True).encode(),
-                    "txt": s["txt"].encode(),
-                })
+                try:  # one clip that cannot be cut out must not take the shard (or the job) down
+                    mp4 = extract_clip(s["uri"], s["start_s"], s["end_s"])
+                except Exception as err:
+                    failed[s["key"]] = f"{type(err).__name__}: {err}"
+                    continue
+                samples.append({"__key__": s["key"], "mp4": mp4,
+                                "json": json.dumps(s["json"], sort_keys=True).encode(), "txt": s["txt"].encode()})
             info = write_tar(Path(row["out_dir"]) / row["shard"], samples)
             out.append({"shard": row["shard"], "sha256": info["sha256"], "samples": info["samples"],
-                        "bytes": info["bytes"]})
-        return pa.Table.from_pylist(out, schema=pa.schema([("shard", pa.string()), ("sha256", pa.string()),
-                                                           ("samples", pa.int64()), ("bytes", pa.int64())]))
+                        "bytes": info["bytes"], "failed_json": json.dumps(failed, sort_keys=True)})
+        return pa.Table.from_pylist(out, schema=SHARD_RESULT)
+
+
+SHARD_RESULT = pa.schema([("shard", pa.string()), ("sha256", pa.string()), ("samples", pa.int64()),
+                          ("bytes", pa.int64()), ("failed_json", pa.string())])

@@ -52,6 +52,12 @@ class Probe(_Section):
     min_side: int = Field(32, ge=1)
     max_side: int = Field(8192, ge=1)
 
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max_side < self.min_side:
+            raise ValueError("max_side must be >= min_side")
+        return self
+
 
 class Analysis(_Section):
     width: int = Field(256, ge=32, description="Analysis frames are downscaled to this width.")
@@ -85,9 +91,17 @@ class Scores(_Section):
     max_brightness: Optional[float] = Field(None, ge=0, le=255)
     min_contrast: Optional[float] = Field(None, ge=0, description="Std of luma.")
 
+    @model_validator(mode="after")
+    def _order(self):
+        for lo, hi in (("min_motion", "max_motion"), ("min_brightness", "max_brightness")):
+            a, b = getattr(self, lo), getattr(self, hi)
+            if a is not None and b is not None and b < a:
+                raise ValueError(f"{hi} must be >= {lo}")
+        return self
+
 
 class ClipFilter(_Section):
-    keep_prompts: list[str] = Field(default_factory=lambda: ["a video frame"])
+    keep_prompts: list[str] = Field(default_factory=lambda: ["a video frame"], min_length=1)
     reject_prompts: list[str] = Field(default_factory=lambda: ["a blank screen", "a title card with text"])
     frames: int = Field(3, ge=1)
     max_reject_margin: Optional[float] = Field(0.0, description="Reject when reject_sim - keep_sim exceeds this.")
@@ -141,7 +155,7 @@ class StageResources(_Section):
 
 class Resources(_Section):
     analyze: StageResources = StageResources(concurrency=2)
-    clip: StageResources = StageResources(batch_size=16)
+    clip: StageResources = StageResources(batch_size=16, num_gpus="auto")
     caption: StageResources = StageResources(batch_size=4, num_gpus="auto")
     hierarchy: StageResources = StageResources(batch_size=4, num_gpus="auto")
     write: StageResources = StageResources(concurrency=2)
@@ -221,7 +235,9 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Jo
 
 
 def _looks_local(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~")) or value.endswith((".pt", ".bin", ".safetensors", ".json"))
+    """A path rather than a hub id ("org/name") or an open_clip pretrained tag."""
+    return (value.startswith(("/", "./", "../", "~")) or value.count("/") >= 2
+            or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".json")))
 
 
 def check_inputs(spec: JobSpec) -> None:
@@ -236,6 +252,15 @@ def check_inputs(spec: JobSpec) -> None:
     for key, value in local.items():
         if value and _looks_local(value) and not Path(value).expanduser().exists():
             raise SpecError(f"{key}: no such file or directory: {value}")
+    from stages.models import load_prompt
+
+    prompts = {"caption.prompt": spec.caption.prompt, "chapters.chapter_prompt": spec.chapters.chapter_prompt,
+               "chapters.video_prompt": spec.chapters.video_prompt}
+    for key, value in prompts.items():
+        try:
+            load_prompt(value)
+        except FileNotFoundError as err:
+            raise SpecError(f"{key}: {err}") from None
 
 
 def resolved_yaml(spec: JobSpec) -> str:

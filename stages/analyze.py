@@ -33,6 +33,15 @@ def _even(x: float) -> int:
     return max(2, int(round(x / 2)) * 2)
 
 
+def scaled_size(width: int, height: int, target_width: int, min_height: int = 16) -> tuple[int, int]:
+    """Even (w, h) of a downscale to ``target_width``, never below ``min_height`` rows (so very wide
+    videos keep enough rows for flow and sharpness), never upscaled."""
+    s = min(1.0, target_width / width)
+    if height * s < min_height:
+        s = min(1.0, min_height / height)
+    return _even(width * s), _even(height * s)
+
+
 def decode_pass(path: str, spec) -> tuple[dict, dict]:
     """Decode ``path`` once. Returns (video metadata, per-frame signals and thumbnails)."""
     import av
@@ -42,10 +51,8 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
     try:
         stream.thread_type = "AUTO"
         fps = meta["fps"] or 25.0
-        aw = min(spec.analysis.width, meta["width"])
-        ah = _even(meta["height"] * aw / meta["width"])
-        fw = min(spec.analysis.flow_width, aw)
-        fh = _even(meta["height"] * fw / meta["width"])
+        aw, ah = scaled_size(meta["width"], meta["height"], spec.analysis.width)
+        fw, fh = scaled_size(meta["width"], meta["height"], spec.analysis.flow_width)
         ts = spec.analysis.frame_size
         short = min(meta["width"], meta["height"])
         tw, th = _even(meta["width"] * ts / short), _even(meta["height"] * ts / short)
@@ -58,6 +65,8 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
         try:
             for i, frame in enumerate(container.decode(stream)):
                 times.append(float(frame.time) if frame.time is not None else i / fps)
+                if times[-1] - times[0] > spec.probe.max_duration_s:
+                    raise Rejected("too_long", f"still decoding past probe.max_duration_s={spec.probe.max_duration_s}")
                 bgr = frame.to_ndarray(format="bgr24", width=aw, height=ah)
                 detector.feed(i, bgr)
                 gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
@@ -75,6 +84,9 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
             meta["message"] = f"decode stopped early: {err}"
         if not times:
             raise Rejected("no_frames", "the video stream decoded to no frames")
+        if any(b <= a for a, b in zip(times, times[1:])):  # PTS not increasing: fall back to the rate
+            times = [times[0] + i / fps for i in range(len(times))]
+            meta["message"] = (meta.get("message", "") + " timestamps not increasing; times from frame rate").strip()
         span = times[-1] - times[0] + 1.0 / fps
         if meta["duration_s"] and span < MIN_COVERAGE * meta["duration_s"]:
             raise Rejected("truncated", f"decoded {span:.2f}s of {meta['duration_s']:.2f}s "
@@ -100,13 +112,16 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec) -> list[dict]:
     """Clip rows (schemas.CLIP_WORK) from the cuts and per-frame signals of one video."""
     times, n, fps = analysis["times"], meta["num_frames"], meta["fps"] or 25.0
     shots = shots_from_cuts(analysis["cuts"], n)
+    signals = dict(analysis["signals"])
+    signals["motion"] = signals["motion"].copy()
+    signals["motion"][[a for a, _ in shots]] = np.nan  # flow across a cut measures the cut, not motion
     rows = []
     for index, c in enumerate(assemble_clips(shots, fps, min_clip_s=spec.shots.min_clip_s,
                                              max_clip_s=spec.shots.max_clip_s, trim_s=spec.shots.trim_s)):
         a, b = c["start_frame"], c["end_frame"]
         start_s = times[a] - times[0]
         end_s = (times[b] - times[0]) if b < n else (times[-1] - times[0] + 1.0 / fps)
-        scores = clip_scores(analysis["signals"], a, b)
+        scores = clip_scores(signals, a, b)
         reason = c["reason"] or score_reason(scores, spec.scores)
         rows.append({
             "clip_id": clip_id(video["video_id"], a, b), "video_id": video["video_id"],

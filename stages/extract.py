@@ -13,20 +13,26 @@ from fractions import Fraction
 
 def _first_frame_time(container, stream) -> float:
     for frame in container.decode(stream):
-        return float(frame.time or 0.0)
+        return float(frame.time) if frame.time is not None else 0.0
     return 0.0
 
 
 def extract_clip(path: str, start_s: float, end_s: float, *, crf: int = 20, preset: str = "veryfast") -> bytes:
     import av
 
-    with av.open(path, options={"protocol_whitelist": "file"}) as src:
+    src = av.open(path, options={"protocol_whitelist": "file"})
+    try:
         stream = src.streams.video[0]
         t0 = _first_frame_time(src, stream)
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         half = 0.5 / float(rate)
         lo, hi = t0 + start_s - half, t0 + end_s - half
-        src.seek(int(max(0.0, lo) / stream.time_base), stream=stream, backward=True, any_frame=False)
+        try:
+            src.seek(int(max(0.0, lo) / stream.time_base), stream=stream, backward=True, any_frame=False)
+        except av.error.FFmpegError:  # not seekable (raw elementary streams): decode from the start
+            src.close()
+            src = av.open(path, options={"protocol_whitelist": "file"})
+            stream = src.streams.video[0]
         buf = io.BytesIO()
         with av.open(buf, mode="w", format="mp4", options={"fflags": "+bitexact"}) as dst:
             out = dst.add_stream("libx264", rate=rate)
@@ -37,8 +43,9 @@ def extract_clip(path: str, start_s: float, end_s: float, *, crf: int = 20, pres
             out.options = {"crf": str(crf), "preset": preset, "bf": "0"}
             out.codec_context.flags |= av.codec.context.Flags.bitexact
             n = 0
-            for frame in src.decode(stream):
-                t = float(frame.time or 0.0)
+            for i, frame in enumerate(src.decode(stream)):
+                # frames without PTS (raw streams) are timed by their index, as in the analysis pass
+                t = float(frame.time) if frame.time is not None else t0 + i / float(rate)
                 if t < lo:
                     continue
                 if t >= hi:
@@ -52,3 +59,5 @@ def extract_clip(path: str, start_s: float, end_s: float, *, crf: int = 20, pres
         if n == 0:
             raise ValueError(f"no frames in [{start_s:.3f}, {end_s:.3f}) of {path}")
         return buf.getvalue()
+    finally:
+        src.close()

@@ -54,7 +54,9 @@ def stream_metadata(container, limits) -> dict:
     duration = None
     if stream.duration is not None and stream.time_base is not None:
         duration = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
+    elif container.duration is not None and len(container.streams) == 1:
+        # The container's duration covers every stream (audio may run longer): only trusted
+        # for the video when the video is the only stream.
         duration = container.duration / 1e6
     if duration is not None and duration > limits.max_duration_s:
         raise Rejected("too_long", f"{duration:.1f}s > probe.max_duration_s={limits.max_duration_s}")

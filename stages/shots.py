@@ -59,13 +59,28 @@ def assemble_clips(shots: list[tuple[int, int]], fps: float, *, min_clip_s: floa
     clips = []
     trim = int(round(trim_s * fps))
     max_len = max(1, int(math.floor(max_clip_s * fps)))
+    min_len = max(1, math.ceil(min_clip_s * fps))
+
+    def add(a: int, b: int, ok: bool) -> None:
+        clips.append({"start_frame": a, "end_frame": b, "status": "kept" if ok else "rejected",
+                      "reason": None if ok else "too_short"})
+
     for start, end in shots:
         s, e = start + trim, end - trim
-        if e - s < max(1, math.ceil(min_clip_s * fps)):
-            clips.append({"start_frame": start, "end_frame": end, "status": "rejected", "reason": "too_short"})
+        length = e - s
+        if length < min_len:
+            add(start, end, False)
             continue
-        pieces = math.ceil((e - s) / max_len)
-        bounds = [s + round(i * (e - s) / pieces) for i in range(pieces + 1)]
-        for a, b in zip(bounds, bounds[1:]):
-            clips.append({"start_frame": a, "end_frame": b, "status": "kept", "reason": None})
+        pieces = math.ceil(length / max_len)
+        if length // pieces >= min_len:  # equal windows, each within [min, max]
+            bounds = [s + round(i * length / pieces) for i in range(pieces + 1)]
+            for a, b in zip(bounds, bounds[1:]):
+                add(a, b, True)
+            continue
+        # No equal split fits (min close to max): windows of max length, remainder kept if long enough.
+        a = s
+        while a < e:
+            b = min(a + max_len, e)
+            add(a, b, b - a >= min_len)
+            a = b
     return clips

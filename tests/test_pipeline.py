@@ -48,7 +48,7 @@ def test_rejections_carry_reasons(demo_run):
     reasons = {c["reason"] for c in clips if c["reason"]}
     assert "low_motion" in reasons  # dark_static.mp4
     assert reasons <= {"too_short", "low_motion", "high_motion", "blurry", "too_dark", "too_bright",
-                       "low_contrast", "clip_reject_prompt", "clip_low_keep_sim"}
+                       "low_contrast", "clip_reject_prompt", "clip_low_keep_sim", "extract_error"}
 
 
 def test_shards_agree_with_tables(demo_run):
@@ -104,8 +104,11 @@ def test_caption_and_chapter_times_lie_inside_the_video(demo_run):
 
 def test_outputs_beside_manifest(demo_run):
     out, manifest, spec = demo_run
-    saved = (out / "spec.yaml").read_text()
-    assert "samples_per_shard: 4" in saved and manifest["spec"]["output"]["uri"] == spec.output.uri
+    import yaml
+
+    saved = yaml.safe_load((out / "spec.yaml").read_text())
+    assert saved == manifest["spec"] and saved["output"]["samples_per_shard"] == 4
+    assert saved["inputs"]["paths"] == spec.inputs.paths
     assert manifest["tiny_random_models"] is True
     assert {"ray", "pyarrow", "av", "transformers", "open_clip_torch"} <= set(manifest["versions"])
     assert sorted(p.name for p in (out / "shards").iterdir()) == [s["shard"] for s in manifest["shards"]]
@@ -154,4 +157,10 @@ def test_existing_output_is_not_overwritten_without_consent(demo, tmp_path):
     spec = load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out) + ["output.overwrite=false"])
     with pytest.raises(SpecError, match="output.uri: .* exists and is not empty"):
         run_job(spec, log=lambda *_: None)
+    with pytest.raises(SpecError, match="output.uri: .* holds files vidcurate did not write"):
+        run_job(load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out)), log=lambda *_: None)
     assert (out / "keep.txt").read_text() == "user data"
+    around_inputs = load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, demo["root"]))
+    with pytest.raises(SpecError, match="output.uri: .* contains inputs"):
+        run_job(around_inputs, log=lambda *_: None)
+    assert all(Path(p).exists() for p in demo["videos"])

@@ -62,12 +62,58 @@ def test_bad_files_become_rejected_rows(demo, tmp_path):
     assert analyze_video(_row(path), SPEC)["reason"] == "no_video_stream"
 
 
-def test_truncated_file_is_rejected(demo, tmp_path):
-    data = (demo["root"] / "videos" / "bikes.mp4").read_bytes()
+def _synthetic(path, frames=100, fmt=None, options=None):
+    import numpy as np
+
+    from pipeline.demo import _pattern
+
+    with av.open(str(path), "w", format=fmt, options=options or {}) as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 160, 90, "yuv420p"
+        for i in range(frames):
+            out.mux(s.encode(av.VideoFrame.from_ndarray(_pattern(i // 50, i, 90, 160), format="rgb24")))
+        out.mux(s.encode(None))
+    return path
+
+
+def test_truncated_file_is_rejected(tmp_path):
+    # index at the start (faststart), then the file is cut: the decoder stops early without error
+    full = _synthetic(tmp_path / "full.mp4", 200, options={"movflags": "faststart"})
+    data = full.read_bytes()
     cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[: len(data) // 2])  # moov atom at the end -> unreadable
+    cut.write_bytes(data[: len(data) // 2])
     row = analyze_video(_row(cut), SPEC)
-    assert row["status"] == "rejected" and row["reason"] in ("not_a_video", "truncated", "no_frames")
+    assert (row["status"], row["reason"]) == ("rejected", "truncated"), row
+    # index at the end, cut: the container cannot be opened at all
+    tail_index = _synthetic(tmp_path / "tail.mp4", 200).read_bytes()
+    (tmp_path / "cut2.mp4").write_bytes(tail_index[: len(tail_index) // 2])
+    assert analyze_video(_row(tmp_path / "cut2.mp4"), SPEC)["reason"] == "not_a_video"
+
+
+def test_raw_elementary_stream_is_analyzed_and_extracted(tmp_path):
+    raw = _synthetic(tmp_path / "raw.h264", 100, fmt="h264")
+    row = analyze_video(_row(raw), SPEC)
+    assert row["status"] == "ok" and row["num_frames"] == 100
+    kept = [c for c in row["clips"] if c["status"] == "kept"]
+    assert kept
+    with av.open(io.BytesIO(extract_clip(str(raw), kept[-1]["start_s"], kept[-1]["end_s"]))) as c:
+        assert sum(1 for _ in c.decode(video=0)) == kept[-1]["end_frame"] - kept[-1]["start_frame"]
+
+
+def test_shard_writer_leaves_out_clips_it_cannot_extract(demo, tmp_path):
+    import pyarrow as pa
+    import webdataset as wds
+
+    from pipeline.sinks import ShardWriterStage
+
+    good = {"key": "aa11", "uri": str(demo["root"] / "videos" / "bikes.mp4"), "start_s": 1.2, "end_s": 3.04,
+            "json": {"clip_id": "aa11"}, "txt": "a caption"}
+    bad = {**good, "key": "bb22", "uri": str(demo["root"] / "bad" / "random_bytes.mp4"), "json": {"clip_id": "bb22"}}
+    out = ShardWriterStage()(pa.Table.from_pylist([{"shard": "shard-000000.tar", "out_dir": str(tmp_path),
+                                                    "samples_json": json.dumps([good, bad])}])).to_pylist()[0]
+    assert out["samples"] == 1 and list(json.loads(out["failed_json"])) == ["bb22"]
+    keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "shard-000000.tar"), shardshuffle=False)]
+    assert keys == ["aa11"]
 
 
 def test_stage_tables_follow_schemas(demo):
@@ -116,9 +162,27 @@ def test_torchvision_guard_in_fresh_process():
             "applied = ensure_torchvision(); import torchvision, open_clip; "
             "print('cuda' if torch.cuda.is_available() else 'cpu', applied)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    device, _, applied = out.strip().partition(" ")
+    device, _, applied = out.strip().partition(" ")  # reaching print means torchvision imported
+    assert device in ("cpu", "cuda")
     if device == "cuda":
         assert applied == "[]"  # GPU machines are untouched
+
+
+def test_torchvision_guard_leaves_other_errors_alone(monkeypatch):
+    import builtins
+
+    from stages import torchvision_cpu_guard as guard
+
+    real_import = builtins.__import__
+
+    def failing(name, *args, **kwargs):
+        if name == "torchvision":
+            raise RuntimeError("something else went wrong")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing)
+    with pytest.raises(RuntimeError, match="something else"):
+        guard.ensure_torchvision()
 
 
 def test_shots_cli(demo):

@@ -156,6 +156,8 @@ def test_missing_local_model_fails_before_ray(tmp_path):
     check_inputs(parse_spec(ok))  # hub ids are not checked locally
     with pytest.raises(SpecError, match=r"models\.vlm\.name_or_path: no such file"):
         check_inputs(parse_spec({**ok, "models": {"vlm": {"name_or_path": str(tmp_path / "missing")}}}))
+    with pytest.raises(SpecError, match=r"caption\.prompt: prompt file not found"):
+        check_inputs(parse_spec({**ok, "caption": {"prompt": "no_such_prompt_v9"}}))
     with pytest.raises(SpecError, match=r"inputs\.paths\[0\]: nothing matches"):
         check_inputs(parse_spec({**ok, "inputs": {"paths": [str(tmp_path / "*.mkv")]}}))
 
@@ -181,5 +183,33 @@ def test_discover_paths_globs_and_manifests(tmp_path):
         assert [r["uri"].rsplit("/", 1)[1] for r in discover(spec.inputs)] == [expected]
     (tmp_path / "bad.csv").write_text("path\nx.mp4\n")
     spec = parse_spec({"inputs": {"manifest": str(tmp_path / "bad.csv")}, "output": {"uri": "o"}})
-    with pytest.raises(ValueError, match="no 'uri' column"):
+    with pytest.raises(SpecError, match="inputs.manifest: .* no .uri. column"):
         discover(spec.inputs)
+
+
+def test_windows_respect_min_and_max_length():
+    for length in range(25, 400, 7):
+        for lo, hi in ((1.0, 4.0), (3.0, 4.0), (2.0, 2.0)):
+            clips = assemble_clips([(0, length)], 25.0, min_clip_s=lo, max_clip_s=hi)
+            assert clips[0]["start_frame"] == 0 and clips[-1]["end_frame"] == length
+            assert all(a["end_frame"] == b["start_frame"] for a, b in zip(clips, clips[1:]))
+            for c in clips:
+                n = c["end_frame"] - c["start_frame"]
+                assert n <= hi * 25
+                assert (n >= lo * 25) == (c["status"] == "kept")
+
+
+def test_scaled_size_keeps_rows_for_wide_videos():
+    from stages.analyze import scaled_size
+
+    assert scaled_size(1280, 720, 256) == (256, 144)
+    assert scaled_size(200, 100, 256) == (200, 100)  # never upscaled
+    w, h = scaled_size(8192, 32, 128)
+    assert h >= 16 and w % 2 == 0 and h % 2 == 0
+
+
+def test_scores_and_prompt_specs_are_checked():
+    with pytest.raises(SpecError, match=r"scores: Value error, max_brightness must be >= min_brightness"):
+        parse_spec({**BASE, "scores": {"min_brightness": 50, "max_brightness": 10}})
+    with pytest.raises(SpecError, match=r"clip_filter\.keep_prompts"):
+        parse_spec({**BASE, "clip_filter": {"keep_prompts": []}})
