@@ -73,6 +73,31 @@ def cmd_shots(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    """One JSON line per input, through the same guarded path the pipeline uses."""
+    import os
+
+    from pipeline.spec import load_spec, parse_spec
+    from stages.guard import GuardFailure, run_guarded
+    from stages.probe import probe_file
+
+    if args.job:
+        spec = load_spec(args.job, args.set)
+    else:
+        spec = parse_spec({"inputs": {"paths": args.paths}, "output": {"uri": "unused"}})
+    limits = spec.probe.model_copy(update={"timeout_s": args.timeout}) if args.timeout else spec.probe
+    worst = 0
+    for path in args.paths:
+        try:
+            row = run_guarded(probe_file, (path, limits), timeout_s=limits.timeout_s, memory_mb=limits.max_memory_mb)
+        except GuardFailure as fail:
+            row = {"status": "error" if fail.reason == "exception" else "rejected",
+                   "reason": "decode_error" if fail.reason == "exception" else fail.reason, "message": fail.message}
+        print(json.dumps({"uri": os.path.abspath(path), **row}), flush=True)
+        worst = max(worst, 0 if row["status"] == "ok" else 1)
+    return worst
+
+
 def cmd_prepare_demo(args) -> int:
     from pipeline.demo import prepare_demo
 
@@ -105,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     shots.add_argument("--job", help="take analysis and shot settings from this spec")
     shots.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     shots.set_defaults(func=cmd_shots)
+    probe = sub.add_parser("probe", help="print container metadata or the rejection reason of inputs, one JSON line each")
+    probe.add_argument("paths", nargs="+", metavar="PATH")
+    probe.add_argument("--job", help="take probe limits from this spec")
+    probe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    probe.add_argument("--timeout", type=float, help="seconds per input (default: probe.timeout_s)")
+    probe.set_defaults(func=cmd_probe)
     demo = sub.add_parser("prepare-demo", help="make the demo inputs and tiny models (offline)")
     demo.add_argument("--root", default="data/demo")
     demo.set_defaults(func=cmd_prepare_demo)

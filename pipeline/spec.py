@@ -46,11 +46,23 @@ class Output(_Section):
         return v
 
 
+DEFAULT_FORMATS = ["mov", "mp4", "matroska", "webm", "avi", "mpegts", "flv", "h264", "hevc", "mpeg",
+                   "mpegvideo", "ogg", "asf", "ivf", "m4v", "yuv4mpegpipe"]
+
+
 class Probe(_Section):
     max_file_mb: float = Field(20_000, gt=0)
     max_duration_s: float = Field(4 * 3600, gt=0)
+    max_frames: int = Field(1_000_000, ge=1, description="Decoding stops with too_long past this many frames.")
     min_side: int = Field(32, ge=1)
     max_side: int = Field(8192, ge=1)
+    max_pixels: int = Field(8192 * 4352, ge=1, description="Width x height bound (decompression bombs).")
+    formats: list[str] = Field(default_factory=lambda: list(DEFAULT_FORMATS), min_length=1,
+                               description="FFmpeg demuxers allowed to open inputs (playlists and concat are not).")
+    guard: bool = Field(True, description="Decode in a child process with a watchdog and a memory limit.")
+    timeout_s: float = Field(1800, gt=0, description="Wall-clock limit of one video's analysis.")
+    max_memory_mb: Optional[float] = Field(4096, gt=0, description="Memory the decoding process may map beyond "
+                                           "its libraries (an address-space limit); null: no limit.")
 
     @model_validator(mode="after")
     def _order(self):

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 import schemas
 from stages.base import Rejected, clip_id, subsample
+from stages.guard import GuardFailure, run_guarded
 from stages.probe import open_video
 from stages.scores import clip_scores, flow_magnitude, frame_quality, score_reason
 from stages.shots import ShotDetector, assemble_clips, shots_from_cuts
@@ -60,13 +61,16 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
         detector = ShotDetector(detector=spec.shots.detector, threshold=spec.shots.threshold,
                                 min_scene_len=spec.shots.min_scene_len, fps=fps)
         times, sharp, bright, contrast, motion, thumbs = [], [], [], [], [], []
-        prev = None
+        prev, missing_pts, decode_error = None, 0, None
         quality = [cv2.IMWRITE_JPEG_QUALITY, spec.analysis.jpeg_quality]
         try:
             for i, frame in enumerate(container.decode(stream)):
+                if frame.time is None:
+                    missing_pts += 1
                 times.append(float(frame.time) if frame.time is not None else i / fps)
-                if times[-1] - times[0] > spec.probe.max_duration_s:
-                    raise Rejected("too_long", f"still decoding past probe.max_duration_s={spec.probe.max_duration_s}")
+                if times[-1] - times[0] > spec.probe.max_duration_s or i >= spec.probe.max_frames:
+                    raise Rejected("too_long", f"still decoding past probe.max_duration_s="
+                                   f"{spec.probe.max_duration_s} or probe.max_frames={spec.probe.max_frames}")
                 bgr = frame.to_ndarray(format="bgr24", width=aw, height=ah)
                 detector.feed(i, bgr)
                 gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
@@ -78,19 +82,28 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
                 if i % stride == 0:
                     thumb = frame.to_ndarray(format="bgr24", width=tw, height=th)
                     thumbs.append((i, cv2.imencode(".jpg", thumb, quality)[1].tobytes()))
+        except MemoryError:  # FFmpeg's ENOMEM too: the guard reports memory_limit
+            raise
         except av.error.FFmpegError as err:
             if not times:
-                raise Rejected("decode_error", str(err)) from None
+                raise Rejected("corrupt_stream", str(err)) from None
+            decode_error = str(err)
             meta["message"] = f"decode stopped early: {err}"
         if not times:
             raise Rejected("no_frames", "the video stream decoded to no frames")
+        if missing_pts and not meta["fps"]:
+            raise Rejected("missing_timestamps", f"{missing_pts} of {len(times)} frames have no timestamp "
+                           "and the stream declares no frame rate")
+        if missing_pts:
+            meta["message"] = (meta.get("message", "") + f" {missing_pts} frames without timestamps; "
+                               "times from the frame rate").strip()
         if any(b <= a for a, b in zip(times, times[1:])):  # PTS not increasing: fall back to the rate
             times = [times[0] + i / fps for i in range(len(times))]
             meta["message"] = (meta.get("message", "") + " timestamps not increasing; times from frame rate").strip()
         span = times[-1] - times[0] + 1.0 / fps
         if meta["duration_s"] and span < MIN_COVERAGE * meta["duration_s"]:
-            raise Rejected("truncated", f"decoded {span:.2f}s of {meta['duration_s']:.2f}s "
-                           + meta.get("message", ""))
+            raise Rejected("corrupt_stream" if decode_error else "truncated",
+                           f"decoded {span:.2f}s of {meta['duration_s']:.2f}s " + meta.get("message", ""))
         meta["num_frames"] = len(times)
         meta["duration_s"] = span  # what was decoded: every clip and caption time lies inside it
         signals = {"sharpness": np.array(sharp), "brightness": np.array(bright),
@@ -134,22 +147,45 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec) -> list[dict]:
     return rows
 
 
-def analyze_video(video: dict, spec) -> dict:
-    """One input -> one analyzed row (a videos row plus its clips); never raises for bad files."""
-    t0 = time.perf_counter()
-    row = dict(video)
+def analysis_job(video: dict, spec) -> dict:
+    """The decoder's part of one video; runs in the guarded child process. Never raises Rejected."""
     try:
         meta, analysis = decode_pass(video["uri"], spec)
-        row.update(meta, status="ok")
-        row["clips"] = build_clips(video, meta, analysis, spec)
-        row["num_clips"] = len(row["clips"])
-        row["num_clips_kept"] = sum(c["status"] == "kept" for c in row["clips"])
-        if not row["clips"]:
-            row.update(status="rejected", reason="no_clips")
+        return {"status": "ok", "meta": meta, "clips": build_clips(video, meta, analysis, spec),
+                "suspect": "decode stopped early" in meta.get("message", ""), "message": meta.get("message")}
     except Rejected as rej:
-        row.update(status="rejected", reason=rej.reason, message=rej.message, clips=[])
-    except Exception as err:  # a bug or an unforeseen decoder failure: recorded, not raised
-        row.update(status="error", reason="decode_error", message=f"{type(err).__name__}: {err}", clips=[])
+        return {"status": "rejected", "reason": rej.reason, "message": rej.message}
+
+
+def analyze_video(video: dict, spec) -> dict:
+    """One input -> one analyzed row (a videos row plus its clips); never raises for bad files.
+
+    With spec.probe.guard (the default) the decode runs in a child process under a wall-clock
+    watchdog and a memory limit: a hang, a memory blow-up or a decoder crash becomes a reason.
+    """
+    t0 = time.perf_counter()
+    row = dict(video, clips=[])
+    try:
+        if spec.probe.guard:
+            result = run_guarded(analysis_job, (video, spec), timeout_s=spec.probe.timeout_s,
+                                 memory_mb=spec.probe.max_memory_mb)
+        else:
+            result = analysis_job(video, spec)
+        if result["status"] == "ok":
+            row.update(result["meta"], status="ok", clips=result["clips"])
+            row["num_clips"] = len(row["clips"])
+            row["num_clips_kept"] = sum(c["status"] == "kept" for c in row["clips"])
+            if not row["clips"]:
+                row.update(status="rejected", reason="no_clips")
+        else:
+            row.update(status="rejected", reason=result["reason"], message=result["message"])
+    except GuardFailure as fail:
+        if fail.reason == "exception":  # a bug or an unforeseen failure in our code: recorded, not raised
+            row.update(status="error", reason="decode_error", message=fail.message)
+        else:
+            row.update(status="rejected", reason=fail.reason, message=fail.message)
+    except Exception as err:
+        row.update(status="error", reason="decode_error", message=f"{type(err).__name__}: {err}")
     row["analysis_s"] = time.perf_counter() - t0
     return row
 

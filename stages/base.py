@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 # Reasons a video ends without clips (videos.reason). Documented in the README.
 VIDEO_REASONS = (
-    "not_found", "empty_file", "file_too_large", "not_a_video", "no_video_stream",
-    "unsupported_codec", "resolution_out_of_bounds", "too_long", "no_frames", "truncated",
+    "not_found", "not_a_file", "empty_file", "file_too_large", "not_a_video", "unsupported_format",
+    "no_video_stream", "unsupported_codec", "resolution_out_of_bounds", "too_long", "no_frames",
+    "truncated", "corrupt_stream", "missing_timestamps", "timeout", "memory_limit", "decoder_crash",
     "decode_error", "no_clips",
 )
 # Reasons a clip is dropped (clips.reason).

@@ -1,0 +1,120 @@
+"""Guarded execution of decoder work: a child process with a wall-clock watchdog and a memory cap.
+
+A hostile file can hang the demuxer, exhaust memory, or crash FFmpeg with a segfault. Running
+the decode in a child process turns each of those into a reason on one ``videos`` row
+(``timeout``, ``memory_limit``, ``decoder_crash``) while the Ray task that asked survives, so
+Ray never retries a poisoned video forever.
+
+Children come from a ``forkserver`` that has already imported the decoding modules, so each
+guarded call costs a fork (milliseconds), not a Python start-up; the server lives as long as
+the Ray worker process and serves every task that worker runs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+
+_PRELOAD = ["numpy", "cv2", "av", "scenedetect", "stages.analyze"]
+_ctx = None
+
+
+def _context():
+    global _ctx
+    if _ctx is None:
+        _ctx = mp.get_context("forkserver")
+        _ctx.set_forkserver_preload(_PRELOAD)
+    return _ctx
+
+
+def _address_space_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _child(conn, fn, args, memory_mb):
+    import resource
+
+    if memory_mb:  # a budget on top of what the process already maps (libraries, thread stacks)
+        limit = _address_space_bytes() + int(memory_mb * 1024 * 1024)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        value = fn(*args)
+        result = ("ok", value)
+        message = str(value.get("message") or "") if isinstance(value, dict) else ""
+        if memory_mb and (value.get("status") != "ok" or value.get("suspect")) and "[Errno 11]" in message:
+            # FFmpeg cannot start its decoding threads (EAGAIN) once the address space is used up
+            result = ("memory_limit", f"the decoder hit its memory budget of {memory_mb} MB: {message}")
+    except MemoryError as err:
+        result = ("memory_limit", f"the decoder ran out of its memory budget of {memory_mb} MB ({err})")
+    except ImportError as err:  # a lazy import that could not map its library under the limit
+        kind = "memory_limit" if "failed to map" in str(err) else "exception"
+        result = (kind, f"{type(err).__name__}: {err}")
+    except BaseException as err:  # reported to the parent, which decides the row
+        result = ("exception", f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=4)}")
+    try:
+        conn.send(result)
+    except MemoryError:
+        conn.send(("memory_limit", "result too large for the memory limit"))
+    finally:
+        conn.close()
+
+
+class GuardFailure(Exception):
+    """The guarded call did not return: ``reason`` is timeout, memory_limit or decoder_crash."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def run_guarded(fn, args: tuple, *, timeout_s: float, memory_mb: float | None):
+    """Run ``fn(*args)`` in a child process; return its result or raise GuardFailure.
+
+    Exceptions raised by ``fn`` come back as GuardFailure("exception", message) unless ``fn``
+    turns them into results itself. A dict result that failed (``status`` not "ok", or marked
+    ``suspect``) because FFmpeg could not start threads under the limit is memory_limit.
+    """
+    ctx = _context()
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, fn, args, memory_mb), daemon=True)
+    proc.start()
+    child.close()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GuardFailure("timeout", f"no result after {timeout_s:g}s; decoder process killed")
+            if parent.poll(min(left, 0.5)):
+                try:
+                    status, payload = parent.recv()
+                except (EOFError, OSError):
+                    status, payload = None, None
+                if status == "ok":
+                    return payload
+                if status in ("memory_limit", "exception"):
+                    raise GuardFailure(status, payload)
+                break
+            if not proc.is_alive():
+                break
+        proc.join(5)
+        code = proc.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            if -code == signal.SIGKILL:  # the kernel's OOM killer, or another hard kill
+                raise GuardFailure("memory_limit", f"decoder process killed ({name})")
+            raise GuardFailure("decoder_crash", f"decoder process died with {name}")
+        raise GuardFailure("decoder_crash", f"decoder process exited with code {code} and no result")
+    finally:
+        if proc.is_alive():
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended on its own meanwhile
+                pass
+            proc.join(5)
+        parent.close()

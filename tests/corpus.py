@@ -1,0 +1,119 @@
+"""A corpus of bad and unusual inputs, made with PyAV and byte surgery, with the status and
+reason each must end with. Used by the guard tests and the end-to-end corpus test."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from pipeline.demo import _pattern
+
+
+def encode(path: Path, frames: int = 50, size=(160, 90), *, codec="libx264", pix_fmt="yuv420p", fmt=None,
+           options=None, stream_options=None, rate=25, pts=None, time_base=None, flags=None) -> Path:
+    """Encode moving test patterns; ``pts`` (a list) gives explicit timestamps in ``time_base``."""
+    w, h = size
+    with av.open(str(path), "w", format=fmt, options=options or {}) as out:
+        s = out.add_stream(codec, rate=rate)
+        s.width, s.height, s.pix_fmt = w, h, pix_fmt
+        if time_base is not None:
+            s.time_base = time_base
+            s.codec_context.time_base = time_base
+        s.options = dict(stream_options or {})
+        if flags is not None:
+            s.codec_context.flags |= flags
+        for i in range(frames):
+            img = _pattern((i // 25) % 3, i, h, w)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format=pix_fmt)
+            if pts is not None:
+                frame.pts, frame.time_base = pts[i], time_base
+            out.mux(s.encode(frame))
+        out.mux(s.encode(None))
+    return path
+
+
+def _audio_only(path: Path) -> Path:
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("aac", rate=16000)
+        for _ in range(20):
+            frame = av.AudioFrame(format="fltp", layout="mono", samples=1024)
+            for p in frame.planes:
+                p.update(bytes(p.buffer_size))
+            frame.sample_rate = 16000
+            out.mux(s.encode(frame))
+        out.mux(s.encode(None))
+    return path
+
+
+def _cut(src: Path, dst: Path, fraction: float) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def _corrupt(src: Path, dst: Path) -> Path:
+    """Overwrite most of the media data with noise, keeping the container's index intact."""
+    data = bytearray(src.read_bytes())
+    start, end = data.find(b"mdat") + 8, data.find(b"moov")
+    assert 0 < start < end, "expects an mp4 with the index after the media data"
+    rng = np.random.default_rng(1)
+    for offset in range(start + 2000, end - 800, 1500):
+        data[offset:offset + 700] = rng.bytes(700)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def build_corpus(root: Path) -> dict[str, tuple[str, str | None]]:
+    """Write the corpus into ``root``; return file name -> (expected status, expected reason)."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    expect: dict[str, tuple[str, str | None]] = {}
+
+    def add(name: str, status: str, reason: str | None = None) -> Path:
+        expect[name] = (status, reason)
+        return root / name
+
+    add("empty.mp4", "rejected", "empty_file").write_bytes(b"")
+    add("random_bytes.mp4", "rejected", "not_a_video").write_bytes(np.random.default_rng(0).bytes(40_000))
+    add("text_renamed.mp4", "rejected", "not_a_video").write_text("not a video\n" * 100)
+    Image.fromarray(_pattern(0, 0, 90, 160)).save(root / "png.png")
+    os.replace(root / "png.png", add("image_renamed.mp4", "rejected", "not_a_video"))
+    Image.fromarray(_pattern(1, 0, 90, 160)).save(root / "gif.gif")
+    os.replace(root / "gif.gif", add("gif_renamed.mp4", "rejected", "not_a_video"))
+    _audio_only(add("audio_only.m4a", "rejected", "no_video_stream"))
+    full = encode(root / "_front.mp4", 200, options={"movflags": "faststart"})
+    _cut(full, add("truncated_index_front.mp4", "rejected", "truncated"), 0.5)
+    tail = encode(root / "_tail.mp4", 200)
+    _cut(tail, add("truncated_index_end.mp4", "rejected", "not_a_video"), 0.5)
+    full.unlink(), tail.unlink()
+    encode(add("raw_stream.h264", "ok"), 60, fmt="h264")
+    encode(add("tiny_16x16.mp4", "rejected", "resolution_out_of_bounds"), 10, size=(16, 16))
+    encode(add("wide_8448x64.mp4", "rejected", "resolution_out_of_bounds"), 2, size=(8448, 64))
+    encode(add("bomb_6144x6144.mp4", "rejected", "resolution_out_of_bounds"), 1, size=(6144, 6144),
+           stream_options={"preset": "ultrafast"})
+    encode(add("ten_bit.mp4", "ok"), 60, pix_fmt="yuv420p10le")
+    interlaced = av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
+    encode(add("interlaced.mpg", "ok"), 60, codec="mpeg2video", flags=interlaced)
+    vfr = [int(i * 40 + (i % 3) * 15) for i in range(75)]
+    encode(add("vfr.mkv", "ok"), 75, pts=vfr, time_base=Fraction(1, 1000))
+    encode(add("odd_175x143.mkv", "ok"), 40, size=(175, 143), codec="mpeg4")
+    encode(add("mpegts.ts", "ok"), 60, fmt="mpegts")
+    encode(add("long_12s.mp4", "rejected", "too_long"), 300)
+    _corrupt(encode(root / "_clean.mp4", 200), add("corrupted_packets.mp4", "rejected", "corrupt_stream"))
+    (root / "_clean.mp4").unlink()
+    (root / "playlist.m3u8").write_text(f"#EXTM3U\n#EXTINF:2,\n{root / 'mpegts.ts'}\n#EXT-X-ENDLIST\n")
+    expect["playlist.m3u8"] = ("rejected", "unsupported_format")
+    (root / "concat.txt").write_text(f"ffconcat version 1.0\nfile '{root / 'mpegts.ts'}'\n")
+    expect["concat.txt"] = ("rejected", "unsupported_format")
+    os.mkfifo(add("never_opens.mp4", "rejected", "not_a_file"))  # a FIFO: open() would wait forever
+    os.symlink("/dev/zero", add("endless_device.mp4", "rejected", "not_a_file"))
+    return expect
+
+
+# Spec overrides the corpus expectations assume.
+CORPUS_SPEC = ["probe.max_duration_s=8", "probe.timeout_s=60", "shots.min_clip_s=0.5"]

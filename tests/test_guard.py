@@ -1,0 +1,97 @@
+"""The guarded decoder: watchdog, memory budget, crashes, and the corpus of hostile files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.spec import apply_overrides, parse_spec
+from stages.analyze import analyze_video
+from stages.guard import GuardFailure, run_guarded
+from tests import guard_targets as t
+from tests.conftest import ROOT, demo_overrides
+from tests.corpus import CORPUS_SPEC, build_corpus, encode
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    return root, build_corpus(root)
+
+
+def _spec(*overrides):
+    return parse_spec(apply_overrides({"inputs": {"paths": ["x"]}, "output": {"uri": "o"}}, list(overrides)))
+
+
+def test_guard_returns_results_and_contains_failures():
+    assert run_guarded(t.double, (21,), timeout_s=30, memory_mb=None) == 42
+    cases = [(t.hang, "timeout"), (t.segfault, "decoder_crash"), (t.hog, "memory_limit"), (t.boom, "exception")]
+    for fn, reason in cases:
+        start = time.monotonic()
+        with pytest.raises(GuardFailure) as info:
+            run_guarded(fn, (), timeout_s=3, memory_mb=300)
+        assert info.value.reason == reason, info.value.message
+        assert time.monotonic() - start < 20  # nothing runs past its watchdog (generous bound)
+    assert run_guarded(t.double, (1,), timeout_s=30, memory_mb=None) == 2  # still serving after failures
+
+
+def test_watchdog_and_memory_budget_on_real_decodes(tmp_path):
+    video = encode(tmp_path / "uhd.mp4", 10, size=(3840, 2160), stream_options={"preset": "ultrafast"})
+    row = {"uri": str(video), "video_id": "v", "size_bytes": 1}
+    timed_out = analyze_video(row, _spec("probe.timeout_s=0.05"))
+    assert (timed_out["status"], timed_out["reason"]) == ("rejected", "timeout")
+    starved = analyze_video(row, _spec("probe.max_memory_mb=40"))
+    # FFmpeg reports some allocation failures inside its threads as invalid data
+    assert starved["status"] == "rejected" and starved["reason"] in ("memory_limit", "corrupt_stream"), starved
+    assert analyze_video(row, _spec())["status"] == "ok"
+
+
+def test_corpus_kinds_get_their_reasons(corpus):
+    root, expected = corpus
+    assert len(expected) >= 20
+    spec = _spec(*CORPUS_SPEC)
+    for name, (status, reason) in sorted(expected.items()):
+        row = analyze_video({"uri": str(root / name), "video_id": "v", "size_bytes": 1}, spec)
+        assert (row["status"], row.get("reason")) == (status, reason), (name, row.get("message"))
+
+
+def test_probe_cli_prints_one_json_line_per_input(corpus):
+    root, expected = corpus
+    names = sorted(expected)
+    sets = [a for o in CORPUS_SPEC for a in ("--set", o)]
+    out = subprocess.run([sys.executable, "-m", "pipeline", "probe", *[str(root / n) for n in names], *sets,
+                          "--job", str(ROOT / "jobs" / "demo.yaml")], capture_output=True, text=True, timeout=300)
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["uri"] for line in lines] == [str(root / n) for n in names]
+    assert out.returncode == 1  # some inputs were rejected
+    for line, name in zip(lines, names):
+        status, reason = expected[name]
+        if reason in ("truncated", "corrupt_stream", "too_long", None):  # need a full decode to tell
+            assert line["status"] in ("ok", "rejected")
+        else:
+            assert (line["status"], line["reason"]) == (status, reason), name
+    by_name = {n: line for n, line in zip(names, lines)}
+    assert by_name["ten_bit.mp4"]["width"] == 160 and by_name["vfr.mkv"]["status"] == "ok"
+
+
+def test_corpus_through_the_pipeline(corpus, demo, ray_local, tmp_path):
+    from pipeline.plan import run_job
+    from pipeline.spec import load_spec
+
+    root, expected = corpus
+    out = tmp_path / "out"
+    overrides = demo_overrides(demo, out) + [f"inputs.paths=[{root}/*]"] + CORPUS_SPEC
+    manifest = run_job(load_spec(ROOT / "jobs" / "demo.yaml", overrides), log=lambda *_: None)
+    videos = {r["uri"].rsplit("/", 1)[1]: r for r in pq.read_table(out / "videos").to_pylist()}
+    assert sorted(videos) == sorted(expected)
+    for name, (status, reason) in expected.items():
+        if status == "ok":  # decodable; may still end without kept clips
+            assert videos[name]["status"] == "ok" or videos[name]["reason"] == "no_clips", name
+        else:
+            assert (videos[name]["status"], videos[name]["reason"]) == (status, reason), name
+    assert manifest["counts"]["videos_in"] == len(expected)
