@@ -204,7 +204,8 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
     shards = []
     if shard_rows:
         shards = sorted(ray.data.from_items(shard_rows, override_num_blocks=len(shard_rows)).map_batches(
-            ShardWriterStage(), **ray_args(res.write, actor=False)).take_all(), key=lambda s: s["shard"])
+            ShardWriterStage(timeout_s=spec.probe.timeout_s, memory_mb=spec.probe.max_memory_mb),
+            **ray_args(res.write, actor=False)).take_all(), key=lambda s: s["shard"])
     seconds["write_shards"] = time.perf_counter() - t
     failed = {k: v for s in shards for k, v in json.loads(s.pop("failed_json")).items()}
     for c in kept:

@@ -80,17 +80,23 @@ class ShardWriterStage:
     extracted; they are left out of the shard). Resources: resources.write (CPU tasks).
     """
 
+    def __init__(self, *, timeout_s: float = 1800, memory_mb: float | None = None):
+        self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         from stages.extract import extract_clip
+        from stages.guard import GuardFailure, run_guarded
 
         out = []
         for row in batch.to_pylist():
             samples, failed = [], {}
             for s in json.loads(row["samples_json"]):
-                try:  # one clip that cannot be cut out must not take the shard (or the job) down
-                    mp4 = extract_clip(s["uri"], s["start_s"], s["end_s"])
-                except Exception as err:
-                    failed[s["key"]] = f"{type(err).__name__}: {err}"
+                try:  # guarded like the analysis: one clip must not take the shard (or the job) down
+                    mp4 = run_guarded(extract_clip, (s["uri"], s["start_s"], s["end_s"]),
+                                      timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+                except GuardFailure as err:
+                    failed[s["key"]] = f"{err.reason}: {err.message.splitlines()[0]}"
                     continue
                 samples.append({"__key__": s["key"], "mp4": mp4,
                                 "json": json.dumps(s["json"], sort_keys=True).encode(), "txt": s["txt"].encode()})

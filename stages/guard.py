@@ -18,7 +18,7 @@ import signal
 import time
 import traceback
 
-_PRELOAD = ["numpy", "cv2", "av", "scenedetect", "stages.analyze"]
+_PRELOAD = ["numpy", "cv2", "av", "scenedetect", "stages.analyze", "stages.extract"]
 _ctx = None
 
 
