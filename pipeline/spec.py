@@ -78,6 +78,9 @@ class Analysis(_Section):
     frames_per_clip: int = Field(4, ge=1, le=32)
     jpeg_quality: int = Field(85, ge=10, le=100)
     flow_width: int = Field(128, ge=16, description="Optical flow runs at this width.")
+    flow_stride: int = Field(1, ge=1, description="Flow between every n-th frame (pixels per frame).")
+    skip_loop_filter: bool = Field(True, description="Skip the decoder's deblocking filter (faster; "
+                                   "invisible at analysis and thumbnail sizes).")
 
 
 class Shots(_Section):

@@ -44,8 +44,9 @@ def _child(conn, fn, args, memory_mb):
     try:
         value = fn(*args)
         result = ("ok", value)
-        message = str(value.get("message") or "") if isinstance(value, dict) else ""
-        if memory_mb and (value.get("status") != "ok" or value.get("suspect")) and "[Errno 11]" in message:
+        failed = isinstance(value, dict) and (value.get("status") != "ok" or value.get("suspect"))
+        message = str(value.get("message") or "") if failed else ""
+        if memory_mb and failed and "[Errno 11]" in message:
             # FFmpeg cannot start its decoding threads (EAGAIN) once the address space is used up
             result = ("memory_limit", f"the decoder hit its memory budget of {memory_mb} MB: {message}")
     except MemoryError as err:

@@ -27,7 +27,7 @@ class ShotDetector:
             self._det = ThresholdDetector(**kwargs, **({"threshold": threshold} if threshold else {}))
         else:
             raise ValueError(f"shots.detector: unknown detector {detector!r}")
-        self.fps = fps or 25.0
+        self.fps = float(fps or 25.0)
         self.cuts: set[int] = set()
         self._last = 0
 

@@ -95,3 +95,7 @@ def test_corpus_through_the_pipeline(corpus, demo, ray_local, tmp_path):
         else:
             assert (videos[name]["status"], videos[name]["reason"]) == (status, reason), name
     assert manifest["counts"]["videos_in"] == len(expected)
+
+
+def test_guard_passes_non_dict_results_through():
+    assert run_guarded(t.double, (b"ab",), timeout_s=30, memory_mb=500) == b"abab"
