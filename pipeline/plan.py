@@ -95,7 +95,8 @@ def _sample(clip: dict, chapter: dict | None, video_caption: str | None) -> dict
     return {
         "clip_id": clip["clip_id"], "video_id": clip["video_id"], "uri": clip["uri"],
         "start_s": clip["start_s"], "end_s": clip["end_s"], "duration_s": clip["duration_s"],
-        "scores": {k: clip[k] for k in ("motion", "sharpness", "brightness", "contrast",
+        "scores": {k: clip[k] for k in ("motion", "sharpness", "brightness", "contrast", "black_fraction",
+                                         "frozen_fraction", "letterbox", "dynamic_degree", "camera_motion",
                                          "clip_keep_sim", "clip_reject_sim")},
         "caption": caption,
         "chapter": None if chapter is None else {k: chapter[k] for k in ("chapter_id", "index", "title",
@@ -251,7 +252,8 @@ def _stats(videos, clips, captions, shards, seconds) -> dict:
             analyze.drop(v["reason"])
     reasons = Counter(c["reason"] for c in clips if c["status"] == "rejected")
     shot_drops = {"too_short"}
-    score_drops = {"low_motion", "high_motion", "blurry", "too_dark", "too_bright", "low_contrast"}
+    score_drops = {"low_motion", "high_motion", "blurry", "too_dark", "too_bright", "low_contrast",
+                   "black_frames", "frozen", "letterboxed", "low_dynamic_degree"}
     after_shots = len(clips) - sum(n for r, n in reasons.items() if r in shot_drops)
     after_scores = after_shots - sum(n for r, n in reasons.items() if r in score_drops)
     after_clip = after_scores - sum(n for r, n in reasons.items() if r.startswith("clip_"))

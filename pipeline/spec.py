@@ -105,6 +105,11 @@ class Scores(_Section):
     min_brightness: Optional[float] = Field(None, ge=0, le=255)
     max_brightness: Optional[float] = Field(None, ge=0, le=255)
     min_contrast: Optional[float] = Field(None, ge=0, description="Std of luma.")
+    max_black_fraction: Optional[float] = Field(None, ge=0, le=1, description="Share of black frames.")
+    max_frozen_fraction: Optional[float] = Field(None, ge=0, le=1, description="Share of repeated frames.")
+    max_letterbox: Optional[float] = Field(None, ge=0, le=1, description="Share of the frame under bars.")
+    min_dynamic_degree: Optional[float] = Field(None, ge=0, le=1, description="Share of frames with "
+                                                "95th-percentile flow above 1 px/frame (LVD-2M/VBench style).")
 
     @model_validator(mode="after")
     def _order(self):

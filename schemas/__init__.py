@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 VIDEO_STATUS = ("ok", "rejected", "error")
 CLIP_STATUS = ("kept", "rejected")
@@ -57,6 +57,11 @@ CLIPS = _versioned("clips", [
     pa.field("sharpness", pa.float32()),
     pa.field("brightness", pa.float32()),
     pa.field("contrast", pa.float32()),
+    pa.field("black_fraction", pa.float32()),
+    pa.field("frozen_fraction", pa.float32()),
+    pa.field("letterbox", pa.float32()),
+    pa.field("dynamic_degree", pa.float32()),
+    pa.field("camera_motion", pa.string()),
     pa.field("clip_keep_sim", pa.float32()),
     pa.field("clip_reject_sim", pa.float32()),
     pa.field("embedding", _list(pa.float32())),

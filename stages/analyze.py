@@ -21,7 +21,8 @@ from stages.base import Rejected, clip_id, subsample
 from stages.frames import Shrinker
 from stages.guard import GuardFailure, run_guarded
 from stages.probe import open_video
-from stages.scores import clip_scores, flow_magnitude, frame_quality, score_reason
+from stages.scores import score_reason
+from stages.signals import FrameSignals, clip_summary
 from stages.shots import ShotDetector, assemble_clips, shots_from_cuts
 
 # The videos columns, the clips, and the wall time of the pass (kept out of the videos table so
@@ -61,12 +62,12 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
         short = min(meta["width"], meta["height"])
         tw, th = _even(meta["width"] * ts / short), _even(meta["height"] * ts / short)
         stride = max(1, int(round(fps / spec.analysis.sample_fps)))
-        flow_stride = spec.analysis.flow_stride
+        recorder = FrameSignals((fw, fh), spec.analysis.flow_stride)
         shrink, shrink_thumb = Shrinker(aw, ah), Shrinker(tw, th, smooth=True)
         detector = ShotDetector(detector=spec.shots.detector, threshold=spec.shots.threshold,
                                 min_scene_len=spec.shots.min_scene_len, fps=fps)
-        times, sharp, bright, contrast, motion, thumbs = [], [], [], [], [], []
-        prev, missing_pts, decode_error = None, 0, None
+        times, thumbs = [], []
+        missing_pts, decode_error = 0, None
         quality = [cv2.IMWRITE_JPEG_QUALITY, spec.analysis.jpeg_quality]
         try:
             for i, frame in enumerate(container.decode(stream)):
@@ -76,18 +77,9 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
                 if times[-1] - times[0] > spec.probe.max_duration_s or i >= spec.probe.max_frames:
                     raise Rejected("too_long", f"still decoding past probe.max_duration_s="
                                    f"{spec.probe.max_duration_s} or probe.max_frames={spec.probe.max_frames}")
-                gray, bgr = shrink(frame)
+                luma, bgr = shrink(frame)
                 detector.feed(i, bgr)
-                s, b, c = frame_quality(gray)
-                sharp.append(s), bright.append(b), contrast.append(c)
-                # Flow every flow_stride frames, over that span, in pixels per frame; the frames
-                # between get no value (NaN) and the per-clip mean ignores them.
-                if i % flow_stride == 0:
-                    small = cv2.resize(gray, (fw, fh), interpolation=cv2.INTER_LINEAR)
-                    motion.append(flow_magnitude(prev, small) / flow_stride if prev is not None else np.nan)
-                    prev = small
-                else:
-                    motion.append(np.nan)
+                recorder.add(i, luma)
                 if i % stride == 0:
                     thumbs.append((i, cv2.imencode(".jpg", shrink_thumb(frame)[1], quality)[1].tobytes()))
         except MemoryError:  # FFmpeg's ENOMEM too: the guard reports memory_limit
@@ -114,9 +106,8 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
                            f"decoded {span:.2f}s of {meta['duration_s']:.2f}s " + meta.get("message", ""))
         meta["num_frames"] = len(times)
         meta["duration_s"] = span  # what was decoded: every clip and caption time lies inside it
-        signals = {"sharpness": np.array(sharp), "brightness": np.array(bright),
-                   "contrast": np.array(contrast), "motion": np.array(motion)}
-        return meta, {"times": times, "signals": signals, "cuts": detector.finish(), "thumbs": thumbs}
+        cuts = detector.finish()
+        return meta, {"times": times, "signals": recorder.arrays(cuts), "cuts": cuts, "thumbs": thumbs}
     finally:
         container.close()
 
@@ -133,22 +124,20 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec) -> list[dict]:
     """Clip rows (schemas.CLIP_WORK) from the cuts and per-frame signals of one video."""
     times, n, fps = analysis["times"], meta["num_frames"], meta["fps"] or 25.0
     shots = shots_from_cuts(analysis["cuts"], n)
-    signals = dict(analysis["signals"])
-    signals["motion"] = signals["motion"].copy()
-    signals["motion"][[a for a, _ in shots]] = np.nan  # flow across a cut measures the cut, not motion
+    signals = analysis["signals"]
     rows = []
     for index, c in enumerate(assemble_clips(shots, fps, min_clip_s=spec.shots.min_clip_s,
                                              max_clip_s=spec.shots.max_clip_s, trim_s=spec.shots.trim_s)):
         a, b = c["start_frame"], c["end_frame"]
         start_s = times[a] - times[0]
         end_s = (times[b] - times[0]) if b < n else (times[-1] - times[0] + 1.0 / fps)
-        scores = clip_scores(signals, a, b)
+        scores = clip_summary(signals, a, b)
         reason = c["reason"] or score_reason(scores, spec.scores)
         rows.append({
             "clip_id": clip_id(video["video_id"], a, b), "video_id": video["video_id"],
             "uri": video["uri"], "index": index, "start_frame": a, "end_frame": b,
             "start_s": start_s, "end_s": end_s, "duration_s": end_s - start_s,
-            **{k: (None if np.isnan(v) else v) for k, v in scores.items()},
+            **{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()},
             "status": "rejected" if reason else "kept", "reason": reason,
             "frames": None if reason else _frames_for(analysis["thumbs"], a, b, spec.analysis.frames_per_clip),
         })

@@ -12,7 +12,7 @@ from pipeline.spec import SpecError, apply_overrides, parse_spec
 from stages.base import Stats, clean_text, clip_id, subsample, video_id
 from stages.chapters import group_chapters
 from stages.embed import clip_reason, mean_embedding
-from stages.scores import clip_scores, score_reason
+from stages.scores import score_reason
 from stages.shots import assemble_clips, shots_from_cuts
 
 BASE = {"inputs": {"paths": ["a.mp4"]}, "output": {"uri": "out"}}
@@ -35,7 +35,8 @@ def test_assemble_clips_windows_short_and_trim():
 
 def test_score_reason_early_returns():
     limits = parse_spec({**BASE, "scores": {"min_motion": 0.5, "min_brightness": 20, "min_sharpness": 10}}).scores
-    good = {"motion": 1.0, "sharpness": 50.0, "brightness": 100.0, "contrast": 40.0}
+    good = {"motion": 1.0, "sharpness": 50.0, "brightness": 100.0, "contrast": 40.0, "black_fraction": 0.0,
+            "frozen_fraction": 0.0, "letterbox": 0.0, "dynamic_degree": 0.5}
     assert score_reason(good, limits) is None
     assert score_reason({**good, "motion": 0.1}, limits) == "low_motion"
     assert score_reason({**good, "motion": float("nan")}, limits) == "low_motion"
@@ -43,9 +44,30 @@ def test_score_reason_early_returns():
     assert score_reason({**good, "sharpness": 1.0, "brightness": 5.0}, limits) == "blurry"
 
 
-def test_clip_scores_ignore_nan():
-    s = clip_scores({"motion": np.array([np.nan, 1.0, 3.0, 10.0])}, 0, 3)
-    assert s["motion"] == pytest.approx(2.0)
+def test_clip_summary_ignores_nan():
+    from stages.signals import NAMES, clip_summary
+
+    signals = {name: np.array([np.nan, 1.0, 3.0, 10.0]) for name in NAMES}
+    s = clip_summary(signals, 0, 3)
+    assert s["motion"] == pytest.approx(2.0) and s["black_fraction"] == pytest.approx(2.0)
+
+
+def test_bar_fraction_and_camera_motion():
+    from stages.signals import bar_fraction, camera_motion
+
+    frame = np.full((90, 160), 120, np.uint8)
+    frame[:15], frame[-15:] = 0, 0
+    assert bar_fraction(frame) == pytest.approx(30 / 90)
+    frame[:, :20], frame[:, -20:] = 0, 0
+    assert bar_fraction(frame) == pytest.approx(1 - (60 * 120) / (90 * 160))
+    assert bar_fraction(np.zeros((90, 160), np.uint8)) == 0.0  # black, not letterboxed
+    n = np.ones(20)
+    assert camera_motion(2 * n, 0 * n, 0 * n, 2 * n) == "pan"
+    assert camera_motion(0 * n, -2 * n, 0 * n, 2 * n) == "tilt"
+    assert camera_motion(0 * n, 0 * n, 0.5 * n, 0.6 * n) == "zoom"
+    assert camera_motion(0 * n, 0 * n, 0 * n, 0.01 * n) == "static"
+    signs = np.where(np.arange(20) % 2, 3.0, -3.0)
+    assert camera_motion(signs, -signs, 0 * n, 3 * n) == "shaky"
 
 
 def test_clip_reason_and_mean_embedding():

@@ -1,0 +1,148 @@
+"""Per-frame signals of the analysis pass, and their per-clip summaries.
+
+Fed one small full-range luma frame at a time (from stages.frames), it records quality
+(sharpness, brightness, contrast), black and frozen frames, letterbox/pillarbox bars, and
+optical flow statistics (mean magnitude, 95th-percentile magnitude, mean direction and
+divergence) for motion, dynamic degree and the camera-motion class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stages.scores import flow_field, frame_quality
+
+BLACK_LUMA = 20.0      # mean full-range luma below this, with little contrast, is a black frame
+BLACK_CONTRAST = 8.0
+FROZEN_DIFF = 0.6      # mean absolute luma change below this (0..255) is a repeated frame
+BAR_LUMA = 24.0        # a border row/column this dark and flat is part of a bar
+BAR_FLAT = 6.0
+DYNAMIC_P95 = 1.0      # px/frame at flow width 128 ~ VBench/LVD-2M dynamic-degree threshold scale
+NAMES = ("sharpness", "brightness", "contrast", "black", "frozen", "letterbox",
+         "motion", "motion_p95", "flow_dx", "flow_dy", "flow_div")
+
+
+def bar_fraction(luma: np.ndarray) -> float:
+    """Fraction of the frame covered by dark, flat bars at its edges (letterbox + pillarbox)."""
+    import cv2
+
+    rows = cv2.reduce(luma, 1, cv2.REDUCE_AVG, dtype=cv2.CV_32F).ravel()
+    cols = cv2.reduce(luma, 0, cv2.REDUCE_AVG, dtype=cv2.CV_32F).ravel()
+    row_max = cv2.reduce(luma, 1, cv2.REDUCE_MAX).ravel()
+    col_max = cv2.reduce(luma, 0, cv2.REDUCE_MAX).ravel()
+
+    def run(means, maxes) -> int:
+        n = 0
+        for m, x in zip(means, maxes):
+            if m >= BAR_LUMA or x - m > BAR_FLAT * 4:
+                break
+            n += 1
+        return n
+
+    h, w = luma.shape
+    top, bottom = run(rows, row_max), run(rows[::-1], row_max[::-1])
+    left, right = run(cols, col_max), run(cols[::-1], col_max[::-1])
+    if top + bottom >= h or left + right >= w:  # a uniformly dark frame is black, not letterboxed
+        return 0.0
+    return 1.0 - (h - top - bottom) * (w - left - right) / float(h * w)
+
+
+class FrameSignals:
+    """Accumulates the per-frame signals of one video."""
+
+    def __init__(self, flow_size: tuple[int, int], flow_stride: int = 1):
+        self.flow_size, self.flow_stride = flow_size, flow_stride
+        self.values = {name: [] for name in NAMES}
+        self._prev_luma = None
+        self._prev_small = None
+        fw, fh = flow_size
+        y, x = np.mgrid[0:fh, 0:fw].astype(np.float32)
+        self._gx, self._gy = (x - (fw - 1) / 2) / (fw / 2), (y - (fh - 1) / 2) / (fw / 2)
+
+    def add(self, index: int, luma: np.ndarray) -> None:
+        import cv2
+
+        v = self.values
+        s, b, c = frame_quality(luma)
+        v["sharpness"].append(s), v["brightness"].append(b), v["contrast"].append(c)
+        v["black"].append(float(b < BLACK_LUMA and c < BLACK_CONTRAST))
+        frozen = np.nan
+        if self._prev_luma is not None:
+            frozen = float(cv2.norm(luma, self._prev_luma, cv2.NORM_L1) / luma.size < FROZEN_DIFF)
+        v["frozen"].append(frozen)
+        self._prev_luma = luma.copy()
+        v["letterbox"].append(bar_fraction(luma))
+        stats = (np.nan,) * 5
+        if index % self.flow_stride == 0:
+            small = cv2.resize(luma, self.flow_size, interpolation=cv2.INTER_LINEAR)
+            if self._prev_small is not None:
+                stats = self._flow_stats(self._prev_small, small)
+            self._prev_small = small
+        for name, value in zip(NAMES[6:], stats):
+            v[name].append(value)
+
+    def _flow_stats(self, prev: np.ndarray, cur: np.ndarray) -> tuple:
+        import cv2
+
+        fx, fy = flow_field(prev, cur)
+        k = self.flow_stride
+        mag = cv2.magnitude(fx, fy)
+        p95 = float(np.partition(mag.ravel(), int(mag.size * 0.95))[int(mag.size * 0.95)])
+        div = float(cv2.mean(fx * self._gx + fy * self._gy)[0])
+        return (float(cv2.mean(mag)[0]) / k, p95 / k, float(cv2.mean(fx)[0]) / k,
+                float(cv2.mean(fy)[0]) / k, div / k)
+
+    def arrays(self, cuts: list[int]) -> dict[str, np.ndarray]:
+        """The signals as arrays; frame-to-frame values at shot starts are NaN (they measure the cut)."""
+        out = {name: np.asarray(vals, dtype=np.float64) for name, vals in self.values.items()}
+        starts = [c for c in cuts if 0 < c < len(out["motion"])]
+        for name in ("frozen",) + NAMES[6:]:
+            out[name][starts] = np.nan
+        return out
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def camera_motion(dx: np.ndarray, dy: np.ndarray, div: np.ndarray, mag: np.ndarray) -> str:
+    """static / pan / tilt / zoom / shaky / mixed from per-frame global flow statistics.
+
+    Consistent translation is pan (x) or tilt (y); consistent divergence is zoom; motion whose
+    global direction keeps reversing is shaky. Magnitudes are px/frame at the flow width.
+    """
+    ok = ~(np.isnan(dx) | np.isnan(dy) | np.isnan(div) | np.isnan(mag))
+    if ok.sum() < 2:
+        return "static"
+    dx, dy, div, mag = dx[ok], dy[ok], div[ok], mag[ok]
+    if np.median(mag) < 0.15:
+        return "static"
+    mx, my, mz = abs(dx.mean()), abs(dy.mean()), abs(div.mean())
+    jitter = np.hypot(np.diff(dx), np.diff(dy)).mean() if dx.size > 2 else 0.0
+    steady = max(mx, my, mz * 2)
+    if jitter > 1.5 * max(steady, 0.05) and jitter > 0.3:
+        return "shaky"
+    if steady < 0.25 * np.median(mag):  # motion inside the frame, no global camera move
+        return "static"
+    if mz * 2 >= max(mx, my):
+        return "zoom"
+    return "pan" if mx >= my else "tilt"
+
+
+def clip_summary(signals: dict[str, np.ndarray], start: int, end: int) -> dict:
+    """Per-clip scores over frames [start, end)."""
+    w = {name: values[start:end] for name, values in signals.items()}
+    p95 = w["motion_p95"][~np.isnan(w["motion_p95"])]
+    letterbox = w["letterbox"][~np.isnan(w["letterbox"])]
+    return {
+        "motion": _nanmean(w["motion"]),
+        "sharpness": _nanmean(w["sharpness"]),
+        "brightness": _nanmean(w["brightness"]),
+        "contrast": _nanmean(w["contrast"]),
+        "black_fraction": _nanmean(w["black"]),
+        "frozen_fraction": _nanmean(w["frozen"]),
+        "letterbox": float(np.median(letterbox)) if letterbox.size else float("nan"),
+        "dynamic_degree": float((p95 > DYNAMIC_P95).mean()) if p95.size else float("nan"),
+        "camera_motion": camera_motion(w["flow_dx"], w["flow_dy"], w["flow_div"], w["motion"]),
+    }
