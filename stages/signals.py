@@ -17,6 +17,7 @@ BLACK_CONTRAST = 8.0
 FROZEN_DIFF = 0.6      # mean absolute luma change below this (0..255) is a repeated frame
 BAR_LUMA = 24.0        # a border row/column this dark and flat is part of a bar
 BAR_FLAT = 6.0
+LETTERBOX_EVERY = 5
 DYNAMIC_P95 = 1.0      # px/frame at flow width 128 ~ VBench/LVD-2M dynamic-degree threshold scale
 NAMES = ("sharpness", "brightness", "contrast", "black", "frozen", "letterbox",
          "motion", "motion_p95", "flow_dx", "flow_dy", "flow_div")
@@ -71,7 +72,8 @@ class FrameSignals:
             frozen = float(cv2.norm(luma, self._prev_luma, cv2.NORM_L1) / luma.size < FROZEN_DIFF)
         v["frozen"].append(frozen)
         self._prev_luma = luma.copy()
-        v["letterbox"].append(bar_fraction(luma))
+        # bars change with the shot, not the frame: every LETTERBOX_EVERY-th frame is enough
+        v["letterbox"].append(bar_fraction(luma) if index % LETTERBOX_EVERY == 0 else np.nan)
         stats = (np.nan,) * 5
         if index % self.flow_stride == 0:
             small = cv2.resize(luma, self.flow_size, interpolation=cv2.INTER_LINEAR)
