@@ -36,6 +36,7 @@ VIDEOS = _versioned("videos", [
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
     pa.field("fps", pa.float64()),
+    pa.field("rotation", pa.int32()),
     pa.field("duration_s", pa.float64()),
     pa.field("num_frames", pa.int64()),
     pa.field("num_clips", pa.int32()),

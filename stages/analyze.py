@@ -12,13 +12,14 @@ in-flight clip rows, schemas.CLIP_WORK). Resources: resources.analyze (CPU tasks
 from __future__ import annotations
 
 import time
+from array import array
 
 import numpy as np
 import pyarrow as pa
 
 import schemas
-from stages.base import Rejected, clip_id, subsample
-from stages.frames import Shrinker
+from stages.base import Rejected, clip_id
+from stages.frames import Shrinker, ThumbStore, quarter_turns
 from stages.guard import GuardFailure, run_guarded
 from stages.probe import open_video
 from stages.scores import score_reason
@@ -56,17 +57,11 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
         if spec.analysis.skip_loop_filter:  # deblocking is invisible at analysis sizes; ~20% of H.264 decode
             stream.codec_context.options = {"skip_loop_filter": "all"}
         fps = meta["fps"] or 25.0
-        aw, ah = scaled_size(meta["width"], meta["height"], spec.analysis.width)
-        fw, fh = scaled_size(meta["width"], meta["height"], spec.analysis.flow_width)
-        ts = spec.analysis.frame_size
-        short = min(meta["width"], meta["height"])
-        tw, th = _even(meta["width"] * ts / short), _even(meta["height"] * ts / short)
         stride = max(1, int(round(fps / spec.analysis.sample_fps)))
-        recorder = FrameSignals((fw, fh), spec.analysis.flow_stride)
-        shrink, shrink_thumb = Shrinker(aw, ah), Shrinker(tw, th, smooth=True)
+        shrink = None
         detector = ShotDetector(detector=spec.shots.detector, threshold=spec.shots.threshold,
                                 min_scene_len=spec.shots.min_scene_len, fps=fps)
-        times, thumbs = [], []
+        times, thumbs = array("d"), ThumbStore()
         missing_pts, decode_error = 0, None
         quality = [cv2.IMWRITE_JPEG_QUALITY, spec.analysis.jpeg_quality]
         try:
@@ -77,11 +72,13 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
                 if times[-1] - times[0] > spec.probe.max_duration_s or i >= spec.probe.max_frames:
                     raise Rejected("too_long", f"still decoding past probe.max_duration_s="
                                    f"{spec.probe.max_duration_s} or probe.max_frames={spec.probe.max_frames}")
+                if shrink is None:  # sizes from the first frame: its rotation decides what is upright
+                    shrink, shrink_thumb, recorder = _shrinkers(frame, meta, spec)
                 luma, bgr = shrink(frame)
                 detector.feed(i, bgr)
                 recorder.add(i, luma)
                 if i % stride == 0:
-                    thumbs.append((i, cv2.imencode(".jpg", shrink_thumb(frame)[1], quality)[1].tobytes()))
+                    thumbs.add(i, cv2.imencode(".jpg", shrink_thumb(frame)[1], quality)[1].tobytes())
         except MemoryError:  # FFmpeg's ENOMEM too: the guard reports memory_limit
             raise
         except av.error.FFmpegError as err:
@@ -112,12 +109,19 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
         container.close()
 
 
-def _frames_for(thumbs: list, start: int, end: int, k: int) -> list[bytes]:
-    inside = [b for i, b in thumbs if start <= i < end]
-    if not inside:  # clip shorter than the sampling stride: nearest thumbnail
-        mid = (start + end) / 2
-        inside = [min(thumbs, key=lambda t: abs(t[0] - mid))[1]]
-    return subsample(inside, k)
+def _shrinkers(frame, meta: dict, spec):
+    """Analysis and thumbnail shrinkers and the signal recorder for an upright video."""
+    turns = quarter_turns(frame.rotation)
+    meta["rotation"] = turns * 90
+    if turns % 2:  # report and analyse the upright (display) size
+        meta["width"], meta["height"] = meta["height"], meta["width"]
+    w, h = meta["width"], meta["height"]
+    aw, ah = scaled_size(w, h, spec.analysis.width)
+    fw, fh = scaled_size(w, h, spec.analysis.flow_width)
+    ts, short = spec.analysis.frame_size, min(w, h)
+    tw, th = _even(w * ts / short), _even(h * ts / short)
+    return (Shrinker(aw, ah, turns=turns), Shrinker(tw, th, smooth=True, turns=turns),
+            FrameSignals((fw, fh), spec.analysis.flow_stride))
 
 
 def build_clips(video: dict, meta: dict, analysis: dict, spec) -> list[dict]:
@@ -139,7 +143,7 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec) -> list[dict]:
             "start_s": start_s, "end_s": end_s, "duration_s": end_s - start_s,
             **{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()},
             "status": "rejected" if reason else "kept", "reason": reason,
-            "frames": None if reason else _frames_for(analysis["thumbs"], a, b, spec.analysis.frames_per_clip),
+            "frames": None if reason else analysis["thumbs"].pick(a, b, spec.analysis.frames_per_clip),
         })
     return rows
 
@@ -148,7 +152,11 @@ def analysis_job(video: dict, spec) -> dict:
     """The decoder's part of one video; runs in the guarded child process. Never raises Rejected."""
     try:
         meta, analysis = decode_pass(video["uri"], spec)
-        return {"status": "ok", "meta": meta, "clips": build_clips(video, meta, analysis, spec),
+        try:
+            clips = build_clips(video, meta, analysis, spec)
+        finally:
+            analysis["thumbs"].close()
+        return {"status": "ok", "meta": meta, "clips": clips,
                 "suspect": "decode stopped early" in meta.get("message", ""), "message": meta.get("message")}
     except Rejected as rej:
         return {"status": "rejected", "reason": rej.reason, "message": rej.message}

@@ -10,6 +10,10 @@ from __future__ import annotations
 import io
 from fractions import Fraction
 
+import numpy as np
+
+from stages.frames import quarter_turns, rotate
+
 
 def _first_frame_time(container, stream) -> float:
     for frame in container.decode(stream):
@@ -38,6 +42,7 @@ def extract_clip(path: str, start_s: float, end_s: float, *, crf: int = 20, pres
             out = dst.add_stream("libx264", rate=rate)
             out.width = stream.codec_context.width // 2 * 2
             out.height = stream.codec_context.height // 2 * 2
+            turns = None
             out.pix_fmt = "yuv420p"
             # No B-frames: with them libx264 gave different bytes for the same frames across runs.
             out.options = {"crf": str(crf), "preset": preset, "bf": "0"}
@@ -50,7 +55,16 @@ def extract_clip(path: str, start_s: float, end_s: float, *, crf: int = 20, pres
                     continue
                 if t >= hi:
                     break
-                img = frame.reformat(width=out.width, height=out.height, format="yuv420p")
+                if turns is None:  # clips are stored upright: the display rotation is applied
+                    turns = quarter_turns(frame.rotation)
+                    if turns % 2:
+                        out.width, out.height = out.height, out.width
+                if turns:
+                    rgb = rotate(frame.to_ndarray(format="rgb24"), turns)
+                    img = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                    img = img.reformat(width=out.width, height=out.height, format="yuv420p")
+                else:
+                    img = frame.reformat(width=out.width, height=out.height, format="yuv420p")
                 img.pts, img.time_base = n, Fraction(1) / rate
                 img.pict_type = av.video.frame.PictureType.NONE  # let the encoder choose, not the source
                 dst.mux(out.encode(img))

@@ -35,10 +35,32 @@ def _resize(src: np.ndarray, dst: np.ndarray, smooth: bool) -> None:
     cv2.resize(src, (w, h), dst=dst, interpolation=cv2.INTER_LINEAR)
 
 
-class Shrinker:
-    """Shrinks decoded frames to one even size; reuses its buffer between frames."""
+_ROTATE = {1: 2, 2: 1, 3: 0}  # quarter turns counterclockwise -> cv2.rotate code
 
-    def __init__(self, width: int, height: int, *, smooth: bool = False):
+
+def quarter_turns(rotation: float | None) -> int:
+    """Counterclockwise quarter turns that bring a frame upright, from its display-matrix angle
+    (FFmpeg's av_display_rotation_get convention, as PyAV's ``frame.rotation`` reports it)."""
+    return int(round((rotation or 0) / 90.0)) % 4
+
+
+def rotate(image: np.ndarray, turns: int) -> np.ndarray:
+    import cv2
+
+    return cv2.rotate(image, _ROTATE[turns]) if turns else image
+
+
+class Shrinker:
+    """Shrinks decoded frames to one even, upright size; reuses its buffer between frames.
+
+    ``width`` x ``height`` is the upright (display) size; with ``turns`` odd the stored frame is
+    shrunk to height x width first and then rotated.
+    """
+
+    def __init__(self, width: int, height: int, *, smooth: bool = False, turns: int = 0):
+        self.turns = turns
+        if turns % 2:
+            width, height = height, width
         self.width, self.height, self.smooth = width, height, smooth
         self._i420 = np.empty((height * 3 // 2, width), np.uint8)
         flat = self._i420.reshape(-1)
@@ -53,7 +75,8 @@ class Shrinker:
 
         if frame.format.name not in FAST_FORMATS:
             bgr = frame.to_ndarray(format="bgr24", width=self.width, height=self.height)
-            return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), bgr
+            luma = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+            return rotate(luma, self.turns), rotate(bgr, self.turns)
         w, h = frame.width, frame.height
         cw, ch = (w + 1) // 2, (h + 1) // 2
         _resize(_plane(frame, 0, w, h), self._y, self.smooth)
@@ -61,4 +84,53 @@ class Shrinker:
         _resize(_plane(frame, 2, cw, ch), self._v, self.smooth)
         bgr = cv2.cvtColor(self._i420, cv2.COLOR_YUV2BGR_I420)
         luma = self._y if frame.format.name == "yuvj420p" else cv2.LUT(self._y, _FULL_RANGE)
-        return luma, bgr
+        return rotate(luma, self.turns), rotate(bgr, self.turns)
+
+
+class ThumbStore:
+    """Small JPEG frames spilled to an anonymous temporary file as they are made.
+
+    Only (frame index, offset, length) stay in memory, so a 30-minute video costs a few hundred
+    kilobytes of index instead of hundreds of megabytes of JPEGs; clips read back just the few
+    frames they keep.
+    """
+
+    def __init__(self):
+        import tempfile
+        from array import array
+
+        self._file = tempfile.TemporaryFile()
+        self.index, self._offset, self._length = array("q"), array("q"), array("q")
+
+    def add(self, frame_index: int, jpeg: bytes) -> None:
+        self.index.append(frame_index)
+        self._offset.append(self._file.tell())
+        self._length.append(len(jpeg))
+        self._file.write(jpeg)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, k: int) -> bytes:
+        self._file.seek(self._offset[k])
+        data = self._file.read(self._length[k])
+        self._file.seek(0, 2)
+        return data
+
+    def pick(self, start: int, end: int, count: int) -> list[bytes]:
+        """Up to ``count`` frames evenly spread over frames [start, end); the nearest one when none
+        falls inside (clips shorter than the sampling stride)."""
+        import bisect
+
+        lo, hi = bisect.bisect_left(self.index, start), bisect.bisect_left(self.index, end)
+        inside = list(range(lo, hi))
+        if not inside:
+            mid = (start + end) / 2
+            inside = [min(range(len(self.index)), key=lambda k: abs(self.index[k] - mid))]
+        if len(inside) > count:
+            step = len(inside) / count
+            inside = [inside[int(i * step + step / 2)] for i in range(count)]
+        return [self.get(k) for k in inside]
+
+    def close(self) -> None:
+        self._file.close()

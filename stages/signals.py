@@ -8,6 +8,8 @@ divergence) for motion, dynamic degree and the camera-motion class.
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 
 from stages.scores import flow_field, frame_quality
@@ -53,7 +55,7 @@ class FrameSignals:
 
     def __init__(self, flow_size: tuple[int, int], flow_stride: int = 1):
         self.flow_size, self.flow_stride = flow_size, flow_stride
-        self.values = {name: [] for name in NAMES}
+        self.values = {name: array("d") for name in NAMES}  # 8 bytes a value, not a Python float
         self._prev_luma = None
         self._prev_small = None
         fw, fh = flow_size

@@ -14,7 +14,8 @@ from pipeline.demo import _pattern
 
 
 def encode(path: Path, frames: int = 50, size=(160, 90), *, codec="libx264", pix_fmt="yuv420p", fmt=None,
-           options=None, stream_options=None, rate=25, pts=None, time_base=None, flags=None) -> Path:
+           options=None, stream_options=None, rate=25, pts=None, time_base=None, flags=None,
+           rotation=None) -> Path:
     """Encode moving test patterns; ``pts`` (a list) gives explicit timestamps in ``time_base``."""
     w, h = size
     with av.open(str(path), "w", format=fmt, options=options or {}) as out:
@@ -26,6 +27,8 @@ def encode(path: Path, frames: int = 50, size=(160, 90), *, codec="libx264", pix
         s.options = dict(stream_options or {})
         if flags is not None:
             s.codec_context.flags |= flags
+        if rotation:
+            s.set_display_rotation(rotation)
         for i in range(frames):
             img = _pattern((i // 25) % 3, i, h, w)
             frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format=pix_fmt)
@@ -102,6 +105,7 @@ def build_corpus(root: Path) -> dict[str, tuple[str, str | None]]:
     vfr = [int(i * 40 + (i % 3) * 15) for i in range(75)]
     encode(add("vfr.mkv", "ok"), 75, pts=vfr, time_base=Fraction(1, 1000))
     encode(add("odd_175x143.mkv", "ok"), 40, size=(175, 143), codec="mpeg4")
+    encode(add("rotated_90.mp4", "ok"), 40, size=(90, 160), rotation=90)
     encode(add("mpegts.ts", "ok"), 60, fmt="mpegts")
     encode(add("long_12s.mp4", "rejected", "too_long"), 300)
     _corrupt(encode(root / "_clean.mp4", 200), add("corrupted_packets.mp4", "rejected", "corrupt_stream"))

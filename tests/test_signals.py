@@ -58,3 +58,37 @@ def test_scene_signals(name, tmp_path):
     clip = result["clips"][0]
     for key, value in expected.items():
         assert clip[key] == (pytest.approx(value, abs=0.02) if isinstance(value, float) else value), (key, clip)
+
+
+@pytest.mark.parametrize("angle", [0, 90, -90, 180])
+def test_rotation_metadata_is_applied(angle, tmp_path):
+    """Stored sideways with a display rotation: analysis frames and extracted clips come out upright."""
+    import io
+
+    from stages.extract import extract_clip
+
+    upright = np.full((90, 160, 3), 100, np.uint8)
+    upright[:30, :30] = 255  # a bright square at the top left of the upright picture
+    turns = int(round(angle / 90)) % 4
+    stored = np.ascontiguousarray(np.rot90(upright, -turns))  # what a camera held sideways writes
+    path = tmp_path / f"rot{turns}.mp4"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = stored.shape[1], stored.shape[0], "yuv420p"
+        if angle:
+            s.set_display_rotation(angle)
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            out.mux(s.encode(frame))
+        out.mux(s.encode(None))
+    spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "o"}, "probe": {"guard": False},
+                       "shots": {"min_clip_s": 0.5}})
+    result = analysis_job({"uri": str(path), "video_id": "v", "size_bytes": 1}, spec)
+    meta = result["meta"]
+    assert (meta["rotation"], meta["width"], meta["height"]) == (turns * 90, 160, 90)
+    thumb = cv2.imdecode(np.frombuffer(result["clips"][0]["frames"][0], np.uint8), cv2.IMREAD_COLOR)
+    assert thumb.shape[1] > thumb.shape[0] and thumb[:10, :10].mean() > 200 and thumb[-10:, -10:].mean() < 150
+    with av.open(io.BytesIO(extract_clip(str(path), 0.0, 1.2))) as clip:
+        first = next(clip.decode(video=0)).to_ndarray(format="rgb24")
+    assert first.shape[:2] == (90, 160) and first[:10, :10].mean() > 200
