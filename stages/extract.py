@@ -1,8 +1,9 @@
 """Extract: the bytes of one clip as a standalone H.264 MP4, by seeking (no full decode).
 
-The clip's frames [start_s, end_s) (seconds from the first frame) are re-encoded with
-libx264 using bit-exact flags, so the same input gives the same bytes. Audio is not copied.
-Runs inside the shard writer tasks (CPU).
+The clip's frames [start_s, end_s) (seconds from the first frame) are re-encoded upright
+(display rotation applied) with libx264 using bit-exact flags and no B-frames, so the same
+input gives the same bytes. Audio is not copied. Runs inside the shard writer tasks (CPU),
+under the guard.
 """
 
 from __future__ import annotations
