@@ -199,6 +199,7 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
         for c in group:
             c["shard"], c["key"] = name, c["clip_id"]
         samples = [{"key": c["key"], "uri": c["uri"], "start_s": c["start_s"], "end_s": c["end_s"],
+                    "frames": c["end_frame"] - c["start_frame"], "copy": bool(c["keyframe_aligned"]),
                     "json": _sample(c, chapter_of.get(c["clip_id"]), video_caption.get(c["video_id"])),
                     "txt": c.get("caption_text") or ""} for c in group]
         shard_rows.append({"shard": name, "out_dir": str(out / "shards"), "samples_json": json.dumps(samples)})
@@ -209,6 +210,9 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
             **ray_args(res.write, actor=False)).take_all(), key=lambda s: s["shard"])
     seconds["write_shards"] = time.perf_counter() - t
     failed = {k: v for s in shards for k, v in json.loads(s.pop("failed_json")).items()}
+    methods = {k: v for s in shards for k, v in json.loads(s.pop("methods_json")).items()}
+    for c in kept:
+        c["extract_method"] = methods.get(c["clip_id"])
     for c in kept:
         if c["clip_id"] in failed:
             c.update(status="rejected", reason="extract_error", shard=None, key=None)

@@ -90,11 +90,12 @@ class ShardWriterStage:
 
         out = []
         for row in batch.to_pylist():
-            samples, failed = [], {}
+            samples, failed, methods = [], {}, {}
             for s in json.loads(row["samples_json"]):
                 try:  # guarded like the analysis: one clip must not take the shard (or the job) down
-                    mp4 = run_guarded(extract_clip, (s["uri"], s["start_s"], s["end_s"]),
-                                      timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+                    mp4, methods[s["key"]] = run_guarded(
+                        extract_clip, (s["uri"], s["start_s"], s["end_s"], s.get("frames"), s.get("copy", False)),
+                        timeout_s=self.timeout_s, memory_mb=self.memory_mb)
                 except GuardFailure as err:
                     failed[s["key"]] = f"{err.reason}: {err.message.splitlines()[0]}"
                     continue
@@ -102,9 +103,10 @@ class ShardWriterStage:
                                 "json": json.dumps(s["json"], sort_keys=True).encode(), "txt": s["txt"].encode()})
             info = write_tar(Path(row["out_dir"]) / row["shard"], samples)
             out.append({"shard": row["shard"], "sha256": info["sha256"], "samples": info["samples"],
-                        "bytes": info["bytes"], "failed_json": json.dumps(failed, sort_keys=True)})
+                        "bytes": info["bytes"], "failed_json": json.dumps(failed, sort_keys=True),
+                        "methods_json": json.dumps(methods, sort_keys=True)})
         return pa.Table.from_pylist(out, schema=SHARD_RESULT)
 
 
 SHARD_RESULT = pa.schema([("shard", pa.string()), ("sha256", pa.string()), ("samples", pa.int64()),
-                          ("bytes", pa.int64()), ("failed_json", pa.string())])
+                          ("bytes", pa.int64()), ("failed_json", pa.string()), ("methods_json", pa.string())])

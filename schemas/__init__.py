@@ -73,6 +73,7 @@ CLIPS = _versioned("clips", [
     pa.field("caption_id", pa.string()),
     pa.field("shard", pa.string()),
     pa.field("key", pa.string()),
+    pa.field("extract_method", pa.string()),
 ])
 
 CAPTIONS = _versioned("captions", [
@@ -111,6 +112,7 @@ TABLES = {"videos": VIDEOS, "clips": CLIPS, "captions": CAPTIONS, "chapters": CH
 # JPEGs) and the clip caption produced by the caption stage.
 CLIP_WORK = pa.schema(list(CLIPS) + [
     pa.field("frames", _list(pa.binary())),
+    pa.field("keyframe_aligned", pa.bool_()),
     pa.field("caption_text", pa.string()),
     pa.field("caption_model", pa.string()),
     pa.field("caption_prompt_version", pa.string()),

@@ -61,7 +61,7 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
         shrink = None
         detector = ShotDetector(detector=spec.shots.detector, threshold=spec.shots.threshold,
                                 min_scene_len=spec.shots.min_scene_len, fps=fps)
-        times, thumbs = array("d"), ThumbStore()
+        times, thumbs, keyframes = array("d"), ThumbStore(), set()
         missing_pts, decode_error = 0, None
         quality = [cv2.IMWRITE_JPEG_QUALITY, spec.analysis.jpeg_quality]
         try:
@@ -74,6 +74,8 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
                                    f"{spec.probe.max_duration_s} or probe.max_frames={spec.probe.max_frames}")
                 if shrink is None:  # sizes from the first frame: its rotation decides what is upright
                     shrink, shrink_thumb, recorder = _shrinkers(frame, meta, spec)
+                if frame.key_frame:
+                    keyframes.add(i)
                 luma, bgr = shrink(frame)
                 detector.feed(i, bgr)
                 recorder.add(i, luma)
@@ -104,7 +106,8 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
         meta["num_frames"] = len(times)
         meta["duration_s"] = span  # what was decoded: every clip and caption time lies inside it
         cuts = detector.finish()
-        return meta, {"times": times, "signals": recorder.arrays(cuts), "cuts": cuts, "thumbs": thumbs}
+        return meta, {"times": times, "signals": recorder.arrays(cuts), "cuts": cuts, "thumbs": thumbs,
+                      "keyframes": keyframes}
     finally:
         container.close()
 
@@ -144,6 +147,7 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec) -> list[dict]:
             **{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()},
             "status": "rejected" if reason else "kept", "reason": reason,
             "frames": None if reason else analysis["thumbs"].pick(a, b, spec.analysis.frames_per_clip),
+            "keyframe_aligned": a in analysis["keyframes"] and (b == n or b in analysis["keyframes"]),
         })
     return rows
 

@@ -79,6 +79,8 @@ def test_shards_agree_with_tables(demo_run):
             seen.append(sample["__key__"])
         assert n == shard["samples"]
     assert sorted(seen) == sorted(c["clip_id"] for c in t["clips"] if c["status"] == "kept")
+    methods = {c["extract_method"] for c in t["clips"] if c["status"] == "kept"}
+    assert methods == {"copy", "encode"}  # bikes.mp4 has keyframes at its cuts; others do not
 
 
 def test_caption_and_chapter_times_lie_inside_the_video(demo_run):

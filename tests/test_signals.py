@@ -65,7 +65,7 @@ def test_rotation_metadata_is_applied(angle, tmp_path):
     """Stored sideways with a display rotation: analysis frames and extracted clips come out upright."""
     import io
 
-    from stages.extract import extract_clip
+    from stages.extract import encode_clip
 
     upright = np.full((90, 160, 3), 100, np.uint8)
     upright[:30, :30] = 255  # a bright square at the top left of the upright picture
@@ -89,6 +89,6 @@ def test_rotation_metadata_is_applied(angle, tmp_path):
     assert (meta["rotation"], meta["width"], meta["height"]) == (turns * 90, 160, 90)
     thumb = cv2.imdecode(np.frombuffer(result["clips"][0]["frames"][0], np.uint8), cv2.IMREAD_COLOR)
     assert thumb.shape[1] > thumb.shape[0] and thumb[:10, :10].mean() > 200 and thumb[-10:, -10:].mean() < 150
-    with av.open(io.BytesIO(extract_clip(str(path), 0.0, 1.2))) as clip:
+    with av.open(io.BytesIO(encode_clip(str(path), 0.0, 1.2))) as clip:
         first = next(clip.decode(video=0)).to_ndarray(format="rgb24")
     assert first.shape[:2] == (90, 160) and first[:10, :10].mean() > 200

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.spec import parse_spec
 from stages.analyze import analyze_video, explode_clips, AnalyzeStage
-from stages.extract import extract_clip
+from stages.extract import encode_clip, extract_clip
 
 SPEC = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "unused"},
                    "shots": {"min_clip_s": 1.0, "max_clip_s": 4.0}})
@@ -96,7 +96,7 @@ def test_raw_elementary_stream_is_analyzed_and_extracted(tmp_path):
     assert row["status"] == "ok" and row["num_frames"] == 100
     kept = [c for c in row["clips"] if c["status"] == "kept"]
     assert kept
-    with av.open(io.BytesIO(extract_clip(str(raw), kept[-1]["start_s"], kept[-1]["end_s"]))) as c:
+    with av.open(io.BytesIO(encode_clip(str(raw), kept[-1]["start_s"], kept[-1]["end_s"]))) as c:
         assert sum(1 for _ in c.decode(video=0)) == kept[-1]["end_frame"] - kept[-1]["start_frame"]
 
 
@@ -131,8 +131,8 @@ def test_stage_tables_follow_schemas(demo):
 
 def test_extract_clip_frame_exact_and_deterministic(demo):
     path = str(demo["root"] / "videos" / "synthetic_cuts.mp4")
-    data = extract_clip(path, 1.6, 3.2)
-    assert data == extract_clip(path, 1.6, 3.2)
+    data = encode_clip(path, 1.6, 3.2)
+    assert data == encode_clip(path, 1.6, 3.2)
     with av.open(io.BytesIO(data)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 40
 
@@ -204,3 +204,17 @@ def test_console_script_validate(demo):
     bad = subprocess.run([exe, "validate", str(ROOT / "jobs" / "demo.yaml"), *sets, "--set", "caption.batch_sise=3"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "caption.batch_sise: unknown key" in bad.stderr
+
+
+def test_clips_on_keyframes_are_copied_not_reencoded(demo):
+    bikes = str(demo["root"] / "videos" / "bikes.mp4")  # real footage with keyframes at its cuts
+    data, method = extract_clip(bikes, 1.2, 3.04, 46, True)
+    assert method == "copy" and data == extract_clip(bikes, 1.2, 3.04, 46, True)[0]
+    with av.open(io.BytesIO(data)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 46
+    # not on a keyframe (the synthetic file has one at 0 and 4.8 s only): re-encoded instead
+    synthetic = str(demo["root"] / "videos" / "synthetic_cuts.mp4")
+    data, method = extract_clip(synthetic, 1.6, 3.2, 40, True)
+    assert method == "encode"
+    with av.open(io.BytesIO(data)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 40
