@@ -198,8 +198,9 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
         name = shard_name(n // per)
         for c in group:
             c["shard"], c["key"] = name, c["clip_id"]
-        samples = [{"key": c["key"], "uri": c["uri"], "start_s": c["start_s"], "end_s": c["end_s"],
-                    "frames": c["end_frame"] - c["start_frame"], "copy": bool(c["keyframe_aligned"]),
+        samples = [{"key": c["key"], "uri": c["uri"],
+                    "clip": {k: c[k] for k in ("start_s", "end_s", "start_frame", "end_frame",
+                                               "keyframe_aligned", "pts_timing")},
                     "json": _sample(c, chapter_of.get(c["clip_id"]), video_caption.get(c["video_id"])),
                     "txt": c.get("caption_text") or ""} for c in group]
         shard_rows.append({"shard": name, "out_dir": str(out / "shards"), "samples_json": json.dumps(samples)})

@@ -94,7 +94,7 @@ class ShardWriterStage:
             for s in json.loads(row["samples_json"]):
                 try:  # guarded like the analysis: one clip must not take the shard (or the job) down
                     mp4, methods[s["key"]] = run_guarded(
-                        extract_clip, (s["uri"], s["start_s"], s["end_s"], s.get("frames"), s.get("copy", False)),
+                        extract_clip, (s["uri"], s["clip"]),
                         timeout_s=self.timeout_s, memory_mb=self.memory_mb)
                 except GuardFailure as err:
                     failed[s["key"]] = f"{err.reason}: {err.message.splitlines()[0]}"

@@ -113,6 +113,7 @@ TABLES = {"videos": VIDEOS, "clips": CLIPS, "captions": CAPTIONS, "chapters": CH
 CLIP_WORK = pa.schema(list(CLIPS) + [
     pa.field("frames", _list(pa.binary())),
     pa.field("keyframe_aligned", pa.bool_()),
+    pa.field("pts_timing", pa.bool_()),
     pa.field("caption_text", pa.string()),
     pa.field("caption_model", pa.string()),
     pa.field("caption_prompt_version", pa.string()),

@@ -93,11 +93,13 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
         if missing_pts and not meta["fps"]:
             raise Rejected("missing_timestamps", f"{missing_pts} of {len(times)} frames have no timestamp "
                            "and the stream declares no frame rate")
+        meta["timing"] = "rate" if missing_pts else "pts"
         if missing_pts:
             meta["message"] = (meta.get("message", "") + f" {missing_pts} frames without timestamps; "
                                "times from the frame rate").strip()
         if any(b <= a for a, b in zip(times, times[1:])):  # PTS not increasing: fall back to the rate
             times = [times[0] + i / fps for i in range(len(times))]
+            meta["timing"] = "rate"
             meta["message"] = (meta.get("message", "") + " timestamps not increasing; times from frame rate").strip()
         span = times[-1] - times[0] + 1.0 / fps
         if meta["duration_s"] and span < MIN_COVERAGE * meta["duration_s"]:
@@ -148,6 +150,7 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec) -> list[dict]:
             "status": "rejected" if reason else "kept", "reason": reason,
             "frames": None if reason else analysis["thumbs"].pick(a, b, spec.analysis.frames_per_clip),
             "keyframe_aligned": a in analysis["keyframes"] and (b == n or b in analysis["keyframes"]),
+            "pts_timing": meta["timing"] == "pts",
         })
     return rows
 

@@ -18,6 +18,9 @@ import numpy as np
 from stages.frames import quarter_turns, rotate
 
 
+EPS = 1e-4  # clip times are exact frame times from the analysis pass; this only absorbs rounding
+
+
 def _first_frame_time(container, stream) -> float:
     for frame in container.decode(stream):
         return float(frame.time) if frame.time is not None else 0.0
@@ -35,9 +38,8 @@ def copy_clip(path: str, start_s: float, end_s: float, frames: int) -> bytes | N
         first = next(src.decode(stream), None)
         if first is None or first.time is None or quarter_turns(first.rotation):
             return None
-        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-        half = 0.5 / float(rate)
-        lo, hi = first.time + start_s - half, first.time + end_s - half
+        start = first.time + start_s
+        lo, hi = start - EPS, first.time + end_s - EPS
         tb = stream.time_base
         try:
             src.seek(int(max(0.0, lo) / tb), stream=stream, backward=True, any_frame=False)
@@ -54,7 +56,7 @@ def copy_clip(path: str, start_s: float, end_s: float, frames: int) -> bytes | N
                 if base is None:
                     if not packet.is_keyframe or t < lo:
                         continue
-                    if t >= hi or t > lo + 2 * half:  # no keyframe at the clip's first frame
+                    if abs(t - start) > EPS:  # no keyframe at the clip's first frame
                         return None
                     base = packet.pts
                 elif packet.is_keyframe and t >= hi:
@@ -68,23 +70,30 @@ def copy_clip(path: str, start_s: float, end_s: float, frames: int) -> bytes | N
         return buf.getvalue() if count == frames else None
 
 
-def extract_clip(path: str, start_s: float, end_s: float, frames: int | None = None,
-                 copy: bool = False) -> tuple[bytes, str]:
-    """(MP4 bytes, "copy" or "encode"): packets copied when ``copy`` (the clip starts and ends
-    on keyframes) and the copy is exact, else the clip's own frames re-encoded."""
+def extract_clip(path: str, clip: dict) -> tuple[bytes, str]:
+    """(MP4 bytes, "copy" or "encode") of ``clip`` (start_s, end_s, start_frame, end_frame,
+    keyframe_aligned, pts_timing): packets copied when the clip starts and ends on keyframes
+    and the copy is exact, else the clip's own frames re-encoded. Videos whose analysis timed
+    frames by the frame rate (missing or disordered PTS) are cut by frame index instead."""
     import av
 
-    if copy and frames:
+    frames = clip["end_frame"] - clip["start_frame"]
+    if clip.get("keyframe_aligned") and clip.get("pts_timing", True):
         try:
-            data = copy_clip(path, start_s, end_s, frames)
+            data = copy_clip(path, clip["start_s"], clip["end_s"], frames)
         except (av.error.FFmpegError, ValueError):
             data = None
         if data is not None:
             return data, "copy"
-    return encode_clip(path, start_s, end_s), "encode"
+    by_index = None if clip.get("pts_timing", True) else (clip["start_frame"], clip["end_frame"])
+    return encode_clip(path, clip["start_s"], clip["end_s"], frame_range=by_index, expect=frames), "encode"
 
 
-def encode_clip(path: str, start_s: float, end_s: float, *, crf: int = 20, preset: str = "veryfast") -> bytes:
+def encode_clip(path: str, start_s: float, end_s: float, *, frame_range: tuple[int, int] | None = None,
+                expect: int | None = None, crf: int = 20, preset: str = "veryfast") -> bytes:
+    """The frames [start_s, end_s) (exact frame times from the analysis pass) re-encoded; with
+    ``frame_range`` the frames of those indices, decoding from the start. ``expect``: the frame
+    count the clip must have, checked."""
     import av
 
     src = av.open(path, options={"protocol_whitelist": "file"})
@@ -92,11 +101,13 @@ def encode_clip(path: str, start_s: float, end_s: float, *, crf: int = 20, prese
         stream = src.streams.video[0]
         t0 = _first_frame_time(src, stream)
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-        half = 0.5 / float(rate)
-        lo, hi = t0 + start_s - half, t0 + end_s - half
+        lo, hi = t0 + start_s - EPS, t0 + end_s - EPS
         try:
             src.seek(int(max(0.0, lo) / stream.time_base), stream=stream, backward=True, any_frame=False)
+            reopen = frame_range is not None  # cut by frame index: count frames from the start
         except av.error.FFmpegError:  # not seekable (raw elementary streams): decode from the start
+            reopen = True
+        if reopen:
             src.close()
             src = av.open(path, options={"protocol_whitelist": "file"})
             stream = src.streams.video[0]
@@ -108,16 +119,21 @@ def encode_clip(path: str, start_s: float, end_s: float, *, crf: int = 20, prese
             turns = None
             out.pix_fmt = "yuv420p"
             # No B-frames: with them libx264 gave different bytes for the same frames across runs.
-            out.options = {"crf": str(crf), "preset": preset, "bf": "0"}
+            # One thread: libx264's output depends on its thread count, which would otherwise
+            # follow the machine's core count and make shard bytes differ between node types.
+            out.options = {"crf": str(crf), "preset": preset, "bf": "0", "threads": "1"}
             out.codec_context.flags |= av.codec.context.Flags.bitexact
             n = 0
             for i, frame in enumerate(src.decode(stream)):
-                # frames without PTS (raw streams) are timed by their index, as in the analysis pass
-                t = float(frame.time) if frame.time is not None else t0 + i / float(rate)
-                if t < lo:
-                    continue
-                if t >= hi:
+                if frame_range is not None:
+                    inside, past = frame_range[0] <= i < frame_range[1], i >= frame_range[1]
+                else:  # frames without PTS (raw streams) are timed by index, as in the analysis pass
+                    t = float(frame.time) if frame.time is not None else t0 + i / float(rate)
+                    inside, past = lo <= t < hi, t >= hi
+                if past:
                     break
+                if not inside:
+                    continue
                 if turns is None:  # clips are stored upright: the display rotation is applied
                     turns = quarter_turns(frame.rotation)
                     if turns % 2:
@@ -133,8 +149,8 @@ def encode_clip(path: str, start_s: float, end_s: float, *, crf: int = 20, prese
                 dst.mux(out.encode(img))
                 n += 1
             dst.mux(out.encode(None))
-        if n == 0:
-            raise ValueError(f"no frames in [{start_s:.3f}, {end_s:.3f}) of {path}")
+        if n == 0 or (expect is not None and n != expect):
+            raise ValueError(f"{n} frames in [{start_s:.3f}, {end_s:.3f}) of {path}, expected {expect}")
         return buf.getvalue()
     finally:
         src.close()

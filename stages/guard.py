@@ -12,9 +12,11 @@ the Ray worker process and serves every task that worker runs.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
 
@@ -35,8 +37,26 @@ def _address_space_bytes() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this child if its parent (the forkserver, which exits with the Ray worker) dies,
+    so a hung decoder cannot outlive a killed worker."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the watchdog still applies while the parent lives
+        pass
+
+
+def _is_oom(err: BaseException) -> bool:
+    text = str(err)
+    return "Insufficient memory" in text or "Failed to allocate" in text or "failed to map" in text
+
+
 def _child(conn, fn, args, memory_mb):
     import resource
+
+    _die_with_parent()
 
     if memory_mb:  # a budget on top of what the process already maps (libraries, thread stacks)
         limit = _address_space_bytes() + int(memory_mb * 1024 * 1024)
@@ -51,17 +71,37 @@ def _child(conn, fn, args, memory_mb):
             result = ("memory_limit", f"the decoder hit its memory budget of {memory_mb} MB: {message}")
     except MemoryError as err:
         result = ("memory_limit", f"the decoder ran out of its memory budget of {memory_mb} MB ({err})")
-    except ImportError as err:  # a lazy import that could not map its library under the limit
-        kind = "memory_limit" if "failed to map" in str(err) else "exception"
-        result = (kind, f"{type(err).__name__}: {err}")
     except BaseException as err:  # reported to the parent, which decides the row
-        result = ("exception", f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=4)}")
+        # lazy imports that cannot map their library, OpenCV's allocation errors: the budget
+        kind = "memory_limit" if memory_mb and _is_oom(err) else "exception"
+        result = (kind, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=4)}")
     try:
         conn.send(result)
     except MemoryError:
         conn.send(("memory_limit", "result too large for the memory limit"))
+    except Exception as err:  # e.g. an unpicklable result: a bug, reported as such
+        conn.send(("exception", f"cannot return the result: {type(err).__name__}: {err}"))
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def _main_hidden():
+    """Start children without re-running the parent's ``__main__`` in them.
+
+    multiprocessing re-imports the main script in every child (as ``__mp_main__``); inside a
+    Ray worker that is Ray's worker script, about 0.4 s of imports per call. Guarded functions
+    always live in importable modules, so children never need the main module.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if main is not None and hasattr(main, k)}
+    for k in saved:
+        delattr(main, k) if k == "__file__" else setattr(main, k, None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
 
 
 class GuardFailure(Exception):
@@ -83,8 +123,14 @@ def run_guarded(fn, args: tuple, *, timeout_s: float, memory_mb: float | None):
     ctx = _context()
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child, fn, args, memory_mb), daemon=True)
-    proc.start()
-    child.close()
+    try:
+        with _main_hidden():
+            proc.start()
+    except Exception as err:  # out of descriptors, an argument that cannot be pickled, ...
+        parent.close()
+        raise GuardFailure("exception", f"cannot start the guarded process: {type(err).__name__}: {err}") from None
+    finally:
+        child.close()
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -106,7 +152,10 @@ def run_guarded(fn, args: tuple, *, timeout_s: float, memory_mb: float | None):
         proc.join(5)
         code = proc.exitcode
         if code is not None and code < 0:
-            name = signal.Signals(-code).name
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:  # real-time signals have no name
+                name = f"signal {-code}"
             if -code == signal.SIGKILL:  # the kernel's OOM killer, or another hard kill
                 raise GuardFailure("memory_limit", f"decoder process killed ({name})")
             raise GuardFailure("decoder_crash", f"decoder process died with {name}")

@@ -99,9 +99,12 @@ class FrameSignals:
     def arrays(self, cuts: list[int]) -> dict[str, np.ndarray]:
         """The signals as arrays; frame-to-frame values at shot starts are NaN (they measure the cut)."""
         out = {name: np.asarray(vals, dtype=np.float64) for name, vals in self.values.items()}
-        starts = [c for c in cuts if 0 < c < len(out["motion"])]
-        for name in ("frozen",) + NAMES[6:]:
-            out[name][starts] = np.nan
+        n = len(out["motion"])
+        starts = [c for c in cuts if 0 < c < n]
+        out["frozen"][starts] = np.nan
+        for c in starts:  # the first flow sample at or after a cut still spans it
+            for name in NAMES[6:]:
+                out[name][c:min(n, c + self.flow_stride)] = np.nan
         return out
 
 

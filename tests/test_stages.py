@@ -106,7 +106,9 @@ def test_shard_writer_leaves_out_clips_it_cannot_extract(demo, tmp_path):
 
     from pipeline.sinks import ShardWriterStage
 
-    good = {"key": "aa11", "uri": str(demo["root"] / "videos" / "bikes.mp4"), "start_s": 1.2, "end_s": 3.04,
+    clip = {"start_s": 1.2, "end_s": 3.04, "start_frame": 30, "end_frame": 76, "keyframe_aligned": False,
+            "pts_timing": True}
+    good = {"key": "aa11", "uri": str(demo["root"] / "videos" / "bikes.mp4"), "clip": clip,
             "json": {"clip_id": "aa11"}, "txt": "a caption"}
     bad = {**good, "key": "bb22", "uri": str(demo["root"] / "bad" / "random_bytes.mp4"), "json": {"clip_id": "bb22"}}
     out = ShardWriterStage()(pa.Table.from_pylist([{"shard": "shard-000000.tar", "out_dir": str(tmp_path),
@@ -208,13 +210,19 @@ def test_console_script_validate(demo):
 
 def test_clips_on_keyframes_are_copied_not_reencoded(demo):
     bikes = str(demo["root"] / "videos" / "bikes.mp4")  # real footage with keyframes at its cuts
-    data, method = extract_clip(bikes, 1.2, 3.04, 46, True)
-    assert method == "copy" and data == extract_clip(bikes, 1.2, 3.04, 46, True)[0]
+    clip = {"start_s": 1.2, "end_s": 3.04, "start_frame": 30, "end_frame": 76, "keyframe_aligned": True,
+            "pts_timing": True}
+    data, method = extract_clip(bikes, clip)
+    assert method == "copy" and data == extract_clip(bikes, clip)[0]
     with av.open(io.BytesIO(data)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 46
     # not on a keyframe (the synthetic file has one at 0 and 4.8 s only): re-encoded instead
     synthetic = str(demo["root"] / "videos" / "synthetic_cuts.mp4")
-    data, method = extract_clip(synthetic, 1.6, 3.2, 40, True)
+    data, method = extract_clip(synthetic, {**clip, "start_s": 1.6, "end_s": 3.2, "start_frame": 40, "end_frame": 80})
     assert method == "encode"
+    with pytest.raises(ValueError, match="expected 41"):  # the frame count is checked
+        encode_clip(synthetic, 1.6, 3.2, expect=41)
+    by_index = encode_clip(synthetic, 0.0, 0.0, frame_range=(40, 80), expect=40)  # cut by frame index
+    assert by_index == data
     with av.open(io.BytesIO(data)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 40
