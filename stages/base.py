@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from dataclasses import dataclass, field
 
@@ -93,7 +94,7 @@ def clean_text(text: str) -> str:
     return "".join(ch for ch in text if ch.isprintable() or ch in "\n\t").strip()
 
 
-class ModelStage:
+class ModelStage(abc.ABC):
     """Base of the actor stages: cheap, picklable settings in ``__init__``; the model loads in
     ``setup()`` on the first batch, inside the Ray actor, never on the driver."""
 
@@ -102,11 +103,13 @@ class ModelStage:
         self.settings = settings
         self._ready = False
 
-    def setup(self) -> None:  # pragma: no cover - each stage overrides
-        raise NotImplementedError
+    @abc.abstractmethod
+    def setup(self) -> None:
+        """Load the model (inside the actor)."""
 
-    def process(self, batch):  # pragma: no cover - each stage overrides
-        raise NotImplementedError
+    @abc.abstractmethod
+    def process(self, batch):
+        """One batch (a pyarrow table) in, the same rows with the stage's columns out."""
 
     def __call__(self, batch):
         if not self._ready:
