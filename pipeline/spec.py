@@ -303,5 +303,7 @@ def with_absolute_paths(spec: JobSpec) -> JobSpec:
                                                "config": _abs_if_local(spec.models.clip.config)})
     vlm = spec.models.vlm.model_copy(update={"name_or_path": _abs_if_local(spec.models.vlm.name_or_path)})
     caption = spec.caption.model_copy(update={"prompt": _abs_if_local(spec.caption.prompt)})
+    chapters = spec.chapters.model_copy(update={"chapter_prompt": _abs_if_local(spec.chapters.chapter_prompt),
+                                                "video_prompt": _abs_if_local(spec.chapters.video_prompt)})
     return spec.model_copy(update={"models": spec.models.model_copy(update={"clip": clip, "vlm": vlm}),
-                                   "caption": caption})
+                                   "caption": caption, "chapters": chapters})

@@ -21,10 +21,9 @@ from stages.frames import quarter_turns, rotate
 EPS = 1e-4  # clip times are exact frame times from the analysis pass; this only absorbs rounding
 
 
-def _first_frame_time(container, stream) -> float:
-    for frame in container.decode(stream):
-        return float(frame.time) if frame.time is not None else 0.0
-    return 0.0
+def _first_frame(container, stream):
+    """The first decoded frame (its time is the clip times' origin), or None."""
+    return next(container.decode(stream), None)
 
 
 def copy_clip(path: str, start_s: float, end_s: float, frames: int) -> bytes | None:
@@ -35,7 +34,7 @@ def copy_clip(path: str, start_s: float, end_s: float, frames: int) -> bytes | N
 
     with av.open(path, options={"protocol_whitelist": "file"}) as src:
         stream = src.streams.video[0]
-        first = next(src.decode(stream), None)
+        first = _first_frame(src, stream)
         if first is None or first.time is None or quarter_turns(first.rotation):
             return None
         start = first.time + start_s
@@ -99,7 +98,8 @@ def encode_clip(path: str, start_s: float, end_s: float, *, frame_range: tuple[i
     src = av.open(path, options={"protocol_whitelist": "file"})
     try:
         stream = src.streams.video[0]
-        t0 = _first_frame_time(src, stream)
+        first = _first_frame(src, stream)
+        t0 = float(first.time) if first is not None and first.time is not None else 0.0
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         lo, hi = t0 + start_s - EPS, t0 + end_s - EPS
         try:

@@ -63,8 +63,6 @@ def test_bad_files_become_rejected_rows(demo, tmp_path):
 
 
 def _synthetic(path, frames=100, fmt=None, options=None):
-    import numpy as np
-
     from pipeline.demo import _pattern
 
     with av.open(str(path), "w", format=fmt, options=options or {}) as out:
