@@ -81,6 +81,8 @@ class Analysis(_Section):
     flow_stride: int = Field(1, ge=1, description="Flow between every n-th frame (pixels per frame).")
     skip_loop_filter: bool = Field(True, description="Skip the decoder's deblocking filter (faster; "
                                    "invisible at analysis and thumbnail sizes).")
+    decoder_threads: int = Field(0, ge=0, description="Decoder threads per video; 0: FFmpeg's auto "
+                                 "(cores + 1). Lower it when several analyze tasks share a node.")
 
 
 class Shots(_Section):

@@ -8,19 +8,33 @@ status, reason. Resources: runs inside the analyze task (CPU).
 
 from __future__ import annotations
 
+import inspect
 import math
+from array import array
 
 
 class ShotDetector:
-    """Wraps one PySceneDetect detector; feed frames in order, then call ``finish``."""
+    """Wraps one PySceneDetect detector; feed frames in order, then call ``finish``.
+
+    The content detector (the default) scores frames with whole-image OpenCV operations instead
+    of PySceneDetect's per-channel NumPy code: the same score to the last bit (HSV conversion,
+    mean absolute difference per channel, equal weights) in about a third of the time, and the
+    cut decisions still come from PySceneDetect's own ``FlashFilter``. A test checks the cuts
+    and scores against ``scenedetect.detectors.ContentDetector`` on real footage.
+    """
 
     def __init__(self, *, detector: str = "content", threshold: float | None = None,
                  min_scene_len: int = 15, fps: float = 25.0):
+        from scenedetect.detector import FlashFilter
         from scenedetect.detectors import AdaptiveDetector, ContentDetector, ThresholdDetector
 
         kwargs = {"min_scene_len": min_scene_len}
+        self._det = None
         if detector == "content":
-            self._det = ContentDetector(**kwargs, **({"threshold": threshold} if threshold else {}))
+            default = inspect.signature(ContentDetector.__init__).parameters["threshold"].default
+            self.threshold = float(threshold or default)
+            self._filter = FlashFilter(mode=FlashFilter.Mode.MERGE, length=min_scene_len)
+            self._prev_hsv = None
         elif detector == "adaptive":
             self._det = AdaptiveDetector(**kwargs, **({"adaptive_threshold": threshold} if threshold else {}))
         elif detector == "threshold":
@@ -29,6 +43,7 @@ class ShotDetector:
             raise ValueError(f"shots.detector: unknown detector {detector!r}")
         self.fps = float(fps or 25.0)
         self.cuts: set[int] = set()
+        self.scores = array("d")  # content detector only: the per-frame score (0 for frame 0)
         self._last = 0
 
     def _timecode(self, index: int):
@@ -38,12 +53,31 @@ class ShotDetector:
 
     def feed(self, index: int, bgr) -> None:
         self._last = index
-        for tc in self._det.process_frame(self._timecode(index), bgr):
+        if self._det is not None:
+            found = self._det.process_frame(self._timecode(index), bgr)
+        else:
+            found = self._filter.filter(self._timecode(index), self._content_score(bgr) >= self.threshold)
+        for tc in found:
             self.cuts.add(int(tc.frame_num))
 
+    def _content_score(self, bgr) -> float:
+        import cv2
+
+        hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+        prev, self._prev_hsv = self._prev_hsv, hsv
+        if prev is None:
+            score = 0.0
+        else:
+            n = float(hsv.shape[0] * hsv.shape[1])
+            dh, ds, dv, _ = cv2.sumElems(cv2.absdiff(hsv, prev))  # exact integer sums
+            score = (0 + dh / n * 1.0 + ds / n * 1.0 + dv / n * 1.0) / 3.0  # PySceneDetect's order
+        self.scores.append(score)
+        return score
+
     def finish(self) -> list[int]:
-        for tc in self._det.post_process(self._timecode(self._last)):
-            self.cuts.add(int(tc.frame_num))
+        if self._det is not None:
+            for tc in self._det.post_process(self._timecode(self._last)):
+                self.cuts.add(int(tc.frame_num))
         return sorted(c for c in self.cuts if 0 < c <= self._last)
 
 

@@ -92,3 +92,58 @@ def test_rotation_metadata_is_applied(angle, tmp_path):
     with av.open(io.BytesIO(encode_clip(str(path), 0.0, 1.2))) as clip:
         first = next(clip.decode(video=0)).to_ndarray(format="rgb24")
     assert first.shape[:2] == (90, 160) and first[:10, :10].mean() > 200
+
+
+def test_content_detector_matches_pyscenedetect():
+    """The fast content score equals PySceneDetect's ContentDetector bit for bit, with the same cuts."""
+    from scenedetect import FrameTimecode
+    from scenedetect.detectors import ContentDetector
+
+    from pipeline.demo import footage_dir
+    from stages.frames import Shrinker
+    from stages.shots import ShotDetector
+
+    reference, fast, shrink = ContentDetector(min_scene_len=5), ShotDetector(min_scene_len=5, fps=25), Shrinker(256, 144)
+    ref_cuts, ref_scores, sources = [], [], []
+    for name in ("bikes.mp4", "bigbuckbunny.mp4"):
+        with av.open(str(footage_dir() / name)) as c:
+            sources.append(list(c.decode(video=0)))
+    # real footage with two hard cuts between the sources
+    for i, frame in enumerate(sources[0] + sources[1] + sources[0][:40]):
+        bgr = shrink(frame)[1]
+        ref_cuts += [tc.frame_num for tc in reference.process_frame(FrameTimecode(i, 25.0), bgr)]
+        ref_scores.append(reference._frame_score)
+        fast.feed(i, bgr)
+    assert list(fast.scores) == ref_scores
+    assert fast.finish() == sorted(ref_cuts)
+    assert {len(sources[0]), len(sources[0]) + len(sources[1])} <= set(ref_cuts)
+
+
+def test_decode_ahead_raises_in_consumer_and_stops_early(tmp_path):
+    from stages.frames import DecodeAhead
+
+    path = _encode(tmp_path / "pan.mp4", SCENES["pan"][0], n=40)
+    with av.open(str(path)) as c:
+        frames = DecodeAhead(c, c.streams.video[0], depth=2)
+        assert [round(f.time * 25) for f in frames] == list(range(40))
+        frames.close()
+    with av.open(str(path)) as c:  # consumer leaves after 3 frames; the thread must not hang
+        frames = DecodeAhead(c, c.streams.video[0], depth=2)
+        for k, _ in enumerate(frames):
+            if k == 2:
+                break
+        frames.close()
+        assert not frames._thread.is_alive()
+
+    class Broken:
+        def decode(self, stream):
+            yield "first"
+            raise av.error.InvalidDataError(1094995529, "boom")
+
+    frames = DecodeAhead(Broken(), None)
+    got = []
+    with pytest.raises(av.error.InvalidDataError):
+        for f in frames:
+            got.append(f)
+    frames.close()
+    assert got == ["first"]
