@@ -86,8 +86,12 @@ class Analysis(_Section):
 
 
 class Shots(_Section):
-    detector: Literal["content", "adaptive", "threshold"] = "content"
+    detector: Literal["vidcurate", "content", "adaptive", "threshold"] = "vidcurate"
     threshold: Optional[float] = Field(None, gt=0, description="Detector threshold; PySceneDetect's default when null.")
+
+    @property
+    def threshold_or_default(self) -> float:
+        return self.threshold or 27.0
     min_scene_len: int = Field(15, ge=1, description="Frames.")
     min_clip_s: float = Field(1.0, ge=0)
     max_clip_s: float = Field(20.0, gt=0)

@@ -26,7 +26,7 @@ from stages.guard import GuardFailure, run_guarded
 from stages.probe import open_video
 from stages.scores import score_reason
 from stages.signals import FrameSignals, clip_summary
-from stages.shots import ShotDetector, assemble_clips, shots_from_cuts
+from stages.shots import assemble_clips, boundary_detector, shot_starts, shots_from_cuts
 
 # The videos columns, the clips, and the wall time of the pass (kept out of the videos table so
 # reruns write identical bytes; it goes to stats.json).
@@ -67,8 +67,7 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
         fps = meta["fps"] or 25.0
         stride = max(1, int(round(fps / spec.analysis.sample_fps)))
         shrink = None
-        detector = ShotDetector(detector=spec.shots.detector, threshold=spec.shots.threshold,
-                                min_scene_len=spec.shots.min_scene_len, fps=fps)
+        detector = boundary_detector(spec.shots, fps)
         times, thumbs, keyframes = array("d"), ThumbStore(), set()
         missing_pts, decode_error = 0, None
         quality = [cv2.IMWRITE_JPEG_QUALITY, spec.analysis.jpeg_quality]
@@ -86,8 +85,8 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
                 if frame.key_frame:
                     keyframes.add(i)
                 luma, bgr = shrink(frame)
-                detector.feed(i, bgr)
                 recorder.add(i, luma)
+                detector.feed(i, bgr, frame, recorder.values["contrast"][-1])
                 if i % stride == 0:
                     thumbs.add(i, cv2.imencode(".jpg", shrink_thumb(frame)[1], quality)[1].tobytes())
         except MemoryError:  # FFmpeg's ENOMEM too: the guard reports memory_limit
@@ -118,8 +117,10 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
                            f"decoded {span:.2f}s of {meta['duration_s']:.2f}s " + meta.get("message", ""))
         meta["num_frames"] = len(times)
         meta["duration_s"] = span  # what was decoded: every clip and caption time lies inside it
-        cuts = detector.finish()
+        boundaries = detector.finish(recorder.values)
+        cuts = shot_starts(boundaries)
         return meta, {"times": times, "signals": recorder.arrays(cuts), "cuts": cuts, "thumbs": thumbs,
+                      "boundaries": boundaries,
                       "keyframes": keyframes}
     finally:
         container.close()

