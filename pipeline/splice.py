@@ -214,6 +214,8 @@ def match(predicted: list[dict], truth: list[dict], tolerance: int = 2) -> dict:
     range widened by ``tolerance``. Each prediction matches at most one truth and vice versa.
     """
     used = set()
+    typed = 0  # matches whose predicted type is the true one
+    leaked = covered = 0  # frames of matched gradual transitions outside / inside the prediction
     hits = {t: 0 for t in ("cut",) + GRADUAL}
     counts = {t: 0 for t in hits}
     for gt in sorted(truth, key=lambda g: g["start"]):
@@ -223,6 +225,11 @@ def match(predicted: list[dict], truth: list[dict], tolerance: int = 2) -> dict:
             if k not in used and p["start"] <= hi and p["end"] >= lo:
                 used.add(k)
                 hits[gt["type"]] += 1
+                typed += p.get("type") == gt["type"]
+                if gt["type"] != "cut":
+                    inside = max(0, min(p["end"], gt["end"]) - max(p["start"], gt["start"]) + 1)
+                    covered += inside
+                    leaked += gt["end"] - gt["start"] + 1 - inside
                 break
     tp = len(used)
     precision = tp / len(predicted) if predicted else 1.0
@@ -232,6 +239,8 @@ def match(predicted: list[dict], truth: list[dict], tolerance: int = 2) -> dict:
     return {"tp": tp, "predicted": len(predicted), "truth": len(truth), "precision": precision,
             "recall": recall, "f1": f1, "hits": hits, "counts": counts,
             "hard_recall": hits["cut"] / counts["cut"] if counts["cut"] else 1.0,
+            "leaked": leaked / (leaked + covered) if leaked + covered else 0.0,
+            "type_accuracy": typed / len(used) if used else 0.0,
             "gradual_recall": sum(hits[t] for t in GRADUAL) / gradual if gradual else 1.0}
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 VIDEO_STATUS = ("ok", "rejected", "error")
 CLIP_STATUS = ("kept", "rejected")
 CAPTION_LEVELS = ("clip", "chapter", "video")
+BOUNDARY_TYPES = ("cut", "dissolve", "fade", "wipe", "gradual")
 
 
 def _list(t: pa.DataType) -> pa.DataType:
@@ -39,6 +40,11 @@ VIDEOS = _versioned("videos", [
     pa.field("rotation", pa.int32()),
     pa.field("duration_s", pa.float64()),
     pa.field("num_frames", pa.int64()),
+    # Shot boundaries: a cut at start_frame == end_frame (the first frame of the new shot); a
+    # gradual transition spans [start_frame, end_frame], frames no clip contains.
+    pa.field("boundaries", _list(pa.struct([pa.field("type", pa.string()), pa.field("start_frame", pa.int64()),
+                                            pa.field("end_frame", pa.int64()), pa.field("start_s", pa.float64()),
+                                            pa.field("end_s", pa.float64())]))),
     pa.field("num_clips", pa.int32()),
     pa.field("num_clips_kept", pa.int32()),
     pa.field("caption_id", pa.string()),

@@ -26,7 +26,7 @@ from stages.guard import GuardFailure, run_guarded
 from stages.probe import open_video
 from stages.scores import score_reason
 from stages.signals import FrameSignals, clip_summary
-from stages.shots import assemble_clips, boundary_detector, shot_starts, shots_from_cuts
+from stages.shots import assemble_clips, boundary_detector, shot_starts, shots_from_boundaries
 
 # The videos columns, the clips, and the wall time of the pass (kept out of the videos table so
 # reruns write identical bytes; it goes to stats.json).
@@ -67,7 +67,7 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
         fps = meta["fps"] or 25.0
         stride = max(1, int(round(fps / spec.analysis.sample_fps)))
         shrink = None
-        detector = boundary_detector(spec.shots, fps)
+        detector = boundary_detector(spec.shots, fps, spec.models.transnetv2)
         times, thumbs, keyframes = array("d"), ThumbStore(), set()
         missing_pts, decode_error = 0, None
         quality = [cv2.IMWRITE_JPEG_QUALITY, spec.analysis.jpeg_quality]
@@ -86,7 +86,8 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
                     keyframes.add(i)
                 luma, bgr = shrink(frame)
                 recorder.add(i, luma)
-                detector.feed(i, bgr, frame, recorder.values["contrast"][-1])
+                v = recorder.values
+                detector.feed(i, bgr, frame, v["contrast"][-1], v["residual"][-1] / (v["diff"][-1] + 1.0))
                 if i % stride == 0:
                     thumbs.add(i, cv2.imencode(".jpg", shrink_thumb(frame)[1], quality)[1].tobytes())
         except MemoryError:  # FFmpeg's ENOMEM too: the guard reports memory_limit
@@ -118,6 +119,10 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
         meta["num_frames"] = len(times)
         meta["duration_s"] = span  # what was decoded: every clip and caption time lies inside it
         boundaries = detector.finish(recorder.values)
+        last = len(times) - 1
+        meta["boundaries"] = [{"type": b["type"], "start_frame": b["start"], "end_frame": b["end"],
+                               "start_s": times[min(b["start"], last)] - times[0],
+                               "end_s": times[min(b["end"], last)] - times[0]} for b in boundaries]
         cuts = shot_starts(boundaries)
         return meta, {"times": times, "signals": recorder.arrays(cuts), "cuts": cuts, "thumbs": thumbs,
                       "boundaries": boundaries,
@@ -145,11 +150,12 @@ def _shrinkers(frame, meta: dict, spec):
 def build_clips(video: dict, meta: dict, analysis: dict, spec) -> list[dict]:
     """Clip rows (schemas.CLIP_WORK) from the cuts and per-frame signals of one video."""
     times, n, fps = analysis["times"], meta["num_frames"], meta["fps"] or 25.0
-    shots = shots_from_cuts(analysis["cuts"], n)
+    shots, transitions = shots_from_boundaries(analysis["boundaries"], n)
     signals = analysis["signals"]
     rows = []
     for index, c in enumerate(assemble_clips(shots, fps, min_clip_s=spec.shots.min_clip_s,
-                                             max_clip_s=spec.shots.max_clip_s, trim_s=spec.shots.trim_s)):
+                                             max_clip_s=spec.shots.max_clip_s, trim_s=spec.shots.trim_s,
+                                             transitions=transitions)):
         a, b = c["start_frame"], c["end_frame"]
         start_s = times[a] - times[0]
         end_s = (times[b] - times[0]) if b < n else (times[-1] - times[0] + 1.0 / fps)

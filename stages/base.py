@@ -15,7 +15,7 @@ VIDEO_REASONS = (
 )
 # Reasons a clip is dropped (clips.reason).
 CLIP_REASONS = (
-    "too_short", "low_motion", "high_motion", "blurry", "too_dark", "too_bright",
+    "too_short", "transition", "low_motion", "high_motion", "blurry", "too_dark", "too_bright",
     "low_contrast", "black_frames", "frozen", "letterboxed", "low_dynamic_degree",
     "clip_reject_prompt", "clip_low_keep_sim", "extract_error",
 )

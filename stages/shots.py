@@ -99,7 +99,10 @@ def _shift_correlation(a: np.ndarray, b: np.ndarray, max_dx: int = 4, max_dy: in
 
 
 def _distance(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).mean())
+    """Mean absolute difference (0-255) of two thumbnails."""
+    import cv2
+
+    return cv2.norm(a, b, cv2.NORM_L1) / a.size
 
 
 class BoundaryDetector:
@@ -109,8 +112,9 @@ class BoundaryDetector:
 
     Hard cuts: PySceneDetect's content score (HSV change) at or above ``cut_threshold`` (its 27),
     unless the frame is the same picture under another exposure (luma correlation with the
-    previous frame >= ``exposure_corr``), the previous picture moved (correlation >= ``motion_corr``
-    at some shift of up to 4x2 cells), or a flash (within 3 frames the picture comes back, or it
+    previous frame >= ``exposure_corr``), the previous picture moved (the pass's optical flow
+    explains all but ``motion_residual`` of the change, or correlation >= ``motion_corr`` at some
+    shift of up to 4x2 thumbnail cells), or a flash (within 3 frames the picture comes back, or it
     is a frame seen 2-4 frames ago; ratio <= ``flash_return``).
 
     Gradual transitions: for windows of 2h+1 frames (h = 4, 8, 14), the ends differ by at least
@@ -118,10 +122,12 @@ class BoundaryDetector:
     inside carries more than ``gradual_spread`` of that change, and the frames at 1/4, 1/2 and
     3/4 of the window lie on the per-cell segments between the ends (relative residual <=
     ``gradual_linearity``): true for dissolves (every cell blends) and wipes (each cell switches),
-    false for motion. Window centres that pass, and flat frames (contrast < ``flat_contrast``:
-    the dark or white middle of a fade), form regions; a region of at least ``gradual_min_frames``
-    whose surroundings differ by ``gradual_region_change`` is a transition, typed fade when it
-    holds flat frames, wipe when the cells switch at different times, dissolve otherwise. A
+    false for most camera motion. Window centres that pass, and flat frames (contrast <
+    ``flat_contrast``: the dark or white middle of a fade), form regions; a region of at least
+    ``gradual_min_frames`` whose surroundings differ by ``gradual_region_change`` is a
+    transition, unless the pass's optical flow explains all but ``gradual_motion_residual`` of
+    its change (a moving object is locally a wipe). It is typed fade when it holds flat frames,
+    dissolve when most changing cells are caught half-way at its middle, wipe otherwise. A
     region holding a hard cut is that cut, unless it is a fade.
 
     The defaults were tuned on the tuning half of bench/cut_accuracy.py's splice set and checked
@@ -130,6 +136,7 @@ class BoundaryDetector:
 
     SCALES = (4, 8, 14)
     MERGE_GAP = 3
+    RING = 128  # thumbnails kept (~0.9 MB): transitions up to ~90 frames get exact ranges
 
     def __init__(self, params=None):
         from collections import deque
@@ -138,6 +145,8 @@ class BoundaryDetector:
         self.cut_threshold = getattr(p, "threshold", None) or 27.0  # PySceneDetect ContentDetector default
         self.exposure_corr = getattr(p, "exposure_corr", 0.85)
         self.motion_corr = getattr(p, "motion_corr", 0.8)
+        self.motion_residual = getattr(p, "motion_residual", 0.5)
+        self.gradual_motion_residual = getattr(p, "gradual_motion_residual", 0.4)
         self.flash_return = getattr(p, "flash_return", 0.35)
         self.gradual_change = getattr(p, "gradual_change", 40.0)
         self.gradual_spread = getattr(p, "gradual_spread", 0.35)
@@ -146,35 +155,39 @@ class BoundaryDetector:
         self.gradual_region_change = getattr(p, "gradual_region_change", 35.0)
         self.flat_contrast = getattr(p, "flat_contrast", 12.0)
         self.lag = max(self.SCALES)
-        self._ring = deque(maxlen=2 * self.lag + 2)
+        self._ring = deque(maxlen=self.RING)
+        self._contrast = array("f")
+        self._residual = array("f")
         self._content = ShotDetector(detector="content", fps=25.0)
         self._step = array("d")          # thumbnail change from the previous frame
         self._cand = bytearray()         # window centre passed the gradual test
-        self._switch = array("f")        # spread of per-cell progress there (wipes switch cells)
         self._flat = bytearray()
         self._pending: list[tuple[int, np.ndarray, float]] = []  # cuts awaiting the flash test
         self.cuts: list[int] = []
         self.boundaries: list[dict] = []
-        self._region = None              # [start, last candidate, thumbnail before, flat?, switches]
+        self._region = None              # [start, last candidate, thumbnail before, flat?]
         self._done = 0                   # frames whose region membership is final
         self.n = 0
 
     def _thumb(self, back: int) -> np.ndarray:
         return self._ring[len(self._ring) - 1 - back]
 
-    def feed(self, index: int, bgr: np.ndarray, contrast: float) -> None:
+    def feed(self, index: int, bgr: np.ndarray, contrast: float, warp_residual: float = float("nan")) -> None:
+        """``warp_residual``: the frame's change left after motion compensation by the pass's
+        optical flow, relative to the plain change (NaN when the flow was not computed)."""
         import cv2
 
         score = self._content._content_score(bgr)
-        d = cv2.resize(bgr, (32, 18), interpolation=cv2.INTER_AREA).astype(np.float32)
+        d = cv2.resize(bgr, (32, 18), interpolation=cv2.INTER_AREA)  # uint8; float only where needed
         self._ring.append(d)
         self.n = index + 1
         k = len(self._ring)
         self._step.append(_distance(d, self._thumb(1)) if k > 1 else 0.0)
         self._cand.append(0)
-        self._switch.append(np.nan)
         self._flat.append(contrast < self.flat_contrast)
-        if k > 1 and score >= self.cut_threshold:
+        self._contrast.append(contrast)
+        self._residual.append(warp_residual)
+        if k > 1 and score >= self.cut_threshold and not warp_residual < self.motion_residual:
             self._check_cut(index)
         self._check_pending(index)
         for h in self.SCALES:
@@ -185,13 +198,14 @@ class BoundaryDetector:
             self._done += 1
 
     def _check_cut(self, t: int) -> None:
-        cur, prev = self._thumb(0), self._thumb(1)
+        cur, prev = self._thumb(0).astype(np.float32), self._thumb(1).astype(np.float32)
         g0, g1 = cur.mean(axis=2), prev.mean(axis=2)
         z0, z1 = (g0 - g0.mean()) / (g0.std() + 1.0), (g1 - g1.mean()) / (g1.std() + 1.0)
         if float((z0 * z1).mean()) >= self.exposure_corr:
             return
         if _shift_correlation(g1, g0) >= self.motion_corr:
             return
+        cur, prev = self._thumb(0), self._thumb(1)
         jump = _distance(cur, prev) + 1.0
         seen = [self._thumb(j) for j in range(2, min(5, len(self._ring)))]
         if seen and min(_distance(cur, x) for x in seen) / jump <= self.flash_return:
@@ -210,28 +224,23 @@ class BoundaryDetector:
         self._pending = keep
 
     def _gradual_window(self, m: int, h: int) -> None:
-        a, b = self._thumb(2 * h), self._thumb(0)
-        ab = b - a
-        change = float(np.abs(ab).mean())
+        change = _distance(self._thumb(2 * h), self._thumb(0))
         if change < self.gradual_change:
             return
         steps = self._step[m - h + 1:m + h + 1]
         if max(steps) > self.gradual_spread * change:
             return
+        a, b = self._thumb(2 * h).astype(np.float32), self._thumb(0).astype(np.float32)
+        ab = b - a
         norm = (ab * ab).sum(axis=2) + 1e-3
-        residual, progress = 0.0, None
+        residual = 0.0
         for back in (h + h // 2, h, h - h // 2):
-            fm = self._thumb(back) - a
+            fm = self._thumb(back).astype(np.float32) - a
             p = np.clip((fm * ab).sum(axis=2) / norm, 0.0, 1.0)
             residual += float(np.abs(fm - p[..., None] * ab).mean())
-            if back == h:
-                progress = p
         if residual / 3 / (change + 1.0) > self.gradual_linearity:
             return
-        moving = np.abs(ab).mean(axis=2) > 0.5 * change  # cells that change a lot
         self._cand[m] = 1
-        spread = float(progress[moving].std()) if moving.sum() > 3 else 0.0
-        self._switch[m] = spread if np.isnan(self._switch[m]) else max(self._switch[m], spread)
 
     def _advance(self, m: int) -> None:
         """Region bookkeeping for frame m, now final (all windows centred on it are done)."""
@@ -240,26 +249,78 @@ class BoundaryDetector:
         if hit:
             if r is None:
                 before = self._thumb(min(len(self._ring) - 1, self.n - 1 - max(0, m - 2)))
-                self._region = [m, m, before.copy(), bool(self._flat[m]), []]
+                self._region = [m, m, before.copy(), bool(self._flat[m])]
                 r = self._region
             r[1] = m
             r[3] = r[3] or bool(self._flat[m])
-            if not np.isnan(self._switch[m]):
-                r[4].append(self._switch[m])
         elif r is not None and m - r[1] > self.MERGE_GAP:
             self._close(self._thumb(self.n - 1 - min(self.n - 1, r[1] + 2)))
 
     def _close(self, after: np.ndarray) -> None:
-        a, b, before, flat, switches = self._region
+        a, b, before, flat = self._region
         self._region = None
         inside = [c for c in self.cuts if a - 2 <= c <= b + 2] + [t for t, _, _ in self._pending if a - 2 <= t <= b + 2]
         if b - a + 1 < self.gradual_min_frames or _distance(before, after) < self.gradual_region_change:
             return
         if inside and not flat:
             return
+        residual = np.asarray(self._residual[a:b + 1])
+        residual = residual[~np.isnan(residual)]
+        if not flat and residual.size and float(np.median(residual)) < self.gradual_motion_residual:
+            return  # the optical flow explains the change: something moved (an object is a local wipe)
         self.cuts = [c for c in self.cuts if c not in inside]
-        kind = "fade" if flat else ("wipe" if switches and float(np.median(switches)) > 0.3 else "dissolve")
-        self.boundaries.append({"type": kind, "start": a, "end": b})
+        if flat:
+            kind, (start, end) = "fade", self._fade_range(a, b)
+        else:
+            start, end, blended = self._blend_range(a, b)
+            kind = "dissolve" if blended >= 0.5 else "wipe"
+        self.boundaries.append({"type": kind, "start": min(a, start), "end": max(b, end)})
+
+    def _frame(self, t: int):
+        back = self.n - 1 - t
+        return self._ring[len(self._ring) - 1 - back] if 0 <= back < len(self._ring) else None
+
+    def _blend_range(self, a: int, b: int) -> tuple[int, int, float]:
+        """(start, end, blended): the frames that mix the two shots, where the mean per-cell
+        progress from the frame ``lag`` before the region to the frame ``lag`` after it is
+        strictly between 0.1 and 0.9, plus a margin for blends too faint to measure; and, around
+        the middle of the transition, the share of changing cells caught half-way (a dissolve
+        blends every cell at once, a wipe switches them one after another)."""
+        lo, hi = max(0, a - self.lag), min(self.n - 1, b + self.lag)
+        before, after = self._frame(lo), self._frame(hi)
+        if before is None or after is None:
+            return a, b, 1.0
+        before, after = before.astype(np.float32), after.astype(np.float32)
+        ab = after - before
+        moving = np.abs(ab).mean(axis=2) > 0.5 * float(np.abs(ab).mean())
+        if moving.sum() < 4:
+            return a, b, 1.0
+        norm = (ab * ab).sum(axis=2) + 1e-3
+        mixed, halfway = [], []
+        for t in range(lo, hi + 1):
+            cells = np.clip(((self._frame(t) - before) * ab).sum(axis=2) / norm, 0.0, 1.0)[moving]
+            p = float(cells.mean())
+            if 0.1 < p < 0.9:
+                mixed.append(t)
+            if 0.3 < p < 0.7:
+                halfway.append(float(((cells > 0.2) & (cells < 0.8)).mean()))
+        if not mixed:
+            return a, b, 1.0
+        margin = 1 + int(np.ceil(0.125 * (mixed[-1] - mixed[0] + 1)))
+        blended = float(np.mean(halfway)) if halfway else 1.0
+        return max(lo, mixed[0] - margin), min(hi, mixed[-1] + margin), blended
+
+    def _fade_range(self, a: int, b: int) -> tuple[int, int]:
+        """From the flattest frame, outwards while contrast keeps rising (the fade's ramps)."""
+        c = self._contrast
+        k = min(range(a, b + 1), key=lambda t: c[t])
+        start = k
+        while start > 0 and c[start - 1] > c[start] + 0.2:
+            start -= 1
+        end = k
+        while end + 1 < self.n and c[end + 1] > c[end] + 0.2:
+            end += 1
+        return start, end
 
     def finish(self) -> list[dict]:
         for t, _, _ in self._pending:  # too close to the end for the flash test: keep
@@ -279,7 +340,7 @@ class _PySceneDetect:
         self.det = ShotDetector(detector=shots.detector, threshold=shots.threshold,
                                 min_scene_len=shots.min_scene_len, fps=fps)
 
-    def feed(self, index, bgr, frame, contrast) -> None:
+    def feed(self, index, bgr, frame, contrast, warp_residual) -> None:
         self.det.feed(index, bgr)
 
     def finish(self, signals) -> list[dict]:
@@ -290,19 +351,64 @@ class _Vidcurate:
     def __init__(self, shots, fps):
         self.det = BoundaryDetector(shots)
 
-    def feed(self, index, bgr, frame, contrast) -> None:
-        self.det.feed(index, bgr, contrast)
+    def feed(self, index, bgr, frame, contrast, warp_residual) -> None:
+        self.det.feed(index, bgr, contrast, warp_residual)
 
     def finish(self, signals) -> list[dict]:
         return self.det.finish()
 
 
-def boundary_detector(shots, fps: float):
+class _TransNet:
+    """TransNetV2 on 48x27 frames made from the pass's small frames (no second decode)."""
+
+    def __init__(self, shots, weights):
+        from stages import transnet
+
+        self.threshold = shots.transnet_threshold
+        self.stream = transnet.TransNetStream(transnet.load(weights))
+
+    def feed(self, index, bgr, frame, contrast, warp_residual) -> None:
+        import cv2
+
+        small = cv2.resize(bgr, (48, 27), interpolation=cv2.INTER_AREA)
+        self.stream.feed(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
+
+    def finish(self, signals) -> list[dict]:
+        from stages import transnet
+
+        single, _ = self.stream.finish()
+        return transnet.boundaries(single, self.threshold)
+
+
+class _Both:
+    """vidcurate's boundaries, plus TransNetV2's where vidcurate has none within 2 frames."""
+
+    def __init__(self, *detectors):
+        self.detectors = detectors
+
+    def feed(self, *args) -> None:
+        for d in self.detectors:
+            d.feed(*args)
+
+    def finish(self, signals) -> list[dict]:
+        first, *rest = (d.finish(signals) for d in self.detectors)
+        out = list(first)
+        for extra in rest:
+            out += [b for b in extra
+                    if not any(o["start"] - 2 <= b["end"] and b["start"] <= o["end"] + 2 for o in out)]
+        return sorted(out, key=lambda b: b["start"])
+
+
+def boundary_detector(shots, fps: float, transnet_weights: str | None = None):
     """The shot-boundary detector named by spec.shots.detector, fed from the analysis pass."""
     if shots.detector in ("content", "adaptive", "threshold"):
         return _PySceneDetect(shots, fps)
     if shots.detector == "vidcurate":
         return _Vidcurate(shots, fps)
+    if shots.detector == "transnetv2":
+        return _TransNet(shots, transnet_weights)
+    if shots.detector == "vidcurate+transnetv2":
+        return _Both(_Vidcurate(shots, fps), _TransNet(shots, transnet_weights))
     raise ValueError(f"shots.detector: unknown detector {shots.detector!r}")
 
 
@@ -317,10 +423,29 @@ def shots_from_cuts(cuts: list[int], num_frames: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
+def shots_from_boundaries(boundaries: list[dict], num_frames: int) -> tuple[list[tuple[int, int]], list[tuple[int, int, str]]]:
+    """Boundaries -> ([start, end) shots, [start, end, type) transitions). Transition frames
+    belong to no shot, so no clip contains a dissolve, a fade or a wipe."""
+    shots, transitions, pos = [], [], 0
+    for b in sorted(boundaries, key=lambda b: b["start"]):
+        a = min(max(b["start"], 0), num_frames)
+        nxt = a if b["type"] == "cut" else min(b["end"] + 1, num_frames)
+        if b["type"] != "cut" and nxt > max(a, pos):
+            transitions.append((max(a, pos), nxt, b["type"]))
+        if a > pos:
+            shots.append((pos, a))
+        pos = max(pos, nxt)
+    if pos < num_frames:
+        shots.append((pos, num_frames))
+    return shots, transitions
+
+
 def assemble_clips(shots: list[tuple[int, int]], fps: float, *, min_clip_s: float,
-                   max_clip_s: float, trim_s: float = 0.0) -> list[dict]:
-    """Shots -> clips. Short shots stay as rejected rows; long shots become equal windows."""
-    clips = []
+                   max_clip_s: float, trim_s: float = 0.0, transitions=()) -> list[dict]:
+    """Shots -> clips. Short shots stay as rejected rows; long shots become equal windows;
+    transitions ([start, end, type)) become rejected rows with reason ``transition``."""
+    clips = [{"start_frame": a, "end_frame": b, "status": "rejected", "reason": "transition"}
+             for a, b, _ in transitions]
     trim = int(round(trim_s * fps))
     max_len = max(1, int(math.floor(max_clip_s * fps)))
     min_len = max(1, math.ceil(min_clip_s * fps))
@@ -347,4 +472,4 @@ def assemble_clips(shots: list[tuple[int, int]], fps: float, *, min_clip_s: floa
             b = min(a + max_len, e)
             add(a, b, b - a >= min_len)
             a = b
-    return clips
+    return sorted(clips, key=lambda c: c["start_frame"])

@@ -95,11 +95,12 @@ class FrameSignals:
         p95 = float(np.partition(sample, int(sample.size * 0.95))[int(sample.size * 0.95)])
         div = float(cv2.mean(fx * self._gx + fy * self._gy)[0])
         fw, fh = self.flow_size
-        warped = cv2.remap(prev, self._px + fx, self._py + fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # the flow maps prev's pixels into cur: cur sampled at x + flow(x) should give prev back
+        warped = cv2.remap(cur, self._px + fx, self._py + fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         n = float(fw * fh)
         return (float(cv2.mean(mag)[0]) / k, p95 / k, float(cv2.mean(fx)[0]) / k,
                 float(cv2.mean(fy)[0]) / k, div / k,
-                cv2.norm(cur, prev, cv2.NORM_L1) / n, cv2.norm(cur, warped, cv2.NORM_L1) / n)
+                cv2.norm(cur, prev, cv2.NORM_L1) / n, cv2.norm(prev, warped, cv2.NORM_L1) / n)
 
     def arrays(self, cuts: list[int]) -> dict[str, np.ndarray]:
         """The signals as arrays; frame-to-frame values at shot starts are NaN (they measure the cut)."""

