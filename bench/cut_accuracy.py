@@ -132,10 +132,12 @@ def main() -> None:
     print(f"{len(truth)} videos, {frames} frames, boundaries: {counts}", flush=True)
 
     methods = {"vidcurate": lambda path: run_vidcurate(path),
+               "vidcurate-stitch0.7": lambda path: run_vidcurate(path, {"shots": {"stitch_similarity": 0.7}}),
                "pyscenedetect-content": lambda path: run_pyscenedetect(path, "content"),
                "pyscenedetect-adaptive": lambda path: run_pyscenedetect(path, "adaptive")}
     if model is not None:
         methods["transnetv2"] = lambda path: run_transnet(path, model)
+        methods["vidcurate+transnetv2"] = lambda path: run_vidcurate(path, {"shots": {"detector": "vidcurate+transnetv2"}})
     results, seconds = {}, {}
     for name, fn in methods.items():
         start = time.perf_counter()

@@ -109,18 +109,24 @@ class Shots(_Section):
     flat_contrast: float = Field(12.0, ge=0, description="Frames below this contrast are the flat middle of a fade.")
     transnet_threshold: float = Field(0.5, gt=0, lt=1, description="TransNetV2 boundary probability (paper: 0.5).")
 
-    @property
-    def threshold_or_default(self) -> float:
-        return self.threshold or 27.0
-    min_scene_len: int = Field(15, ge=1, description="Frames.")
+    stitch_similarity: Optional[float] = Field(None, gt=0, le=1, description="Panda-70M-style stitching: a hard cut "
+                                               "whose frames either side are at least this similar (colour histogram "
+                                               "and layout, cosine) is dropped. null: off (a stitched clip holds a jump "
+                                               "cut, which generation training data should not).")
+    min_scene_len: int = Field(15, ge=1, description="Frames (PySceneDetect detectors).")
     min_clip_s: float = Field(1.0, ge=0)
     max_clip_s: float = Field(20.0, gt=0)
     trim_s: float = Field(0.0, ge=0, description="Trimmed from each end of a shot.")
+    long_take: bool = Field(False, description="LVD-2M-style long takes: keep only uncut shots of at least "
+                            "long_take_min_s, whole (windowed only past max_clip_s); scores still apply.")
+    long_take_min_s: float = Field(10.0, gt=0, description="Shortest long take, seconds.")
 
     @model_validator(mode="after")
     def _order(self):
         if self.max_clip_s < self.min_clip_s:
             raise ValueError("max_clip_s must be >= min_clip_s")
+        if self.long_take and self.max_clip_s < self.long_take_min_s:
+            raise ValueError("max_clip_s must be >= long_take_min_s when long_take is on")
         return self
 
 

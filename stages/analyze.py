@@ -153,9 +153,10 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec) -> list[dict]:
     shots, transitions = shots_from_boundaries(analysis["boundaries"], n)
     signals = analysis["signals"]
     rows = []
-    for index, c in enumerate(assemble_clips(shots, fps, min_clip_s=spec.shots.min_clip_s,
-                                             max_clip_s=spec.shots.max_clip_s, trim_s=spec.shots.trim_s,
-                                             transitions=transitions)):
+    # long takes: uncut shots of at least long_take_min_s, one clip each unless past max_clip_s
+    min_clip_s = spec.shots.long_take_min_s if spec.shots.long_take else spec.shots.min_clip_s
+    for index, c in enumerate(assemble_clips(shots, fps, min_clip_s=min_clip_s, max_clip_s=spec.shots.max_clip_s,
+                                             trim_s=spec.shots.trim_s, transitions=transitions)):
         a, b = c["start_frame"], c["end_frame"]
         start_s = times[a] - times[0]
         end_s = (times[b] - times[0]) if b < n else (times[-1] - times[0] + 1.0 / fps)

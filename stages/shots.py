@@ -98,6 +98,19 @@ def _shift_correlation(a: np.ndarray, b: np.ndarray, max_dx: int = 4, max_dy: in
     return best
 
 
+def thumb_embedding(thumb: np.ndarray) -> np.ndarray:
+    """A small appearance embedding of a BGR thumbnail: its HSV colour histogram (8x4x4) and its
+    zero-mean 16x9 luma layout, each L2-normalised; the dot product of two is in [-1, 1]."""
+    import cv2
+
+    hsv = cv2.cvtColor(thumb, cv2.COLOR_BGR2HSV)
+    hist = cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
+    luma = cv2.resize(cv2.cvtColor(thumb, cv2.COLOR_BGR2GRAY), (16, 9), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    luma -= luma.mean()
+    parts = [hist / (np.linalg.norm(hist) + 1e-6), luma / (np.linalg.norm(luma) + 1e-6)]
+    return np.concatenate(parts) / np.sqrt(2.0)
+
+
 def _distance(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference (0-255) of two thumbnails."""
     import cv2
@@ -130,6 +143,10 @@ class BoundaryDetector:
     dissolve when most changing cells are caught half-way at its middle, wipe otherwise. A
     region holding a hard cut is that cut, unless it is a fade.
 
+    Stitching (``stitch_similarity``, off by default): a hard cut whose frames either side have
+    similar appearance embeddings (``thumb_embedding``) is dropped, as Panda-70M merges
+    over-split shots.
+
     The defaults were tuned on the tuning half of bench/cut_accuracy.py's splice set and checked
     on the held-out half (bench/RESULTS.md).
     """
@@ -154,6 +171,8 @@ class BoundaryDetector:
         self.gradual_min_frames = getattr(p, "gradual_min_frames", 5)
         self.gradual_region_change = getattr(p, "gradual_region_change", 35.0)
         self.flat_contrast = getattr(p, "flat_contrast", 12.0)
+        self.stitch = getattr(p, "stitch_similarity", None)
+        self.stitched: list[int] = []    # cuts dropped by stitching
         self.lag = max(self.SCALES)
         self._ring = deque(maxlen=self.RING)
         self._contrast = array("f")
@@ -218,6 +237,9 @@ class BoundaryDetector:
             if index > t and _distance(self._thumb(0), before) / jump <= self.flash_return:
                 continue  # the picture came back: a flash
             if index >= t + 3:
+                if self.stitch is not None and float(thumb_embedding(before) @ thumb_embedding(self._thumb(1))) >= self.stitch:
+                    self.stitched.append(t)  # the same scene either side: an over-split shot
+                    continue
                 self.cuts.append(t)
             else:
                 keep.append((t, before, jump))

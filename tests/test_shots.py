@@ -159,3 +159,38 @@ def test_transnet_detector_in_the_guarded_pass(transnet_folder, footage_shots, t
     row = analyze_video({"uri": str(tmp_path / "c.mp4"), "video_id": "v", "size_bytes": 1}, spec)
     assert row["status"] == "ok", row
     assert [(b["type"], b["start_frame"]) for b in row["boundaries"]] == [("cut", truth[0]["start"])]
+
+
+def test_stitching_merges_a_jump_cut_but_not_a_real_cut(footage_shots, tmp_path):
+    bunny = _by_name(footage_shots, "bigbuckbunny.mp4[0:132]")
+    bikes = _by_name(footage_shots, "bikes.mp4[139:185]")
+    # a jump cut (80 frames of one shot left out), then a real cut to other footage
+    frames = list(bunny[:20]) + list(bunny[100:132]) + list(bikes)
+    splice._encode(tmp_path / "j.mp4", frames)
+    _, plain = decode_pass(str(tmp_path / "j.mp4"), _spec())
+    assert [b["start"] for b in plain["boundaries"]] == [20, 52]
+    _, stitched = decode_pass(str(tmp_path / "j.mp4"), _spec(stitch_similarity=0.7))
+    assert [b["start"] for b in stitched["boundaries"]] == [52]
+
+
+def test_long_take_mode_keeps_only_long_uncut_shots(footage_shots, tmp_path):
+    bunny = _by_name(footage_shots, "bigbuckbunny.mp4[0:132]")
+    carphone = _by_name(footage_shots, "carphone_pristine.mp4[0:120]")
+    long_take = (list(bunny) + list(bunny[::-1])) * 2  # 528 frames, 21 s, no cut
+    frames = list(carphone[:100]) + long_take  # a 4 s shot, then the long take
+    splice._encode(tmp_path / "l.mp4", frames)
+    spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "o"}, "probe": {"guard": False},
+                       "scores": {"min_motion": 0}, "shots": {"long_take": True, "max_clip_s": 60}})
+    clips = analysis_job({"uri": str(tmp_path / "l.mp4"), "video_id": "v", "size_bytes": 1}, spec)["clips"]
+    assert [(c["start_frame"], c["end_frame"], c["status"], c["reason"]) for c in clips] == [
+        (0, 100, "rejected", "too_short"), (100, 628, "kept", None)]
+
+
+def test_long_take_job_spec_is_valid():
+    from pipeline.spec import SpecError, load_spec
+    from tests.conftest import ROOT
+
+    spec = load_spec(ROOT / "jobs" / "long_take.yaml")
+    assert spec.shots.long_take and spec.shots.long_take_min_s == 10.0
+    with pytest.raises(SpecError, match="max_clip_s must be >= long_take_min_s"):
+        load_spec(ROOT / "jobs" / "long_take.yaml", ["shots.max_clip_s=5"])
