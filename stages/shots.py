@@ -26,7 +26,7 @@ class ShotDetector:
     """
 
     def __init__(self, *, detector: str = "content", threshold: float | None = None,
-                 min_scene_len: int = 15, fps: float = 25.0):
+                 min_scene_len: int = 15, fps: float = 25.0, keep_scores: bool = False):
         from scenedetect.detector import FlashFilter
         from scenedetect.detectors import AdaptiveDetector, ContentDetector, ThresholdDetector
 
@@ -45,7 +45,8 @@ class ShotDetector:
             raise ValueError(f"shots.detector: unknown detector {detector!r}")
         self.fps = float(fps or 25.0)
         self.cuts: set[int] = set()
-        self.scores = array("d")  # content detector only: the per-frame score (0 for frame 0)
+        self.keep_scores = keep_scores
+        self.scores = array("d")  # with keep_scores, content detector: the per-frame score (0 for frame 0)
         self._last = 0
 
     def _timecode(self, index: int):
@@ -73,7 +74,8 @@ class ShotDetector:
             n = float(hsv.shape[0] * hsv.shape[1])
             dh, ds, dv, _ = cv2.sumElems(cv2.absdiff(hsv, prev))  # exact integer sums
             score = (0 + dh / n * 1.0 + ds / n * 1.0 + dv / n * 1.0) / 3.0  # PySceneDetect's order
-        self.scores.append(score)
+        if self.keep_scores:
+            self.scores.append(score)
         return score
 
     def finish(self) -> list[int]:
@@ -178,7 +180,7 @@ class BoundaryDetector:
         self._contrast = array("f")
         self._residual = array("f")
         self._content = ShotDetector(detector="content", fps=25.0)
-        self._step = array("d")          # thumbnail change from the previous frame
+        self._step = array("f")          # thumbnail change from the previous frame
         self._cand = bytearray()         # window centre passed the gradual test
         self._flat = bytearray()
         self._pending: list[tuple[int, np.ndarray, float]] = []  # cuts awaiting the flash test

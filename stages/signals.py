@@ -54,7 +54,7 @@ class FrameSignals:
 
     def __init__(self, flow_size: tuple[int, int], flow_stride: int = 1):
         self.flow_size, self.flow_stride = flow_size, flow_stride
-        self.values = {name: array("d") for name in NAMES}  # 8 bytes a value, not a Python float
+        self.values = {name: array("f") for name in NAMES}  # 4 bytes a value, not a Python float
         self._prev_luma = None
         self._prev_small = None
         fw, fh = flow_size

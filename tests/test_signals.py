@@ -103,7 +103,7 @@ def test_content_detector_matches_pyscenedetect():
     from stages.frames import Shrinker
     from stages.shots import ShotDetector
 
-    reference, fast, shrink = ContentDetector(min_scene_len=5), ShotDetector(min_scene_len=5, fps=25), Shrinker(256, 144)
+    reference, fast, shrink = ContentDetector(min_scene_len=5), ShotDetector(min_scene_len=5, fps=25, keep_scores=True), Shrinker(256, 144)
     ref_cuts, ref_scores, sources = [], [], []
     for name in ("bikes.mp4", "bigbuckbunny.mp4"):
         with av.open(str(footage_dir() / name)) as c:
