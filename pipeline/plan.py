@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import schemas
+from pipeline.checks import check_caption_times
 from pipeline.discover import discover
 from pipeline.resources import cluster_gpus, ray_args
 from pipeline.sinks import ShardWriterStage, shard_name, write_json, write_parquet
@@ -90,6 +91,8 @@ def _sample(clip: dict, chapter: dict | None, video_caption: str | None) -> dict
     caption = None
     if clip.get("caption_id"):
         caption = {"caption_id": clip["caption_id"], "text": clip["caption_text"],
+                   "fields": json.loads(clip["caption_fields"]) if clip.get("caption_fields") else None,
+                   "parse_status": clip.get("caption_parse_status"),
                    "model": clip["caption_model"], "prompt_version": clip["caption_prompt_version"],
                    "start_s": 0.0, "end_s": clip["duration_s"]}
     return {
@@ -181,12 +184,15 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
         ch = chapter_of.get(c["clip_id"])
         c["chapter_id"] = ch["chapter_id"] if ch else None
         if c.get("caption_id"):
+            fields = json.loads(c["caption_fields"]) if c.get("caption_fields") else {}
             captions.append({"caption_id": c["caption_id"], "video_id": c["video_id"], "clip_id": c["clip_id"],
                              "chapter_id": c["chapter_id"], "level": "clip",
                              "parent_id": ch["caption_id"] if ch else None, "start_s": c["start_s"],
                              "end_s": c["end_s"], "text": c["caption_text"], "model": c["caption_model"],
                              "prompt_version": c["caption_prompt_version"],
-                             "generation": c["caption_generation"]})
+                             "generation": c["caption_generation"], "parse_status": c.get("caption_parse_status"),
+                             **{k: fields.get(k) for k in ("subjects", "actions", "setting", "camera_motion",
+                                                           "shot_type", "style")}})
     for cap in captions:
         cap["duration_s"] = cap["end_s"] - cap["start_s"]
 
@@ -233,6 +239,10 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
         info["path"] = os.path.relpath(info["path"], out)
 
     stats = _stats(videos, clips, captions, shards, seconds)
+    stats["caption_checks"] = check_caption_times(captions, kept, videos, chapters)
+    if stats["caption_checks"]["violations"]:
+        log(f"[check] {stats['caption_checks']['violations']} caption time violations, e.g. "
+            + "; ".join(stats["caption_checks"]["examples"][:3]))
     write_json(out / "stats.json", stats)
     (out / "spec.yaml").write_text(resolved_yaml(spec))
     manifest = {
@@ -256,7 +266,7 @@ def _stats(videos, clips, captions, shards, seconds) -> dict:
         if v["status"] != "ok":
             analyze.drop(v["reason"])
     reasons = Counter(c["reason"] for c in clips if c["status"] == "rejected")
-    shot_drops = {"too_short"}
+    shot_drops = {"too_short", "transition"}
     score_drops = {"low_motion", "high_motion", "blurry", "too_dark", "too_bright", "low_contrast",
                    "black_frames", "frozen", "letterboxed", "low_dynamic_degree"}
     after_shots = len(clips) - sum(n for r, n in reasons.items() if r in shot_drops)
@@ -275,6 +285,8 @@ def _stats(videos, clips, captions, shards, seconds) -> dict:
         "clips_after_clip_filter": after_clip,
         "clips_kept": kept,
         "captions": dict(sorted(levels.items())),
+        "clip_caption_parse": dict(sorted(Counter(c["parse_status"] for c in captions
+                                                  if c["level"] == "clip" and c.get("parse_status")).items())),
         "chapters": levels.get("chapter", 0),
         "shards": len(shards),
         "samples": sum(s["samples"] for s in shards),

@@ -161,10 +161,20 @@ class ClipFilter(_Section):
 
 
 class Caption(_Section):
-    prompt: str = Field("clip_v1", description="Prompt file name under stages/prompts/ or a path.")
+    format: Literal["json", "text"] = Field("json", description="json: structured clip captions (summary, subjects, "
+                                            "actions, setting, camera_motion, shot_type, style) parsed and validated; "
+                                            "text: one free-text caption.")
+    prompt: Optional[str] = Field(None, description="Prompt file name under stages/prompts/ or a path; null: "
+                                  "clip_json_v1 for json, clip_v1 for text. {hints} in it receives measured motion.")
+    hints: bool = Field(True, description="Offer the measured camera motion and motion to the prompt.")
+    retries: int = Field(1, ge=0, description="Extra attempts for a clip whose JSON could not be parsed.")
     frames: int = Field(4, ge=1)
-    max_new_tokens: int = Field(96, ge=1)
+    max_new_tokens: int = Field(160, ge=1)
     temperature: float = Field(0.0, ge=0)
+
+    @property
+    def prompt_name(self) -> str:
+        return self.prompt or ("clip_json_v1" if self.format == "json" else "clip_v1")
 
 
 class Chapters(_Section):
@@ -317,7 +327,7 @@ def check_inputs(spec: JobSpec) -> None:
                             "`python -m pipeline fetch-models transnetv2`") from None
     from stages.models import load_prompt
 
-    prompts = {"caption.prompt": spec.caption.prompt, "chapters.chapter_prompt": spec.chapters.chapter_prompt,
+    prompts = {"caption.prompt": spec.caption.prompt_name, "chapters.chapter_prompt": spec.chapters.chapter_prompt,
                "chapters.video_prompt": spec.chapters.video_prompt}
     for key, value in prompts.items():
         try:

@@ -13,6 +13,7 @@ SCHEMA_VERSION = "3"
 VIDEO_STATUS = ("ok", "rejected", "error")
 CLIP_STATUS = ("kept", "rejected")
 CAPTION_LEVELS = ("clip", "chapter", "video")
+PARSE_STATUS = ("ok", "repaired", "failed")
 BOUNDARY_TYPES = ("cut", "dissolve", "fade", "wipe", "gradual")
 
 
@@ -93,6 +94,15 @@ CAPTIONS = _versioned("captions", [
     pa.field("end_s", pa.float64(), nullable=False),
     pa.field("duration_s", pa.float64(), nullable=False),
     pa.field("text", pa.string(), nullable=False),
+    # structured clip captions (caption.format json); null elsewhere. camera_motion here is what
+    # the model says; clips.camera_motion is what the optical flow measured.
+    pa.field("subjects", _list(pa.string())),
+    pa.field("actions", _list(pa.string())),
+    pa.field("setting", pa.string()),
+    pa.field("camera_motion", pa.string()),
+    pa.field("shot_type", pa.string()),
+    pa.field("style", pa.string()),
+    pa.field("parse_status", pa.string()),
     pa.field("model", pa.string(), nullable=False),
     pa.field("prompt_version", pa.string(), nullable=False),
     pa.field("generation", pa.string(), nullable=False),
@@ -121,6 +131,8 @@ CLIP_WORK = pa.schema(list(CLIPS) + [
     pa.field("keyframe_aligned", pa.bool_()),
     pa.field("pts_timing", pa.bool_()),
     pa.field("caption_text", pa.string()),
+    pa.field("caption_fields", pa.string()),
+    pa.field("caption_parse_status", pa.string()),
     pa.field("caption_model", pa.string()),
     pa.field("caption_prompt_version", pa.string()),
     pa.field("caption_generation", pa.string()),

@@ -1,9 +1,16 @@
 """Caption: one caption per kept clip from a transformers VLM in an actor pool.
 
-Reads: frames, status. Adds: caption_text, caption_model, caption_prompt_version,
-caption_generation. Rows already rejected pass through. The kept rows of a batch are
-captioned in one batched ``generate``. Resources: resources.caption (actor pool; one GPU
-per actor when the cluster has GPUs).
+With ``caption.format: json`` (the default) the model is asked for a structured caption
+(stages/structured.py): summary, subjects, actions, setting, camera motion, shot type and
+style. Replies are parsed tolerantly; a clip whose reply cannot be parsed is asked again
+(``caption.retries``) with a stricter instruction, and if it still fails its caption keeps the
+model's text and is marked ``failed``. The measured camera motion and motion of the clip are
+offered to the prompt (``{hints}``) when ``caption.hints`` is on.
+
+Reads: frames, status, camera_motion, motion. Adds: caption_text, caption_fields (JSON),
+caption_parse_status, caption_model, caption_prompt_version, caption_generation. Rows already
+rejected pass through. The kept rows of a batch are captioned in one batched ``generate``.
+Resources: resources.caption (actor pool; one GPU per actor when the cluster has GPUs).
 """
 
 from __future__ import annotations
@@ -15,6 +22,16 @@ import pyarrow as pa
 import schemas
 from stages.base import ModelStage, clean_text, decode_jpegs, subsample
 
+STRICT = "\n\nReply with the JSON object only: start with { and end with }."
+
+
+def render_prompt(template: str, hints: str) -> str:
+    """The prompt with ``{hints}`` filled (and its line dropped when there are none). Other braces
+    (JSON examples) are left alone."""
+    if hints:
+        return template.replace("{hints}", hints)
+    return "\n".join(line for line in template.splitlines() if line.strip() != "{hints}").replace("{hints}", "")
+
 
 class CaptionStage(ModelStage):
     """Ray actor stage wrapping stages.models.VlmRunner."""
@@ -23,21 +40,42 @@ class CaptionStage(ModelStage):
         from stages.models import VlmRunner, load_prompt
 
         self._runner = VlmRunner(self.model_cfg.name_or_path, self.model_cfg.dtype)
-        self._prompt_version, self._prompt = load_prompt(self.settings.prompt)
+        self._prompt_version, self._prompt = load_prompt(self.settings.prompt_name)
         self._generation = json.dumps({"max_new_tokens": self.settings.max_new_tokens,
                                        "temperature": self.settings.temperature,
-                                       "frames": self.settings.frames}, sort_keys=True)
+                                       "frames": self.settings.frames, "format": self.settings.format,
+                                       "hints": self.settings.hints, "retries": self.settings.retries},
+                                      sort_keys=True)
+
+    def _generate(self, prompts: list[str], images: list) -> list[str]:
+        return self._runner.generate(prompts, images, max_new_tokens=self.settings.max_new_tokens,
+                                     temperature=self.settings.temperature)
 
     def process(self, batch: pa.Table) -> pa.Table:
+        from stages.structured import hint_lines, parse_caption
+
         rows = batch.to_pylist()
         todo = [r for r in rows if r["status"] == "kept"]
         if todo:
             images = [decode_jpegs(subsample(r["frames"], self.settings.frames)) for r in todo]
-            texts = self._runner.generate([self._prompt] * len(todo), images,
-                                          max_new_tokens=self.settings.max_new_tokens,
-                                          temperature=self.settings.temperature)
-            for row, text in zip(todo, texts):
-                row.update(caption_text=clean_text(text), caption_model=self._runner.model_id,
-                           caption_prompt_version=self._prompt_version,
-                           caption_generation=self._generation)
+            prompts = [render_prompt(self._prompt, hint_lines(r) if self.settings.hints else "") for r in todo]
+            texts = self._generate(prompts, images)
+            parsed = [None] * len(todo)
+            if self.settings.format == "json":
+                parsed = [parse_caption(t) for t in texts]
+                for _ in range(self.settings.retries):
+                    again = [i for i, (_, status) in enumerate(parsed) if status == "failed"]
+                    if not again:
+                        break
+                    retry = self._generate([prompts[i] + STRICT for i in again], [images[i] for i in again])
+                    for i, text in zip(again, retry):
+                        fields, status = parse_caption(text)
+                        if fields is not None:
+                            texts[i], parsed[i] = text, (fields, "repaired" if status == "ok" else status)
+            for row, text, result in zip(todo, texts, parsed):
+                fields, status = result if result else (None, None)
+                row.update(caption_text=fields["summary"] if fields else clean_text(text),
+                           caption_fields=json.dumps(fields, sort_keys=True) if fields else None,
+                           caption_parse_status=status, caption_model=self._runner.model_id,
+                           caption_prompt_version=self._prompt_version, caption_generation=self._generation)
         return schemas.work_table(rows)

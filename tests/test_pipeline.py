@@ -117,6 +117,9 @@ def test_outputs_beside_manifest(demo_run):
     assert all(s["shard"] == f"shard-{i:06d}.tar" for i, s in enumerate(manifest["shards"]))
     stats = json.loads((out / "stats.json").read_text())
     assert stats["counts"] == manifest["counts"]
+    assert stats["caption_checks"]["violations"] == 0 and stats["caption_checks"]["captions_checked"] > 0
+    clip_captions = sum(1 for c in _tables(out)["captions"].to_pylist() if c["level"] == "clip")
+    assert sum(stats["counts"]["clip_caption_parse"].values()) == clip_captions
 
 
 def test_rerun_gives_identical_bytes(demo_run, demo, tmp_path):

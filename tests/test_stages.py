@@ -153,8 +153,44 @@ def test_model_stages_on_tiny_models(demo):
     assert all(len(r["embedding"]) == 64 and -1 <= r["clip_keep_sim"] <= 1 for r in rows)
     assert all(r["clip_model"].startswith("open_clip:vidcurate-tiny-clip") for r in rows)
     captioned = CaptionStage(model=spec.models.vlm, settings=spec.caption)(clips).to_pylist()
-    assert all(isinstance(r["caption_text"], str) and r["caption_prompt_version"] == "clip_v1" for r in captioned)
+    assert all(isinstance(r["caption_text"], str) and r["caption_prompt_version"] == "clip_json_v1" for r in captioned)
     assert json.loads(captioned[0]["caption_generation"])["max_new_tokens"] == 8
+    # random weights write no JSON: each caption is kept as text and marked failed after the retry
+    assert {r["caption_parse_status"] for r in captioned if r["status"] == "kept"} == {"failed"}
+
+
+def test_caption_stage_retries_unparsable_replies_and_offers_hints(demo):
+    """The stage's logic around the model, with a scripted model standing in for the VLM."""
+    import pyarrow as pa
+
+    from stages.caption import CaptionStage
+
+    replies = [["I see a bright disc.", '```json\n{"summary": "A disc moves right.", "camera_motion": "static"}\n```'],
+               ['{"summary": "A disc moves right.", "shot_type": "wide"}']]
+
+    class Scripted:
+        model_id = "scripted"
+
+        def __init__(self):
+            self.prompts = []
+
+        def generate(self, prompts, images, **kw):
+            self.prompts.append(prompts)
+            return replies[len(self.prompts) - 1][:len(prompts)] if len(self.prompts) > 1 else replies[0][:len(prompts)]
+
+    spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "u"}, "scores": {"min_motion": 0}})
+    analyzed = AnalyzeStage(spec=spec)(pa.Table.from_pylist([_row(demo["root"] / "videos" / "synthetic_cuts.mp4")]))
+    rows = explode_clips(analyzed).slice(0, 2)
+    stage = CaptionStage(model=spec.models.vlm, settings=spec.caption)
+    stage._runner, stage._ready = Scripted(), True
+    stage._prompt_version, stage._prompt = "clip_json_v1", "Describe.\n{hints}\nAnswer in JSON."
+    stage._generation = "{}"
+    out = stage.process(rows).to_pylist()
+    first, second = stage._runner.prompts
+    assert "Measured camera motion" in first[0] and len(second) == 1 and "JSON object only" in second[0]
+    assert out[0]["caption_parse_status"] == "repaired" and out[0]["caption_text"] == "A disc moves right."
+    assert json.loads(out[0]["caption_fields"])["shot_type"] == "wide"
+    assert out[1]["caption_parse_status"] == "ok" and json.loads(out[1]["caption_fields"])["camera_motion"] == "static"
 
 
 def test_torchvision_guard_in_fresh_process():

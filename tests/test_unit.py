@@ -235,3 +235,27 @@ def test_scores_and_prompt_specs_are_checked():
         parse_spec({**BASE, "scores": {"min_brightness": 50, "max_brightness": 10}})
     with pytest.raises(SpecError, match=r"clip_filter\.keep_prompts"):
         parse_spec({**BASE, "clip_filter": {"keep_prompts": []}})
+
+
+def test_caption_time_checks_find_each_kind_of_violation():
+    from pipeline.checks import check_caption_times
+
+    videos = [{"video_id": "v", "duration_s": 10.0}]
+    clips = [{"clip_id": "a", "start_s": 0.0, "end_s": 4.0}, {"clip_id": "b", "start_s": 4.0, "end_s": 8.0}]
+    chapters = [{"video_id": "v", "index": 0, "start_s": 0.0, "end_s": 8.0}]
+
+    def cap(cid, level, start, end, parent=None, clip=None):
+        return {"caption_id": cid, "video_id": "v", "level": level, "start_s": start, "end_s": end,
+                "parent_id": parent, "clip_id": clip}
+
+    good = [cap("V", "video", 0, 10), cap("C", "chapter", 0, 8, "V"), cap("a", "clip", 0, 4, "C", "a"),
+            cap("b", "clip", 4, 8, "C", "b")]
+    assert check_caption_times(good, clips, videos, chapters)["violations"] == 0
+    bad = [cap("V", "video", 0, 10), cap("C", "chapter", 0, 5, "V"), cap("a", "clip", 0, 4, "C", "a"),
+           cap("b", "clip", 3.5, 8, "C", "b"), cap("x", "clip", 9, 12, "missing", "x")]
+    report = check_caption_times(bad, clips, videos, chapters + [{"video_id": "v", "index": 1, "start_s": 7.0,
+                                                                   "end_s": 9.0}])
+    text = " | ".join(report["examples"])
+    for expected in ("not inside its chapter", "times differ from its clip", "overlap", "outside the video",
+                     "parent missing", "chapters 0 and 1 overlap"):
+        assert expected in text, expected

@@ -1,0 +1,65 @@
+"""Structured caption parsing on realistic well- and badly-formed model outputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from stages.structured import FIELDS, hint_lines, parse_caption
+
+GOOD = ('{"summary": "A man rides a red bicycle down a forest trail.", "subjects": ["man", "red bicycle"], '
+        '"actions": ["riding downhill"], "setting": "forest trail in daylight", "camera_motion": "tracking", '
+        '"shot_type": "medium", "style": "natural light, handheld documentary"}')
+
+
+@pytest.mark.parametrize("text", [GOOD, "```json\n" + GOOD + "\n```"])  # a code fence changes nothing
+def test_clean_json_is_ok(text):
+    fields, status = parse_caption(text)
+    assert status == "ok" and set(fields) == set(FIELDS)
+    assert fields["subjects"] == ["man", "red bicycle"] and fields["camera_motion"] == "tracking"
+
+
+@pytest.mark.parametrize("text", [
+    "Sure! Here is the JSON you asked for:\n" + GOOD + "\nLet me know if you need more.",  # prose around it
+    GOOD.replace('"', "'"),                                             # Python-style quotes
+    GOOD[:-1] + ",}",                                                   # trailing comma
+    GOOD.replace('"summary"', '"Description"').replace('"shot_type"', '"Shot type"'),  # renamed keys
+    "[" + GOOD + "]",                                                   # wrapped in a list
+])
+def test_repairable_outputs(text):
+    fields, status = parse_caption(text)
+    assert status == "repaired", text
+    assert fields["summary"] == "A man rides a red bicycle down a forest trail."
+    assert fields["shot_type"] == "medium"
+
+
+def test_truncated_at_the_token_limit_keeps_what_is_complete():
+    cut = GOOD[:GOOD.index('"camera_motion"') + 25]  # stops inside the camera motion value
+    fields, status = parse_caption(cut)
+    assert status == "repaired"
+    assert fields["actions"] == ["riding downhill"] and fields["style"] is None
+    fields, status = parse_caption(GOOD[:GOOD.index('"setting"') + 10])  # stops after a key
+    assert status == "repaired" and fields["setting"] is None
+
+
+def test_labels_are_normalised_and_lists_coerced():
+    fields, status = parse_caption('{"summary": "Waves.", "subjects": "ocean waves; rocks", '
+                                   '"camera_motion": "Slow PANNING left", "shot_type": "Extreme close up shot", '
+                                   '"actions": [{"name": "waves crash"}], "mood": "calm"}')
+    assert status == "repaired"  # the unknown key was dropped
+    assert fields["subjects"] == ["ocean waves", "rocks"] and fields["actions"] == ["waves crash"]
+    assert fields["camera_motion"] == "pan" and fields["shot_type"] == "extreme close-up"
+    assert parse_caption('{"summary": "x", "shot_type": "dutch angle"}')[0]["shot_type"] == "other"
+
+
+@pytest.mark.parametrize("text", [
+    "", "The video shows a man riding a bicycle.", '{"subjects": ["man"]}', '{"summary": ""}',
+    "{{{{", "ÿþ\x00garbage tokens 🤖 <|im_end|>", '{"summary": [}',
+])
+def test_unusable_outputs_fail(text):
+    assert parse_caption(text) == (None, "failed")
+
+
+def test_hints_carry_measurements_and_speech():
+    hints = hint_lines({"camera_motion": "pan", "motion": 4.2}, subtitles="Hold on tight!")
+    assert "pan" in hints and "strong" in hints and "Hold on tight!" in hints
+    assert hint_lines({}) == ""
