@@ -35,8 +35,10 @@ def _pattern(kind: int, i: int, h: int, w: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def write_synthetic(path: Path, kinds: list[int], frames_per_shot: int, *, size=(320, 180), fps=25) -> list[int]:
-    """Encode shots of the given pattern kinds back to back; returns the cut frames."""
+def write_synthetic(path: Path, kinds: list[int], frames_per_shot: int, *, size=(320, 180), fps=25,
+                    chapters: list[tuple[float, str]] = ()) -> list[int]:
+    """Encode shots of the given pattern kinds back to back, with optional container chapter
+    marks (start seconds, title); returns the cut frames."""
     import av
 
     w, h = size
@@ -52,6 +54,11 @@ def write_synthetic(path: Path, kinds: list[int], frames_per_shot: int, *, size=
                 out.mux(stream.encode(frame))
                 n += 1
         out.mux(stream.encode(None))
+        if chapters:
+            ms = Fraction(1, 1000)
+            ends = [start for start, _ in chapters[1:]] + [n / fps]
+            out.set_chapters([{"id": k + 1, "start": int(start * 1000), "end": int(end * 1000), "time_base": ms,
+                               "metadata": {"title": title}} for k, ((start, title), end) in enumerate(zip(chapters, ends))])
     return [frames_per_shot * k for k in range(1, len(kinds))]
 
 
@@ -72,7 +79,9 @@ def prepare_demo(root: str | os.PathLike = "data/demo", *, models: bool = True, 
     videos.mkdir(parents=True, exist_ok=True)
     for name in FOOTAGE:
         shutil.copyfile(footage_dir() / name, videos / name)
-    cuts = write_synthetic(videos / "synthetic_cuts.mp4", [0, 1, 2, 0], 40)
+    # container chapter marks, a little off the cuts at 3.2 s: they snap to the shot starts
+    cuts = write_synthetic(videos / "synthetic_cuts.mp4", [0, 1, 2, 0], 40,
+                           chapters=[(0.0, "Disc and checkerboard"), (3.0, "Stripes and disc")])
     write_synthetic(videos / "dark_static.mp4", [3], 75)
     bad = write_bad_files(root / "bad")
     info = {"videos": sorted(str(p) for p in videos.iterdir()), "synthetic_cuts": cuts, "bad": bad}

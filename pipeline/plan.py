@@ -22,7 +22,7 @@ from pipeline.spec import JobSpec, SpecError, check_inputs, resolved_yaml
 from stages.analyze import AnalyzeStage, explode_clips
 from stages.base import Stats
 from stages.caption import CaptionStage
-from stages.chapters import HierarchyStage, caption_id
+from stages.chapters import HierarchyStage, caption_id, chapter_marks
 from stages.embed import ClipEmbedStage
 
 PACKAGES = ("vidcurate", "ray", "pyarrow", "av", "scenedetect", "open_clip_torch", "transformers",
@@ -134,7 +134,8 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
     log(f"vidcurate: {len(inputs)} input video(s) -> {out}")
 
     t = time.perf_counter()
-    analyzed = ray.data.from_items(inputs, override_num_blocks=max(1, len(inputs))).map_batches(
+    analyzed = ray.data.from_items([{k: r[k] for k in ("uri", "video_id", "size_bytes")} for r in inputs],
+                                   override_num_blocks=max(1, len(inputs))).map_batches(
         AnalyzeStage(spec=spec), **ray_args(res.analyze, actor=False)).materialize()
     videos = sorted(analyzed.drop_columns(["clips"]).take_all(), key=lambda r: r["uri"])
     seconds["analyze"] = time.perf_counter() - t
@@ -163,9 +164,13 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
     by_video = defaultdict(list)
     for c in kept:
         by_video[c["video_id"]].append({k: c[k] for k in ("clip_id", "start_s", "end_s", "embedding", "caption_text")})
-    duration = {v["video_id"]: v["duration_s"] for v in videos}
-    hierarchy_in = [{"video_id": vid, "duration_s": duration[vid], "clips_json": json.dumps(cs)}
-                    for vid, cs in sorted(by_video.items())]
+    video_of = {v["video_id"]: v for v in videos}
+    description = {r["video_id"]: r.get("description") for r in inputs}
+    hierarchy_in = []
+    for vid, cs in sorted(by_video.items()):
+        source, marks = chapter_marks(video_of[vid], description.get(vid), spec.chapters)
+        hierarchy_in.append({"video_id": vid, "duration_s": video_of[vid]["duration_s"], "clips_json": json.dumps(cs),
+                             "marks_json": json.dumps({"source": source, "marks": marks})})
     chapters, captions = [], []
     if hierarchy_in:
         for row in ray.data.from_items(hierarchy_in).map_batches(HierarchyStage, fn_constructor_kwargs={

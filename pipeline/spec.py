@@ -24,7 +24,8 @@ class _Section(BaseModel):
 
 class Inputs(_Section):
     paths: list[str] = Field(default_factory=list, description="Files or glob patterns.")
-    manifest: Optional[str] = Field(None, description="Parquet, CSV or JSONL file with a `uri` column.")
+    manifest: Optional[str] = Field(None, description="Parquet, CSV or JSONL file with a `uri` column, and optionally "
+                                    "`description` (chapter timestamps) and `subtitles` (a .srt/.vtt path).")
 
     @model_validator(mode="after")
     def _some_input(self):
@@ -178,6 +179,13 @@ class Caption(_Section):
 
 
 class Chapters(_Section):
+    source: Literal["auto", "metadata", "description", "automatic"] = Field(
+        "auto", description="auto: the container's chapters, else timestamps in the manifest's description column, "
+        "else automatic; or force one (a video without that source falls back to automatic).")
+    snap_s: float = Field(2.0, ge=0, description="Given chapter marks move to the nearest shot start within this.")
+    min_chapter_s: float = Field(0.0, ge=0, description="Automatic chapters shorter than this merge into a neighbour.")
+    max_chapter_s: Optional[float] = Field(None, gt=0, description="Automatic chapters longer than this split at "
+                                           "their least similar adjacent clips.")
     similarity_threshold: float = Field(0.85, ge=-1, le=1, description="New chapter below this adjacent-clip cosine.")
     min_clips: int = Field(1, ge=1)
     max_new_tokens: int = Field(128, ge=1)

@@ -13,6 +13,7 @@ SCHEMA_VERSION = "3"
 VIDEO_STATUS = ("ok", "rejected", "error")
 CLIP_STATUS = ("kept", "rejected")
 CAPTION_LEVELS = ("clip", "chapter", "video")
+CHAPTER_SOURCES = ("metadata", "description", "automatic")
 PARSE_STATUS = ("ok", "repaired", "failed")
 BOUNDARY_TYPES = ("cut", "dissolve", "fade", "wipe", "gradual")
 
@@ -46,6 +47,8 @@ VIDEOS = _versioned("videos", [
     pa.field("boundaries", _list(pa.struct([pa.field("type", pa.string()), pa.field("start_frame", pa.int64()),
                                             pa.field("end_frame", pa.int64()), pa.field("start_s", pa.float64()),
                                             pa.field("end_s", pa.float64())]))),
+    # chapter marks the container carries (MP4/MKV chapters), before snapping to shots
+    pa.field("chapter_marks", _list(pa.struct([pa.field("start_s", pa.float64()), pa.field("title", pa.string())]))),
     pa.field("num_clips", pa.int32()),
     pa.field("num_clips_kept", pa.int32()),
     pa.field("caption_id", pa.string()),

@@ -5,7 +5,11 @@ adjacent clip embeddings stays above spec.chapters.similarity_threshold. Each ch
 title and a summary generated (text only) from its clip captions; the video gets one caption
 generated from the chapter summaries. All rows carry absolute start/end seconds.
 
-Reads (one row per video): video_id, duration_s, clips_json. Adds: chapters_json,
+Chapters given with the video (container chapter marks, or timestamps in the manifest's
+description, stages/marks.py) are used when present, snapped to shot starts, with their titles;
+otherwise chapters are automatic, kept within chapters.min_chapter_s / max_chapter_s.
+
+Reads (one row per video): video_id, duration_s, clips_json, marks_json. Adds: chapters_json,
 captions_json. Resources: resources.hierarchy (actor pool sharing the VLM).
 """
 
@@ -17,6 +21,74 @@ import numpy as np
 import pyarrow as pa
 
 from stages.base import ModelStage, clean_text, stable_id
+
+def chapter_marks(video: dict, description: str | None, settings) -> tuple[str, list[dict] | None]:
+    """(source, chapters [{"start_s", "end_s", "title"}] or None for automatic) of one video:
+    the container's chapter marks, else its description's timestamps, snapped to shot starts."""
+    from stages.marks import parse_description, snap_marks
+
+    found = {"metadata": list(video.get("chapter_marks") or []), "description": parse_description(description)}
+    order = ["metadata", "description"] if settings.source == "auto" else [settings.source]
+    starts = sorted({b["start_s"] if b["type"] == "cut" else b["end_s"] for b in video.get("boundaries") or []})
+    for source in order:
+        marks = found.get(source)
+        if marks and len(marks) >= 1:
+            chapters = snap_marks(marks, starts, settings.snap_s, video["duration_s"])
+            if chapters:
+                return source, chapters
+    return "automatic", None
+
+
+def group_by_marks(clips: list[dict], marks: list[dict]) -> list[tuple[dict, list[int]]]:
+    """Clips (in time order) assigned to the given chapter whose span holds their midpoint;
+    chapters without kept clips are left out."""
+    groups = []
+    for mark in marks:
+        members = [i for i, c in enumerate(clips) if mark["start_s"] <= (c["start_s"] + c["end_s"]) / 2 < mark["end_s"]]
+        if members:
+            groups.append((mark, members))
+    return groups
+
+
+def bound_durations(groups: list[list[int]], clips: list[dict], sims: list[float],
+                    min_s: float, max_s: float | None) -> list[list[int]]:
+    """Automatic chapters kept within [min_s, max_s]: a too-short chapter merges into the
+    neighbour it is more similar to; a too-long one splits at its least similar adjacent clips."""
+    def span(g):
+        return clips[g[-1]]["end_s"] - clips[g[0]]["start_s"]
+
+    groups = [list(g) for g in groups]
+    while min_s > 0 and len(groups) > 1:
+        short = [k for k, g in enumerate(groups) if span(g) < min_s]
+        if not short:
+            break
+        k = min(short, key=lambda k: span(groups[k]))
+        left = sims[groups[k][0] - 1] if k > 0 else -2.0          # similarity across each edge
+        right = sims[groups[k][-1]] if k + 1 < len(groups) else -2.0
+        j = k - 1 if left >= right else k + 1
+        lo, hi = min(k, j), max(k, j)
+        groups[lo:hi + 1] = [groups[lo] + groups[hi]]
+    if max_s:
+        out = []
+        todo = list(groups)
+        while todo:
+            g = todo.pop(0)
+            if span(g) <= max_s or len(g) < 2:
+                out.append(g)
+                continue
+            cut = min(range(len(g) - 1), key=lambda i: sims[g[i]]) + 1
+            todo[:0] = [g[:cut], g[cut:]]
+        groups = out
+    return groups
+
+
+def adjacent_similarity(embeddings: list) -> list[float]:
+    """Cosine similarity of clip i and clip i+1 (1.0 where an embedding is missing)."""
+    sims = []
+    for a, b in zip(embeddings, embeddings[1:]):
+        sims.append(float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)) if a and b else 1.0)
+    return sims
+
 
 HIERARCHY_OUT = pa.schema([("video_id", pa.string()), ("chapters_json", pa.string()),
                            ("captions_json", pa.string())])
@@ -30,9 +102,7 @@ def group_chapters(embeddings: list, threshold: float, min_clips: int = 1) -> li
     if not embeddings:
         return []
     groups = [[0]]
-    for i in range(1, len(embeddings)):
-        a, b = embeddings[i - 1], embeddings[i]
-        sim = float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)) if a and b else 1.0
+    for i, sim in enumerate(adjacent_similarity(embeddings), start=1):
         if sim < threshold and len(groups[-1]) >= min_clips:
             groups.append([i])
         else:
@@ -64,32 +134,47 @@ class HierarchyStage(ModelStage):
         out = self._runner.generate(prompts, max_new_tokens=self.settings.max_new_tokens)
         return [clean_text(t) for t in out]
 
-    def _chapters(self, video_id: str, clips: list[dict]) -> list[dict]:
-        """Chapter rows of one video, each with the prompts for its summary and title."""
-        groups = group_chapters([c["embedding"] for c in clips], self.settings.similarity_threshold,
-                                self.settings.min_clips)
+    def _chapters(self, video_id: str, clips: list[dict], source: str, marks: list[dict] | None) -> list[dict]:
+        """Chapter rows of one video, each with the prompts for its summary and (when no title
+        was given with the video) its title."""
+        if marks:
+            planned = group_by_marks(clips, marks)
+        else:
+            sims = adjacent_similarity([c["embedding"] for c in clips])
+            groups = group_chapters([c["embedding"] for c in clips], self.settings.similarity_threshold,
+                                    self.settings.min_clips)
+            groups = bound_durations(groups, clips, sims, self.settings.min_chapter_s, self.settings.max_chapter_s)
+            planned = [({"title": None}, g) for g in groups]
         model, (cv, ct), (_, tt) = self._runner.model_id, self._chapter, self._title
         chapters = []
-        for index, group in enumerate(groups):
+        for index, (mark, group) in enumerate(planned):
             members = [clips[i] for i in group]
             chapter_id = stable_id("chapter", video_id, index, members[0]["clip_id"])
             lines = "\n".join(f"[{c['start_s']:.1f}s-{c['end_s']:.1f}s] {c['caption_text']}" for c in members)
             chapters.append({"chapter_id": chapter_id, "video_id": video_id, "index": index,
                              "start_s": members[0]["start_s"], "end_s": members[-1]["end_s"],
-                             "source": "automatic", "clip_ids": [c["clip_id"] for c in members],
+                             "source": source, "clip_ids": [c["clip_id"] for c in members],
                              "caption_id": caption_id(chapter_id, "chapter", model, cv),
+                             "title": mark.get("title"),
                              "_summary_prompt": ct.format(captions=lines),
-                             "_title_prompt": tt.format(captions=lines)})
+                             "_title_prompt": None if mark.get("title") else tt.format(captions=lines)})
         return chapters
 
     def process(self, batch: pa.Table) -> pa.Table:
         videos = batch.to_pylist()
-        per_video = [self._chapters(v["video_id"], json.loads(v["clips_json"])) for v in videos]
+        per_video = []
+        for v in videos:
+            plan = json.loads(v["marks_json"]) if v.get("marks_json") else {"source": "automatic", "marks": None}
+            per_video.append(self._chapters(v["video_id"], json.loads(v["clips_json"]), plan["source"], plan["marks"]))
         all_chapters = [c for chapters in per_video for c in chapters]
         summaries = self._gen([c.pop("_summary_prompt") for c in all_chapters])
-        titles = self._gen([c.pop("_title_prompt") for c in all_chapters])
-        for chapter, summary, title in zip(all_chapters, summaries, titles):
-            chapter.update(summary=summary, title=title.splitlines()[0] if title else "")
+        need_title = [c for c in all_chapters if c["_title_prompt"] is not None]
+        titles = self._gen([c["_title_prompt"] for c in need_title])
+        for chapter, title in zip(need_title, titles):
+            chapter["title"] = title.splitlines()[0] if title else ""
+        for chapter, summary in zip(all_chapters, summaries):
+            chapter.pop("_title_prompt")
+            chapter["summary"] = summary
         video_prompts = [self._video[1].format(summaries="\n".join(
             f"{i + 1}. {c['summary']}" for i, c in enumerate(chapters))) for chapters in per_video]
         video_texts = self._gen(video_prompts)

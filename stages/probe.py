@@ -67,7 +67,10 @@ def stream_metadata(container, limits) -> dict:
         duration = container.duration / 1e6
     if duration is not None and duration > limits.max_duration_s:
         raise Rejected("too_long", f"{duration:.1f}s > probe.max_duration_s={limits.max_duration_s}")
+    from stages.marks import container_marks
+
     return {
+        "chapter_marks": container_marks(container),
         "container": container.format.name,
         "codec": ctx.name,
         "width": width,

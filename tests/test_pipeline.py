@@ -83,6 +83,32 @@ def test_shards_agree_with_tables(demo_run):
     assert methods == {"copy", "encode"}  # bikes.mp4 has keyframes at its cuts; others do not
 
 
+def test_container_chapter_marks_become_snapped_chapters(demo_run):
+    out, _, _ = demo_run
+    t = {k: v.to_pylist() for k, v in _tables(out).items()}
+    video = next(v for v in t["videos"] if v["uri"].endswith("synthetic_cuts.mp4"))
+    assert [m["title"] for m in video["chapter_marks"]] == ["Disc and checkerboard", "Stripes and disc"]
+    chapters = [c for c in t["chapters"] if c["video_id"] == video["video_id"]]
+    assert [(c["source"], c["title"]) for c in chapters] == [("metadata", "Disc and checkerboard"),
+                                                            ("metadata", "Stripes and disc")]
+    assert chapters[1]["start_s"] == pytest.approx(3.2)  # the mark at 3.0 s snapped to the cut at frame 80
+    automatic = [c for c in t["chapters"] if c["video_id"] != video["video_id"]]
+    assert automatic and all(c["source"] == "automatic" for c in automatic)
+
+
+def test_chapter_sources_fall_back_in_order():
+    from pipeline.spec import parse_spec
+    from stages.chapters import chapter_marks
+
+    settings = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "o"}}).chapters
+    video = {"duration_s": 60.0, "chapter_marks": [], "boundaries": [{"type": "cut", "start_s": 29.5, "end_s": 29.5}]}
+    source, marks = chapter_marks(video, "0:00 Start\n0:30 Second half", settings)
+    assert source == "description" and [m["start_s"] for m in marks] == [0.0, 29.5]
+    assert chapter_marks(video, "no timestamps here", settings) == ("automatic", None)
+    forced = settings.model_copy(update={"source": "automatic"})
+    assert chapter_marks(video, "0:00 Start\n0:30 Second half", forced) == ("automatic", None)
+
+
 def test_caption_and_chapter_times_lie_inside_the_video(demo_run):
     out, _, _ = demo_run
     t = {k: v.to_pylist() for k, v in _tables(out).items()}

@@ -259,3 +259,29 @@ def test_caption_time_checks_find_each_kind_of_violation():
     for expected in ("not inside its chapter", "times differ from its clip", "overlap", "outside the video",
                      "parent missing", "chapters 0 and 1 overlap"):
         assert expected in text, expected
+
+
+def test_description_chapters_follow_vidchapters_rules():
+    from stages.marks import parse_description
+
+    text = "Our trip!\n00:00 Intro\n1:30 - The market\n(12:05) Tasting\nFinale 1:02:03\nthanks for watching"
+    assert parse_description(text) == [{"start_s": 0, "title": "Intro"}, {"start_s": 90, "title": "The market"},
+                                       {"start_s": 725, "title": "Tasting"}, {"start_s": 3723, "title": "Finale"}]
+    assert parse_description("0:10 late start\n1:00 next") == []      # must start at 0:00
+    assert parse_description("0:00 only one") == []                    # at least two
+    assert parse_description("0:00 a\n2:00 b\n1:00 c") == []          # increasing
+    assert parse_description(None) == []
+
+
+def test_marks_snap_to_shot_starts_and_clips_group_by_midpoint():
+    from stages.chapters import bound_durations, group_by_marks
+    from stages.marks import snap_marks
+
+    marks = snap_marks([{"start_s": 0.0, "title": "A"}, {"start_s": 9.0, "title": "B"}, {"start_s": 9.5, "title": "C"}],
+                       [4.0, 10.2, 20.0], snap_s=2.0, duration_s=30.0)
+    assert marks == [{"start_s": 0.0, "end_s": 10.2, "title": "A"}, {"start_s": 10.2, "end_s": 30.0, "title": "B"}]
+    clips = [{"start_s": a, "end_s": b} for a, b in ((0, 4), (4, 10.2), (10.2, 20), (20, 30))]
+    assert [(m["title"], g) for m, g in group_by_marks(clips, marks)] == [("A", [0, 1]), ("B", [2, 3])]
+    sims = [0.9, 0.2, 0.95]
+    assert bound_durations([[0], [1], [2, 3]], clips, sims, min_s=5.0, max_s=None) == [[0, 1], [2, 3]]
+    assert bound_durations([[0, 1, 2, 3]], clips, sims, min_s=0, max_s=15.0) == [[0, 1], [2], [3]]
