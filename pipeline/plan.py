@@ -134,7 +134,8 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
     log(f"vidcurate: {len(inputs)} input video(s) -> {out}")
 
     t = time.perf_counter()
-    analyzed = ray.data.from_items([{k: r[k] for k in ("uri", "video_id", "size_bytes")} for r in inputs],
+    analyzed = ray.data.from_items([{"uri": r["uri"], "video_id": r["video_id"], "size_bytes": r["size_bytes"],
+                                     "subtitles": r.get("subtitles")} for r in inputs],
                                    override_num_blocks=max(1, len(inputs))).map_batches(
         AnalyzeStage(spec=spec), **ray_args(res.analyze, actor=False)).materialize()
     videos = sorted(analyzed.drop_columns(["clips"]).take_all(), key=lambda r: r["uri"])

@@ -168,6 +168,8 @@ class Caption(_Section):
     prompt: Optional[str] = Field(None, description="Prompt file name under stages/prompts/ or a path; null: "
                                   "clip_json_v1 for json, clip_v1 for text. {hints} in it receives measured motion.")
     hints: bool = Field(True, description="Offer the measured camera motion and motion to the prompt.")
+    subtitles: bool = Field(True, description="Cut subtitles (manifest `subtitles` column, a sidecar .srt/.vtt, or "
+                            "an embedded text stream) to each clip as clips.speech and offer them to the prompt.")
     retries: int = Field(1, ge=0, description="Extra attempts for a clip whose JSON could not be parsed.")
     frames: int = Field(4, ge=1)
     max_new_tokens: int = Field(160, ge=1)

@@ -40,6 +40,7 @@ VIDEOS = _versioned("videos", [
     pa.field("height", pa.int32()),
     pa.field("fps", pa.float64()),
     pa.field("rotation", pa.int32()),
+    pa.field("subtitles", pa.string()),  # where speech came from: manifest, sidecar, embedded, or null
     pa.field("duration_s", pa.float64()),
     pa.field("num_frames", pa.int64()),
     # Shot boundaries: a cut at start_frame == end_frame (the first frame of the new shot); a
@@ -73,6 +74,7 @@ CLIPS = _versioned("clips", [
     pa.field("letterbox", pa.float32()),
     pa.field("dynamic_degree", pa.float32()),
     pa.field("camera_motion", pa.string()),
+    pa.field("speech", pa.string()),  # subtitle text during the clip (manifest, sidecar or embedded)
     pa.field("clip_keep_sim", pa.float32()),
     pa.field("clip_reject_sim", pa.float32()),
     pa.field("embedding", _list(pa.float32())),

@@ -147,8 +147,11 @@ def _shrinkers(frame, meta: dict, spec):
             FrameSignals((fw, fh), spec.analysis.flow_stride))
 
 
-def build_clips(video: dict, meta: dict, analysis: dict, spec) -> list[dict]:
-    """Clip rows (schemas.CLIP_WORK) from the cuts and per-frame signals of one video."""
+def build_clips(video: dict, meta: dict, analysis: dict, spec, cues=()) -> list[dict]:
+    """Clip rows (schemas.CLIP_WORK) from the boundaries and per-frame signals of one video;
+    ``cues``: subtitle cues (stages.subtitles), cut to each clip as its ``speech``."""
+    from stages.subtitles import speech_between
+
     times, n, fps = analysis["times"], meta["num_frames"], meta["fps"] or 25.0
     shots, transitions = shots_from_boundaries(analysis["boundaries"], n)
     signals = analysis["signals"]
@@ -170,6 +173,7 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec) -> list[dict]:
             "status": "rejected" if reason else "kept", "reason": reason,
             "frames": None if reason else analysis["thumbs"].pick(a, b, spec.analysis.frames_per_clip),
             "keyframe_aligned": a in analysis["keyframes"] and (b == n or b in analysis["keyframes"]),
+            "speech": speech_between(cues, times[0] + start_s, times[0] + end_s) if cues else None,
             "pts_timing": meta["timing"] == "pts",
         })
     return rows
@@ -179,8 +183,17 @@ def analysis_job(video: dict, spec) -> dict:
     """The decoder's part of one video; runs in the guarded child process. Never raises Rejected."""
     try:
         meta, analysis = decode_pass(video["uri"], spec)
+        cues = []
+        if spec.caption.subtitles:
+            from stages.subtitles import load_cues
+
+            try:
+                cues, source = load_cues(video)
+                meta["subtitles"] = source
+            except Exception as err:  # unreadable subtitles cost the speech hints, not the video
+                meta["message"] = (meta.get("message", "") + f" subtitles not read: {err}").strip()
         try:
-            clips = build_clips(video, meta, analysis, spec)
+            clips = build_clips(video, meta, analysis, spec, cues)
         finally:
             analysis["thumbs"].close()
         return {"status": "ok", "meta": meta, "clips": clips,
@@ -196,7 +209,7 @@ def analyze_video(video: dict, spec) -> dict:
     watchdog and a memory limit: a hang, a memory blow-up or a decoder crash becomes a reason.
     """
     t0 = time.perf_counter()
-    row = dict(video, clips=[])
+    row = dict(video, clips=[], subtitles=None)
     try:
         if spec.probe.guard:
             result = run_guarded(analysis_job, (video, spec), timeout_s=spec.probe.timeout_s,

@@ -7,7 +7,7 @@ style. Replies are parsed tolerantly; a clip whose reply cannot be parsed is ask
 model's text and is marked ``failed``. The measured camera motion and motion of the clip are
 offered to the prompt (``{hints}``) when ``caption.hints`` is on.
 
-Reads: frames, status, camera_motion, motion. Adds: caption_text, caption_fields (JSON),
+Reads: frames, status, camera_motion, motion, speech (subtitles during the clip). Adds: caption_text, caption_fields (JSON),
 caption_parse_status, caption_model, caption_prompt_version, caption_generation. Rows already
 rejected pass through. The kept rows of a batch are captioned in one batched ``generate``.
 Resources: resources.caption (actor pool; one GPU per actor when the cluster has GPUs).
@@ -58,7 +58,8 @@ class CaptionStage(ModelStage):
         todo = [r for r in rows if r["status"] == "kept"]
         if todo:
             images = [decode_jpegs(subsample(r["frames"], self.settings.frames)) for r in todo]
-            prompts = [render_prompt(self._prompt, hint_lines(r) if self.settings.hints else "") for r in todo]
+            prompts = [render_prompt(self._prompt, hint_lines(r if self.settings.hints else {}, r.get("speech")))
+                       for r in todo]
             texts = self._generate(prompts, images)
             parsed = [None] * len(todo)
             if self.settings.format == "json":

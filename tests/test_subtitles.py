@@ -1,0 +1,109 @@
+"""Subtitles: parsing, sources (manifest, sidecar, embedded stream) and per-clip speech."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from pipeline.spec import parse_spec
+from stages.analyze import analysis_job
+from stages.subtitles import parse_subtitles, sidecar, speech_between
+
+SRT = """1
+00:00:00,500 --> 00:00:01,800
+Hello <i>there</i>!
+
+2
+00:00:02,000 --> 00:00:03,500
+Ride down
+the trail.
+
+3
+00:00:05,000 --> 00:00:06,000
+Ride down the trail.
+"""
+
+VTT = """WEBVTT
+
+intro
+00:00.500 --> 00:01.800 align:start
+Hello &amp; welcome
+
+01:02:03.250 --> 01:02:04.000
+<v Narrator>Late line</v>
+"""
+
+
+def test_parse_srt_and_vtt():
+    assert parse_subtitles(SRT) == [(0.5, 1.8, "Hello there!"), (2.0, 3.5, "Ride down the trail."),
+                                    (5.0, 6.0, "Ride down the trail.")]
+    assert parse_subtitles(VTT) == [(0.5, 1.8, "Hello & welcome"), (3723.25, 3724.0, "Late line")]
+    cues = parse_subtitles(SRT)
+    assert speech_between(cues, 1.0, 2.5) == "Hello there! Ride down the trail."
+    assert speech_between(cues, 2.5, 6.0) == "Ride down the trail."  # a repeated line once
+    assert speech_between(cues, 3.6, 4.9) is None
+
+
+def _video(path, n=100):
+    from pipeline.demo import _pattern
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 160, 90, "yuv420p"
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(_pattern(0 if i < 50 else 1, i, 90, 160), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 25)
+            out.mux(s.encode(f))
+        out.mux(s.encode(None))
+    return path
+
+
+SPEC = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "o"}, "probe": {"guard": False},
+                   "shots": {"min_clip_s": 0.5}})
+
+
+def test_sidecar_subtitles_become_clip_speech(tmp_path):
+    path = _video(tmp_path / "talk.mp4")
+    (tmp_path / "talk.en.srt").write_text(SRT)
+    assert sidecar(str(path)) == tmp_path / "talk.en.srt"
+    result = analysis_job({"uri": str(path), "video_id": "v", "size_bytes": 1}, SPEC)
+    assert result["meta"]["subtitles"] == "sidecar"
+    speech = [(c["start_frame"], c["speech"]) for c in result["clips"]]
+    assert speech == [(0, "Hello there!"), (50, "Ride down the trail.")]  # the cut is at 2.0 s
+
+
+def test_embedded_subtitle_stream(tmp_path):
+    srt = tmp_path / "s.srt"
+    srt.write_text(SRT)
+    with av.open(str(srt)) as src, av.open(str(tmp_path / "muxed.mkv"), "w") as out:
+        v = out.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 160, 90, "yuv420p"
+        s = out.add_stream_from_template(src.streams.subtitles[0])
+        for i in range(100):
+            f = av.VideoFrame.from_ndarray(np.full((90, 160, 3), 60 if i < 50 else 200, np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 25)
+            out.mux(v.encode(f))
+        out.mux(v.encode(None))
+        for packet in src.demux(src.streams.subtitles[0]):
+            if packet.size:
+                packet.stream = s
+                out.mux(packet)
+    spec = SPEC.model_copy(update={"scores": SPEC.scores})
+    result = analysis_job({"uri": str(tmp_path / "muxed.mkv"), "video_id": "v", "size_bytes": 1}, spec)
+    assert result["meta"]["subtitles"] == "embedded"
+    assert "Hello there!" in result["clips"][0]["speech"]
+
+
+def test_manifest_subtitles_win_and_bad_files_cost_only_the_speech(tmp_path):
+    path = _video(tmp_path / "a.mp4")
+    (tmp_path / "a.srt").write_text(SRT)
+    other = tmp_path / "other.vtt"
+    other.write_text(VTT)
+    result = analysis_job({"uri": str(path), "video_id": "v", "size_bytes": 1, "subtitles": str(other)}, SPEC)
+    assert result["meta"]["subtitles"] == "manifest" and result["clips"][0]["speech"] == "Hello & welcome"
+    missing = analysis_job({"uri": str(path), "video_id": "v", "size_bytes": 1, "subtitles": str(tmp_path / "no.srt")},
+                           SPEC)
+    assert missing["status"] == "ok" and "subtitles not read" in missing["message"]
+    assert all(c["speech"] is None for c in missing["clips"])
