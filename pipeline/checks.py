@@ -1,9 +1,9 @@
 """Checks run on every job's outputs before they are written: caption times and hierarchy.
 
 Every caption has absolute [start_s, end_s] inside its video; a child lies inside its parent;
-clip captions match their clips and do not overlap; chapters do not overlap. Violations are
-counted in stats.json (``caption_checks``) with a few examples, and logged; they never stop
-the job (the outputs are still written, with the report beside them).
+clip captions match their clips and do not overlap; windows tile their clip; chapters do not
+overlap. Violations are counted in stats.json (``caption_checks``) with a few examples, and
+logged; they never stop the job (the outputs are still written, with the report beside them).
 """
 
 from __future__ import annotations
@@ -43,6 +43,17 @@ def check_caption_times(captions: list[dict], clips: list[dict], videos: list[di
         for a, b in zip(caps, caps[1:]):
             if b["start_s"] < a["end_s"] - EPS:
                 problems.append(f"video {video_id}: clip captions {a['caption_id']} and {b['caption_id']} overlap")
+    windows_of = defaultdict(list)
+    for c in captions:
+        if c["level"] == "window":
+            windows_of[c["parent_id"]].append(c)
+    for parent_id, ws in windows_of.items():  # windows tile their clip
+        ws.sort(key=lambda c: c["start_s"])
+        parent = by_id.get(parent_id)
+        gaps = any(abs(b["start_s"] - a["end_s"]) > EPS for a, b in zip(ws, ws[1:]))
+        if parent is None or gaps or abs(ws[0]["start_s"] - parent["start_s"]) > EPS \
+                or abs(ws[-1]["end_s"] - parent["end_s"]) > EPS:
+            problems.append(f"clip caption {parent_id}: its windows do not tile it")
     chapters_of = defaultdict(list)
     for ch in chapters:
         chapters_of[ch["video_id"]].append(ch)

@@ -87,6 +87,21 @@ def tiny_models_in_use(spec: JobSpec) -> bool:
         "tiny" in (spec.models.clip.config or "")
 
 
+STRUCTURED = ("subjects", "actions", "setting", "camera_motion", "shot_type", "style")
+
+
+def _window_caption(clip: dict, window: dict) -> dict:
+    """The caption row of one window of a long clip (level ``window``, child of the clip caption)."""
+    fields = json.loads(window["caption_fields"]) if window.get("caption_fields") else {}
+    owner = f"{clip['clip_id']}:{window['start_frame']}-{window['end_frame']}"
+    return {"caption_id": caption_id(owner, "window", clip["caption_model"], clip["caption_prompt_version"]),
+            "video_id": clip["video_id"], "clip_id": clip["clip_id"], "chapter_id": clip.get("chapter_id"),
+            "level": "window", "parent_id": clip["caption_id"], "start_s": window["start_s"],
+            "end_s": window["end_s"], "text": window["caption_text"] or "", "model": clip["caption_model"],
+            "prompt_version": clip["caption_prompt_version"], "generation": clip["caption_generation"],
+            "parse_status": window.get("caption_parse_status"), **{k: fields.get(k) for k in STRUCTURED}}
+
+
 def _sample(clip: dict, chapter: dict | None, video_caption: str | None) -> dict:
     caption = None
     if clip.get("caption_id"):
@@ -102,6 +117,11 @@ def _sample(clip: dict, chapter: dict | None, video_caption: str | None) -> dict
                                          "frozen_fraction", "letterbox", "dynamic_degree", "camera_motion",
                                          "clip_keep_sim", "clip_reject_sim")},
         "caption": caption,
+        # the dense layer: captions of the clip's windows, times relative to the clip start
+        "dense_captions": [{"start_s": w["start_s"] - clip["start_s"], "end_s": w["end_s"] - clip["start_s"],
+                            "text": w["caption_text"],
+                            "fields": json.loads(w["caption_fields"]) if w.get("caption_fields") else None}
+                           for w in clip.get("windows") or []],
         "chapter": None if chapter is None else {k: chapter[k] for k in ("chapter_id", "index", "title",
                                                                           "start_s", "end_s")},
         "video_caption_id": video_caption,
@@ -199,6 +219,8 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
                              "generation": c["caption_generation"], "parse_status": c.get("caption_parse_status"),
                              **{k: fields.get(k) for k in ("subjects", "actions", "setting", "camera_motion",
                                                            "shot_type", "style")}})
+            for w in c.get("windows") or []:
+                captions.append(_window_caption(c, w))
     for cap in captions:
         cap["duration_s"] = cap["end_s"] - cap["start_s"]
 
@@ -232,7 +254,7 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
             log(f"[write] clip {c['clip_id']} of {c['uri']} left out: {failed[c['clip_id']]}")
     log(f"[write] {len(shards)} shards, {sum(s['samples'] for s in shards)} samples ({seconds['write_shards']:.1f}s)")
 
-    level_order = {"video": 0, "chapter": 1, "clip": 2}
+    level_order = {"video": 0, "chapter": 1, "clip": 2, "window": 3}
     tables = {
         "videos": videos,
         "clips": clips,

@@ -171,6 +171,8 @@ class Caption(_Section):
     subtitles: bool = Field(True, description="Cut subtitles (manifest `subtitles` column, a sidecar .srt/.vtt, or "
                             "an embedded text stream) to each clip as clips.speech and offer them to the prompt.")
     retries: int = Field(1, ge=0, description="Extra attempts for a clip whose JSON could not be parsed.")
+    window_s: Optional[float] = Field(10.0, gt=0, description="Kept clips longer than this are also captioned per "
+                                      "window of at most this length (the dense layer, level `window`); null: off.")
     frames: int = Field(4, ge=1)
     max_new_tokens: int = Field(160, ge=1)
     temperature: float = Field(0.0, ge=0)

@@ -12,7 +12,7 @@ SCHEMA_VERSION = "3"
 
 VIDEO_STATUS = ("ok", "rejected", "error")
 CLIP_STATUS = ("kept", "rejected")
-CAPTION_LEVELS = ("clip", "chapter", "video")
+CAPTION_LEVELS = ("window", "clip", "chapter", "video")
 CHAPTER_SOURCES = ("metadata", "description", "automatic")
 PARSE_STATUS = ("ok", "repaired", "failed")
 BOUNDARY_TYPES = ("cut", "dissolve", "fade", "wipe", "gradual")
@@ -135,6 +135,13 @@ CLIP_WORK = pa.schema(list(CLIPS) + [
     pa.field("frames", _list(pa.binary())),
     pa.field("keyframe_aligned", pa.bool_()),
     pa.field("pts_timing", pa.bool_()),
+    # windows of a clip longer than caption.window_s: the temporally dense caption layer
+    pa.field("windows", _list(pa.struct([
+        pa.field("start_frame", pa.int64()), pa.field("end_frame", pa.int64()),
+        pa.field("start_s", pa.float64()), pa.field("end_s", pa.float64()),
+        pa.field("frames", _list(pa.binary())), pa.field("speech", pa.string()),
+        pa.field("caption_text", pa.string()), pa.field("caption_fields", pa.string()),
+        pa.field("caption_parse_status", pa.string())]))),
     pa.field("caption_text", pa.string()),
     pa.field("caption_fields", pa.string()),
     pa.field("caption_parse_status", pa.string()),

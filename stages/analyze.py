@@ -13,6 +13,7 @@ in-flight clip rows, schemas.CLIP_WORK). Resources: resources.analyze (CPU tasks
 
 from __future__ import annotations
 
+import math
 import time
 from array import array
 
@@ -174,9 +175,27 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec, cues=()) -> list[
             "frames": None if reason else analysis["thumbs"].pick(a, b, spec.analysis.frames_per_clip),
             "keyframe_aligned": a in analysis["keyframes"] and (b == n or b in analysis["keyframes"]),
             "speech": speech_between(cues, times[0] + start_s, times[0] + end_s) if cues else None,
+            "windows": None if reason else _windows(a, b, times, n, fps, analysis["thumbs"], spec, cues),
             "pts_timing": meta["timing"] == "pts",
         })
     return rows
+
+
+def _windows(a: int, b: int, times, n: int, fps: float, thumbs, spec, cues) -> list[dict] | None:
+    """Equal windows of at most caption.window_s over clip frames [a, b), each with its own
+    frames and speech; None when the clip is not longer than one window."""
+    from stages.subtitles import speech_between
+
+    limit = spec.caption.window_s
+    at = lambda f: (times[f] - times[0]) if f < n else (times[-1] - times[0] + 1.0 / fps)  # noqa: E731
+    if not limit or at(b) - at(a) <= limit:
+        return None
+    pieces = math.ceil((at(b) - at(a)) / limit)
+    edges = [a + round(k * (b - a) / pieces) for k in range(pieces + 1)]
+    return [{"start_frame": s, "end_frame": e, "start_s": at(s), "end_s": at(e),
+             "frames": thumbs.pick(s, e, spec.analysis.frames_per_clip),
+             "speech": speech_between(cues, times[0] + at(s), times[0] + at(e)) if cues else None}
+            for s, e in zip(edges, edges[1:])]
 
 
 def analysis_job(video: dict, spec) -> dict:

@@ -83,6 +83,33 @@ def test_shards_agree_with_tables(demo_run):
     assert methods == {"copy", "encode"}  # bikes.mp4 has keyframes at its cuts; others do not
 
 
+def test_long_clips_get_window_captions_that_tile_them(demo_run):
+    out, _, _ = demo_run
+    t = {k: v.to_pylist() for k, v in _tables(out).items()}
+    clip_caps = {c["caption_id"]: c for c in t["captions"] if c["level"] == "clip"}
+    windows = [c for c in t["captions"] if c["level"] == "window"]
+    long_clips = [c for c in t["clips"] if c["status"] == "kept" and c["duration_s"] > 2.0]
+    assert long_clips and len({w["parent_id"] for w in windows}) == len(long_clips)
+    for clip in long_clips:
+        ws = sorted((w for w in windows if w["parent_id"] == clip["caption_id"]), key=lambda w: w["start_s"])
+        assert ws[0]["start_s"] == clip["start_s"] and ws[-1]["end_s"] == clip["end_s"]
+        assert all(a["end_s"] == b["start_s"] for a, b in zip(ws, ws[1:]))
+        assert all(w["end_s"] - w["start_s"] <= 2.0 + 1e-6 and w["clip_id"] == clip["clip_id"] for w in ws)
+        assert clip_caps[clip["caption_id"]]["clip_id"] == clip["clip_id"]
+    samples = {}
+    for shard in sorted((out / "shards").glob("*.tar")):
+        import tarfile
+
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(m).read())
+                    samples[meta["clip_id"]] = meta
+    for clip in long_clips:
+        dense = samples[clip["clip_id"]]["dense_captions"]
+        assert dense[0]["start_s"] == 0.0 and dense[-1]["end_s"] == pytest.approx(clip["duration_s"])
+
+
 def test_container_chapter_marks_become_snapped_chapters(demo_run):
     out, _, _ = demo_run
     t = {k: v.to_pylist() for k, v in _tables(out).items()}
@@ -114,7 +141,7 @@ def test_caption_and_chapter_times_lie_inside_the_video(demo_run):
     t = {k: v.to_pylist() for k, v in _tables(out).items()}
     duration = {v["video_id"]: v["duration_s"] for v in t["videos"]}
     captions = {c["caption_id"]: c for c in t["captions"]}
-    assert {c["level"] for c in t["captions"]} == {"clip", "chapter", "video"}
+    assert {c["level"] for c in t["captions"]} == {"window", "clip", "chapter", "video"}
     for row in t["captions"] + t["chapters"] + t["clips"]:
         assert -EPS <= row["start_s"] < row["end_s"] <= duration[row["video_id"]] + EPS
         assert row["duration_s"] == pytest.approx(row["end_s"] - row["start_s"])
@@ -122,7 +149,7 @@ def test_caption_and_chapter_times_lie_inside_the_video(demo_run):
         if cap["parent_id"]:
             parent = captions[cap["parent_id"]]
             assert parent["start_s"] - EPS <= cap["start_s"] and cap["end_s"] <= parent["end_s"] + EPS
-            assert {"clip": "chapter", "chapter": "video"}[cap["level"]] == parent["level"]
+            assert {"window": "clip", "clip": "chapter", "chapter": "video"}[cap["level"]] == parent["level"]
         else:
             assert cap["level"] == "video"
     for ch in t["chapters"]:
