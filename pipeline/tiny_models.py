@@ -76,8 +76,18 @@ def _train_tokenizer():
     return tok
 
 
-def build_tiny_vlm(directory: str | Path) -> dict:
-    """Save a tiny Qwen2-VL (random weights) with its processor to a local directory."""
+# Qwen2-VL-2B-Instruct's sizes (its config.json), for benchmarks that need the real compute cost.
+QWEN2_VL_2B = {
+    "text": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+             "num_key_value_heads": 2, "vocab_size": 151936, "mrope_section": [16, 24, 24]},
+    "vision": {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4},
+}
+
+
+def build_tiny_vlm(directory: str | Path, sizes: str = "tiny") -> dict:
+    """Save a Qwen2-VL with random weights and its processor to a local directory: ``tiny``
+    (tests, the demo) or ``qwen2-vl-2b`` (Qwen2-VL-2B's layer sizes, for benchmarks; the small
+    offline tokenizer only uses the first ids of its 151,936-entry vocabulary)."""
     import torch
 
     from stages.torchvision_cpu_guard import ensure_torchvision
@@ -97,25 +107,29 @@ def build_tiny_vlm(directory: str | Path) -> dict:
     )
     tokenizer.padding_side = "left"
     ids = {t: raw.token_to_id(t) for t in _SPECIALS}
-    pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 16}
+    big = sizes == "qwen2-vl-2b"
+    pixels = {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280} if big else {"min_pixels": 28 * 28 * 4,
+                                                                                  "max_pixels": 28 * 28 * 16}
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pixels),
         video_processor=Qwen2VLVideoProcessor(**pixels),
         tokenizer=tokenizer, chat_template=_CHAT_TEMPLATE,
     )
+    text = dict(QWEN2_VL_2B["text"]) if big else {
+        "vocab_size": raw.get_vocab_size(), "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "mrope_section": [2, 3, 3]}
+    vision = dict(QWEN2_VL_2B["vision"]) if big else {"depth": 2, "embed_dim": 32, "hidden_size": 64,
+                                                       "num_heads": 2, "mlp_ratio": 2}
+    mrope = text.pop("mrope_section")
     config = Qwen2VLConfig(
         text_config={
-            "vocab_size": raw.get_vocab_size(), "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                                "mrope_section": [2, 3, 3]},
+            **text, "max_position_embeddings": 32768 if big else 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0 if big else 10000.0,
+                                "mrope_section": mrope},
             "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
         },
-        vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2,
-                       "mlp_ratio": 2, "patch_size": 14, "spatial_merge_size": 2,
-                       "temporal_patch_size": 2},
+        vision_config={**vision, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )

