@@ -24,6 +24,7 @@ from stages.base import Stats
 from stages.caption import CaptionStage
 from stages.chapters import HierarchyStage, caption_id, chapter_marks
 from stages.embed import ClipEmbedStage
+from stages.entities import renamer
 
 PACKAGES = ("vidcurate", "ray", "pyarrow", "av", "scenedetect", "open_clip_torch", "transformers",
             "torch", "webdataset", "numpy", "opencv-python-headless")
@@ -184,7 +185,9 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
     t = time.perf_counter()
     by_video = defaultdict(list)
     for c in kept:
-        by_video[c["video_id"]].append({k: c[k] for k in ("clip_id", "start_s", "end_s", "embedding", "caption_text")})
+        fields = json.loads(c["caption_fields"]) if c.get("caption_fields") else {}
+        by_video[c["video_id"]].append({**{k: c[k] for k in ("clip_id", "start_s", "end_s", "embedding", "caption_text")},
+                                        "subjects": fields.get("subjects") or []})
     video_of = {v["video_id"]: v for v in videos}
     description = {r["video_id"]: r.get("description") for r in inputs}
     hierarchy_in = []
@@ -192,12 +195,13 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
         source, marks = chapter_marks(video_of[vid], description.get(vid), spec.chapters)
         hierarchy_in.append({"video_id": vid, "duration_s": video_of[vid]["duration_s"], "clips_json": json.dumps(cs),
                              "marks_json": json.dumps({"source": source, "marks": marks})})
-    chapters, captions = [], []
+    chapters, captions, entities = [], [], {}
     if hierarchy_in:
         for row in ray.data.from_items(hierarchy_in).map_batches(HierarchyStage, fn_constructor_kwargs={
                 "model": spec.models.vlm, "settings": spec.chapters},
                 **ray_args(res.hierarchy, actor=True, gpus_in_cluster=gpus)).take_all():
             chapters.extend(json.loads(row["chapters_json"]))
+            entities[row["video_id"]] = json.loads(row["entities_json"])
             captions.extend(json.loads(row["captions_json"]))
     seconds["hierarchy"] = time.perf_counter() - t
     log(f"[chapters] {len(chapters)} chapters and {len(hierarchy_in)} video captions ({seconds['hierarchy']:.1f}s)")
@@ -221,8 +225,16 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
                                                            "shot_type", "style")}})
             for w in c.get("windows") or []:
                 captions.append(_window_caption(c, w))
+    renamers = {vid: renamer(e["entities"]) for vid, e in entities.items() if e["status"] == "ok"}
     for cap in captions:
         cap["duration_s"] = cap["end_s"] - cap["start_s"]
+        if cap["level"] in ("clip", "window") and cap["video_id"] in renamers:
+            cap["text"], cap["entities"] = renamers[cap["video_id"]](cap["text"])
+    for c in kept:  # the shards carry the renamed texts too
+        if c["video_id"] in renamers and c.get("caption_text") is not None:
+            c["caption_text"], _ = renamers[c["video_id"]](c["caption_text"])
+            for w in c.get("windows") or []:
+                w["caption_text"], _ = renamers[c["video_id"]](w["caption_text"])
 
     t = time.perf_counter()
     per = spec.output.samples_per_shard
@@ -268,6 +280,7 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
 
     stats = _stats(videos, clips, captions, shards, seconds)
     stats["caption_checks"] = check_caption_times(captions, kept, videos, chapters)
+    stats["entity_naming"] = dict(sorted(Counter(e["status"] for e in entities.values()).items()))
     if stats["caption_checks"]["violations"]:
         log(f"[check] {stats['caption_checks']['violations']} caption time violations, e.g. "
             + "; ".join(stats["caption_checks"]["examples"][:3]))

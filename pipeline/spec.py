@@ -193,6 +193,9 @@ class Chapters(_Section):
     similarity_threshold: float = Field(0.85, ge=-1, le=1, description="New chapter below this adjacent-clip cosine.")
     min_clips: int = Field(1, ge=1)
     max_new_tokens: int = Field(128, ge=1)
+    entities: bool = Field(True, description="Name recurring people and objects consistently across a video's clip "
+                           "and window captions (one text-only call per video).")
+    entity_prompt: str = "entities_v1"
     chapter_prompt: str = "chapter_v1"
     video_prompt: str = "video_v1"
 
@@ -339,7 +342,8 @@ def check_inputs(spec: JobSpec) -> None:
                             "`python -m pipeline fetch-models transnetv2`") from None
     from stages.models import load_prompt
 
-    prompts = {"caption.prompt": spec.caption.prompt_name, "chapters.chapter_prompt": spec.chapters.chapter_prompt,
+    prompts = {"caption.prompt": spec.caption.prompt_name, "chapters.entity_prompt": spec.chapters.entity_prompt,
+               "chapters.chapter_prompt": spec.chapters.chapter_prompt,
                "chapters.video_prompt": spec.chapters.video_prompt}
     for key, value in prompts.items():
         try:
@@ -368,7 +372,8 @@ def with_absolute_paths(spec: JobSpec) -> JobSpec:
                                                "config": _abs_if_local(spec.models.clip.config)})
     vlm = spec.models.vlm.model_copy(update={"name_or_path": _abs_if_local(spec.models.vlm.name_or_path)})
     caption = spec.caption.model_copy(update={"prompt": _abs_if_local(spec.caption.prompt)})
-    chapters = spec.chapters.model_copy(update={"chapter_prompt": _abs_if_local(spec.chapters.chapter_prompt),
+    chapters = spec.chapters.model_copy(update={"entity_prompt": _abs_if_local(spec.chapters.entity_prompt),
+                                                "chapter_prompt": _abs_if_local(spec.chapters.chapter_prompt),
                                                 "video_prompt": _abs_if_local(spec.chapters.video_prompt)})
     return spec.model_copy(update={"models": spec.models.model_copy(update={
         "clip": clip, "vlm": vlm, "transnetv2": _abs_if_local(spec.models.transnetv2)}),

@@ -108,6 +108,7 @@ CAPTIONS = _versioned("captions", [
     pa.field("shot_type", pa.string()),
     pa.field("style", pa.string()),
     pa.field("parse_status", pa.string()),
+    pa.field("entities", _list(pa.string())),  # shared entity names in this clip/window caption
     pa.field("model", pa.string(), nullable=False),
     pa.field("prompt_version", pa.string(), nullable=False),
     pa.field("generation", pa.string(), nullable=False),

@@ -91,7 +91,7 @@ def adjacent_similarity(embeddings: list) -> list[float]:
 
 
 HIERARCHY_OUT = pa.schema([("video_id", pa.string()), ("chapters_json", pa.string()),
-                           ("captions_json", pa.string())])
+                           ("captions_json", pa.string()), ("entities_json", pa.string())])
 
 
 def group_chapters(embeddings: list, threshold: float, min_clips: int = 1) -> list[list[int]]:
@@ -126,6 +126,7 @@ class HierarchyStage(ModelStage):
         self._chapter = load_prompt(self.settings.chapter_prompt)
         self._title = load_prompt("chapter_title_v1")
         self._video = load_prompt(self.settings.video_prompt)
+        self._entities = load_prompt(self.settings.entity_prompt)
         self._generation = json.dumps({"max_new_tokens": self.settings.max_new_tokens, "temperature": 0.0})
 
     def _gen(self, prompts: list[str]) -> list[str]:
@@ -162,10 +163,12 @@ class HierarchyStage(ModelStage):
 
     def process(self, batch: pa.Table) -> pa.Table:
         videos = batch.to_pylist()
+        clips_of = [json.loads(v["clips_json"]) for v in videos]
+        entities = self._name_entities(clips_of)
         per_video = []
-        for v in videos:
+        for v, clips in zip(videos, clips_of):
             plan = json.loads(v["marks_json"]) if v.get("marks_json") else {"source": "automatic", "marks": None}
-            per_video.append(self._chapters(v["video_id"], json.loads(v["clips_json"]), plan["source"], plan["marks"]))
+            per_video.append(self._chapters(v["video_id"], clips, plan["source"], plan["marks"]))
         all_chapters = [c for chapters in per_video for c in chapters]
         summaries = self._gen([c.pop("_summary_prompt") for c in all_chapters])
         need_title = [c for c in all_chapters if c["_title_prompt"] is not None]
@@ -179,7 +182,7 @@ class HierarchyStage(ModelStage):
             f"{i + 1}. {c['summary']}" for i, c in enumerate(chapters))) for chapters in per_video]
         video_texts = self._gen(video_prompts)
         out, model = [], self._runner.model_id
-        for v, chapters, text in zip(videos, per_video, video_texts):
+        for v, chapters, text, ents in zip(videos, per_video, video_texts, entities):
             video_cap = caption_id(v["video_id"], "video", model, self._video[0])
             captions = [{"caption_id": video_cap, "video_id": v["video_id"], "level": "video",
                          "parent_id": None, "start_s": 0.0, "end_s": v["duration_s"], "text": text,
@@ -192,5 +195,25 @@ class HierarchyStage(ModelStage):
                                  "model": model, "prompt_version": self._chapter[0],
                                  "generation": self._generation})
             out.append({"video_id": v["video_id"], "chapters_json": json.dumps(chapters),
-                        "captions_json": json.dumps(captions)})
+                        "captions_json": json.dumps(captions), "entities_json": json.dumps(ents)})
         return pa.Table.from_pylist(out, schema=HIERARCHY_OUT)
+
+    def _name_entities(self, clips_of: list[list[dict]]) -> list[dict]:
+        """One text-only call per video with two or more captioned clips; the clips' caption
+        texts are renamed in place (so chapter summaries see the shared names)."""
+        from stages.entities import entity_prompt, parse_entities, renamer
+
+        results = [{"status": "skipped", "entities": []} for _ in clips_of]
+        todo = [i for i, clips in enumerate(clips_of)
+                if self.settings.entities and sum(bool(c.get("caption_text")) for c in clips) >= 2]
+        replies = self._gen([entity_prompt(self._entities[1], clips_of[i]) for i in todo])
+        for i, reply in zip(todo, replies):
+            found = parse_entities(reply)
+            if found is None:
+                results[i] = {"status": "failed", "entities": []}
+                continue
+            rename = renamer(found)
+            for c in clips_of[i]:
+                c["caption_text"], _ = rename(c.get("caption_text"))
+            results[i] = {"status": "ok", "entities": found, "prompt_version": self._entities[0]}
+        return results

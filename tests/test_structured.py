@@ -63,3 +63,22 @@ def test_hints_carry_measurements_and_speech():
     hints = hint_lines({"camera_motion": "pan", "motion": 4.2}, subtitles="Hold on tight!")
     assert "pan" in hints and "strong" in hints and "Hold on tight!" in hints
     assert hint_lines({}) == ""
+
+
+def test_entity_names_are_parsed_and_applied():
+    from stages.entities import entity_prompt, parse_entities, renamer
+
+    reply = ('Here you go: ```json\n{"entities": [{"name": "the cyclist in red", "mentions": ["a man in red", '
+             '"the rider", "The cyclist in red", "a"]}, {"name": "the dog", "mentions": "a small dog"}, '
+             '{"mentions": ["no name"]}]}\n```')
+    found = parse_entities(reply)
+    assert found == [{"name": "the cyclist in red", "mentions": ["a man in red", "the rider"]},
+                     {"name": "the dog", "mentions": ["a small dog"]}]
+    rename = renamer(found)
+    assert rename("A man in red rides past a small dog; the rider waves.") == (
+        "the cyclist in red rides past the dog; the cyclist in red waves.", ["the cyclist in red", "the dog"])
+    assert rename("The riderless bike.") == ("The riderless bike.", [])  # whole phrases only
+    assert parse_entities("I cannot tell.") is None and parse_entities('{"entities": "none"}') is None
+    prompt = entity_prompt("Clips:\n{captions}", [{"caption_text": "A man rides.", "subjects": ["man", "bike"]},
+                                                  {"caption_text": "A dog runs."}])
+    assert prompt == "Clips:\n1. A man rides. (subjects: man, bike)\n2. A dog runs."
