@@ -35,7 +35,8 @@ def output_dir(spec: JobSpec) -> Path:
     return Path(uri[len("file://"):] if uri.startswith("file://") else uri).absolute()
 
 
-OUTPUT_NAMES = {"manifest.json", "spec.yaml", "stats.json", "videos", "clips", "captions", "chapters", "shards"}
+OUTPUT_NAMES = {"manifest.json", "spec.yaml", "stats.json", "videos", "clips", "captions", "chapters", "shards",
+                "long_shards"}
 
 
 def prepare_output(spec: JobSpec, inputs: list[dict]) -> Path:
@@ -101,6 +102,55 @@ def _window_caption(clip: dict, window: dict) -> dict:
             "end_s": window["end_s"], "text": window["caption_text"] or "", "model": clip["caption_model"],
             "prompt_version": clip["caption_prompt_version"], "generation": clip["caption_generation"],
             "parse_status": window.get("caption_parse_status"), **{k: fields.get(k) for k in STRUCTURED}}
+
+
+def _write_shards(samples: list[dict], out_dir: Path, spec: JobSpec) -> list[dict]:
+    """Samples ({key, uri, clip, json, txt}) into WebDataset shards under ``out_dir``, written by
+    Ray tasks that cut each sample's bytes under the guard; returns the shard results."""
+    import ray
+
+    per = spec.output.samples_per_shard
+    rows = [{"shard": shard_name(n // per), "out_dir": str(out_dir), "samples_json": json.dumps(samples[n:n + per])}
+            for n in range(0, len(samples), per)]
+    if not rows:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return sorted(ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        ShardWriterStage(timeout_s=spec.probe.timeout_s, memory_mb=spec.probe.max_memory_mb),
+        **ray_args(spec.resources.write, actor=False)).take_all(), key=lambda s: s["shard"])
+
+
+def _chapter_samples(chapters: list[dict], kept: list[dict], captions: list[dict], video_caption: dict) -> list[dict]:
+    """Long-video samples (LVD-2M style): one per chapter, its whole span as one mp4, with every
+    clip and window caption inside it (times relative to the chapter start)."""
+    clip_of = {c["clip_id"]: c for c in kept}
+    by_clip = defaultdict(list)
+    for cap in captions:
+        if cap["level"] in ("clip", "window"):
+            by_clip[cap["clip_id"]].append(cap)
+    samples = []
+    for ch in sorted(chapters, key=lambda c: (c["video_id"], c["index"])):
+        members = [clip_of[i] for i in ch["clip_ids"] if i in clip_of]
+        if not members:
+            continue
+        first, last = members[0], members[-1]
+        inner = sorted((cap for m in members for cap in by_clip[m["clip_id"]]),
+                       key=lambda c: (c["start_s"], c["level"] != "clip"))
+        samples.append({"key": ch["chapter_id"], "uri": first["uri"],
+                        "clip": {"start_s": first["start_s"], "end_s": last["end_s"], "start_frame": first["start_frame"],
+                                 "end_frame": last["end_frame"], "keyframe_aligned": False,
+                                 "pts_timing": first["pts_timing"]},
+                        "json": {"chapter_id": ch["chapter_id"], "video_id": ch["video_id"], "uri": first["uri"],
+                                 "start_s": ch["start_s"], "end_s": ch["end_s"], "duration_s": ch["end_s"] - ch["start_s"],
+                                 "title": ch["title"], "summary": ch["summary"], "source": ch["source"],
+                                 "clip_ids": [m["clip_id"] for m in members],
+                                 "captions": [{"level": cap["level"], "clip_id": cap["clip_id"],
+                                               "start_s": cap["start_s"] - ch["start_s"],
+                                               "end_s": cap["end_s"] - ch["start_s"], "text": cap["text"]}
+                                              for cap in inner],
+                                 "video_caption_id": video_caption.get(ch["video_id"])},
+                        "txt": ch["summary"] or ""})
+    return samples
 
 
 def _sample(clip: dict, chapter: dict | None, video_caption: str | None) -> dict:
@@ -238,23 +288,14 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
 
     t = time.perf_counter()
     per = spec.output.samples_per_shard
-    shard_rows = []
-    for n in range(0, len(kept), per):
-        group = kept[n:n + per]
-        name = shard_name(n // per)
-        for c in group:
-            c["shard"], c["key"] = name, c["clip_id"]
-        samples = [{"key": c["key"], "uri": c["uri"],
-                    "clip": {k: c[k] for k in ("start_s", "end_s", "start_frame", "end_frame",
-                                               "keyframe_aligned", "pts_timing")},
-                    "json": _sample(c, chapter_of.get(c["clip_id"]), video_caption.get(c["video_id"])),
-                    "txt": c.get("caption_text") or ""} for c in group]
-        shard_rows.append({"shard": name, "out_dir": str(out / "shards"), "samples_json": json.dumps(samples)})
-    shards = []
-    if shard_rows:
-        shards = sorted(ray.data.from_items(shard_rows, override_num_blocks=len(shard_rows)).map_batches(
-            ShardWriterStage(timeout_s=spec.probe.timeout_s, memory_mb=spec.probe.max_memory_mb),
-            **ray_args(res.write, actor=False)).take_all(), key=lambda s: s["shard"])
+    for n, c in enumerate(kept):
+        c["shard"], c["key"] = shard_name(n // per), c["clip_id"]
+    samples = [{"key": c["key"], "uri": c["uri"],
+                "clip": {k: c[k] for k in ("start_s", "end_s", "start_frame", "end_frame",
+                                           "keyframe_aligned", "pts_timing")},
+                "json": _sample(c, chapter_of.get(c["clip_id"]), video_caption.get(c["video_id"])),
+                "txt": c.get("caption_text") or ""} for c in kept]
+    shards = _write_shards(samples, out / "shards", spec)
     seconds["write_shards"] = time.perf_counter() - t
     failed = {k: v for s in shards for k, v in json.loads(s.pop("failed_json")).items()}
     methods = {k: v for s in shards for k, v in json.loads(s.pop("methods_json")).items()}
@@ -265,6 +306,17 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
             c.update(status="rejected", reason="extract_error", shard=None, key=None)
             log(f"[write] clip {c['clip_id']} of {c['uri']} left out: {failed[c['clip_id']]}")
     log(f"[write] {len(shards)} shards, {sum(s['samples'] for s in shards)} samples ({seconds['write_shards']:.1f}s)")
+    long_shards = []
+    if spec.output.long_samples == "chapter":
+        t = time.perf_counter()
+        long_shards = _write_shards(_chapter_samples(chapters, kept, captions, video_caption), out / "long_shards", spec)
+        seconds["write_long_shards"] = time.perf_counter() - t
+        for s in long_shards:
+            for key, err in json.loads(s.pop("failed_json")).items():
+                log(f"[write] chapter sample {key} left out: {err}")
+            s.pop("methods_json")
+        log(f"[write] {len(long_shards)} long-video shards, {sum(s['samples'] for s in long_shards)} chapter samples "
+            f"({seconds['write_long_shards']:.1f}s)")
 
     level_order = {"video": 0, "chapter": 1, "clip": 2, "window": 3}
     tables = {
@@ -295,6 +347,7 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
         "counts": stats["counts"],
         "tables": table_info,
         "shards": [{**s, "path": f"shards/{s['shard']}"} for s in shards],
+        "long_shards": [{**s, "path": f"long_shards/{s['shard']}"} for s in long_shards],
     }
     write_json(out / "manifest.json", manifest)  # written last: the manifest is the commit
     return manifest

@@ -38,6 +38,10 @@ class Output(_Section):
     uri: str = Field(description="Output directory (local path or file:// URI).")
     samples_per_shard: int = Field(64, ge=1)
     overwrite: bool = Field(False, description="Replace an existing output directory.")
+    long_samples: Literal["none", "chapter"] = Field("none", description="chapter: also write long-video samples "
+                                                     "(LVD-2M style) to long_shards/, one per chapter: its whole span "
+                                                     "with every clip and window caption inside it. For long takes, "
+                                                     "use shots.long_take: each clip sample is then a whole take.")
 
     @field_validator("uri")
     @classmethod

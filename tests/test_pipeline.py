@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -110,6 +111,37 @@ def test_long_clips_get_window_captions_that_tile_them(demo_run):
         assert dense[0]["start_s"] == 0.0 and dense[-1]["end_s"] == pytest.approx(clip["duration_s"])
 
 
+def test_chapter_long_video_samples(demo_run):
+    import tarfile
+
+    out, manifest, _ = demo_run
+    chapters = {c["chapter_id"]: c for c in _tables(out)["chapters"].to_pylist()}
+    assert sorted(p.name for p in (out / "long_shards").iterdir()) == [s["shard"] for s in manifest["long_shards"]]
+    seen = {}
+    for shard in manifest["long_shards"]:
+        with tarfile.open(out / shard["path"]) as tar:
+            names = tar.getnames()
+            for name in names:
+                if name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(name).read())
+                    mp4 = tar.extractfile(name[:-5] + ".mp4").read()
+                    seen[meta["chapter_id"]] = (meta, mp4)
+    assert set(seen) == set(chapters)
+    for chapter_id, (meta, mp4) in seen.items():
+        ch = chapters[chapter_id]
+        assert (meta["start_s"], meta["end_s"], meta["title"]) == (ch["start_s"], ch["end_s"], ch["title"])
+        assert {c["clip_id"] for c in meta["captions"] if c["level"] == "clip"} == set(ch["clip_ids"])
+        assert all(-EPS <= c["start_s"] < c["end_s"] <= meta["duration_s"] + EPS for c in meta["captions"])
+        import av
+
+        with av.open(io.BytesIO(mp4)) as c:  # the whole chapter span, frame for frame
+            stream = c.streams.video[0]
+            n = sum(1 for _ in c.decode(stream))
+        first, last = (next(x for x in _tables(out)["clips"].to_pylist() if x["clip_id"] == cid)
+                       for cid in (ch["clip_ids"][0], ch["clip_ids"][-1]))
+        assert n == last["end_frame"] - first["start_frame"]
+
+
 def test_container_chapter_marks_become_snapped_chapters(demo_run):
     out, _, _ = demo_run
     t = {k: v.to_pylist() for k, v in _tables(out).items()}
@@ -186,6 +218,7 @@ def test_rerun_gives_identical_bytes(demo_run, demo, tmp_path):
     again = run_job(load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out)
                               + ["output.overwrite=true"]), log=lambda *_: None)
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in manifest["shards"]]
+    assert [s["sha256"] for s in again["long_shards"]] == [s["sha256"] for s in manifest["long_shards"]]
     assert {k: v["sha256"] for k, v in again["tables"].items()} == {k: v["sha256"] for k, v in manifest["tables"].items()}
 
 
