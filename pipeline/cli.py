@@ -17,10 +17,14 @@ def _print_summary(manifest: dict, out: str) -> None:
     caps = ", ".join(f"{k} {v}" for k, v in c["captions"].items()) or "none"
     print(f"  captions  {caps}; chapters {c['chapters']}")
     print(f"  shards    {c['shards']} ({c['samples']} samples)")
+    if manifest.get("long_shards"):
+        print(f"  long      {len(manifest['long_shards'])} shards ({sum(s['samples'] for s in manifest['long_shards'])}"
+              " chapter samples)")
     if manifest.get("tiny_random_models"):
         print("  NOTE      tiny random-weight models were used: CLIP scores and captions are meaningless;"
               " set models.clip / models.vlm to real weights for real results")
-    print(f"  outputs   {out}  (manifest.json, videos/ clips/ captions/ chapters/ Parquet, shards/, stats.json)")
+    extra = ", long_shards/" if manifest.get("long_shards") else ""
+    print(f"  outputs   {out}  (manifest.json, videos/ clips/ captions/ chapters/ Parquet, shards/{extra}, stats.json)")
 
 
 def cmd_run(args) -> int:
