@@ -65,7 +65,7 @@ def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: i
     for i in range(0, len(rows), batch):
         group = rows[i:i + batch]
         images = [decode_jpegs(subsample(r["frames"], frames)) for r in group]
-        runner.generate([render_prompt(template, hint_lines(r)) for r in group], images, max_new_tokens=tokens)
+        runner.generate([render_prompt(template, hint_lines(r), r["end_s"] - r["start_s"]) for r in group], images, max_new_tokens=tokens)
     return time.perf_counter() - start
 
 
@@ -124,7 +124,7 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     arch = args.arch or ("2b" if gpu else "tiny")
     rows = clip_rows(args.clips)
-    template = load_prompt("clip_json_v1")[1]
+    template = load_prompt("clip_json_v2")[1]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(arch, Path(tmp) / "vlm")
         ray.init(address="local", num_cpus=2, num_gpus=1 if gpu else 0, include_dashboard=False,

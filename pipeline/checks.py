@@ -1,6 +1,7 @@
 """Checks run on every job's outputs before they are written: caption times and hierarchy.
 
-Every caption has absolute [start_s, end_s] inside its video; a child lies inside its parent;
+Every caption has absolute [start_s, end_s] inside its video, and its events inside it in order;
+a child lies inside its parent;
 clip captions match their clips and do not overlap; windows tile their clip; chapters do not
 overlap. Violations are counted in stats.json (``caption_checks``) with a few examples, and
 logged; they never stop the job (the outputs are still written, with the report beside them).
@@ -24,6 +25,9 @@ def check_caption_times(captions: list[dict], clips: list[dict], videos: list[di
         if c["start_s"] < -EPS or c["end_s"] > duration.get(c["video_id"], 0.0) + EPS:
             problems.append(f"{tag}: [{c['start_s']}, {c['end_s']}] outside the video "
                             f"[0, {duration.get(c['video_id'])}]")
+        times = [e["start_s"] for e in c.get("events") or []]
+        if any(t < c["start_s"] - EPS or t > c["end_s"] + EPS for t in times) or times != sorted(times):
+            problems.append(f"{tag}: event times outside [{c['start_s']}, {c['end_s']}] or not in order")
         parent = by_id.get(c.get("parent_id")) if c.get("parent_id") else None
         if c.get("parent_id") and parent is None:
             problems.append(f"{tag}: parent {c['parent_id']} missing")

@@ -101,7 +101,13 @@ def _window_caption(clip: dict, window: dict) -> dict:
             "level": "window", "parent_id": clip["caption_id"], "start_s": window["start_s"],
             "end_s": window["end_s"], "text": window["caption_text"] or "", "model": clip["caption_model"],
             "prompt_version": clip["caption_prompt_version"], "generation": clip["caption_generation"],
-            "parse_status": window.get("caption_parse_status"), **{k: fields.get(k) for k in STRUCTURED}}
+            "parse_status": window.get("caption_parse_status"), **{k: fields.get(k) for k in STRUCTURED},
+            "events": _absolute(fields.get("events"), window["start_s"])}
+
+
+def _absolute(events: list[dict] | None, start_s: float) -> list[dict]:
+    """Clip- or window-relative event times (already clamped and ordered) -> absolute seconds."""
+    return [{"start_s": start_s + e["t"], "text": e["text"]} for e in events or []]
 
 
 def _write_shards(samples: list[dict], out_dir: Path, spec: JobSpec) -> list[dict]:
@@ -271,8 +277,8 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
                              "end_s": c["end_s"], "text": c["caption_text"], "model": c["caption_model"],
                              "prompt_version": c["caption_prompt_version"],
                              "generation": c["caption_generation"], "parse_status": c.get("caption_parse_status"),
-                             **{k: fields.get(k) for k in ("subjects", "actions", "setting", "camera_motion",
-                                                           "shot_type", "style")}})
+                             **{k: fields.get(k) for k in STRUCTURED},
+                             "events": _absolute(fields.get("events"), c["start_s"])})
             for w in c.get("windows") or []:
                 captions.append(_window_caption(c, w))
     renamers = {vid: renamer(e["entities"]) for vid, e in entities.items() if e["status"] == "ok"}

@@ -170,7 +170,8 @@ class Caption(_Section):
                                             "actions, setting, camera_motion, shot_type, style) parsed and validated; "
                                             "text: one free-text caption.")
     prompt: Optional[str] = Field(None, description="Prompt file name under stages/prompts/ or a path; null: "
-                                  "clip_json_v1 for json, clip_v1 for text. {hints} in it receives measured motion.")
+                                  "clip_json_v2 for json, clip_v1 for text. {hints} in it receives measured motion and speech, "
+                                  "{duration} the clip's length.")
     hints: bool = Field(True, description="Offer the measured camera motion and motion to the prompt.")
     subtitles: bool = Field(True, description="Cut subtitles (manifest `subtitles` column, a sidecar .srt/.vtt, or "
                             "an embedded text stream) to each clip as clips.speech and offer them to the prompt.")
@@ -183,7 +184,7 @@ class Caption(_Section):
 
     @property
     def prompt_name(self) -> str:
-        return self.prompt or ("clip_json_v1" if self.format == "json" else "clip_v1")
+        return self.prompt or ("clip_json_v2" if self.format == "json" else "clip_v1")
 
 
 class Chapters(_Section):

@@ -109,6 +109,8 @@ CAPTIONS = _versioned("captions", [
     pa.field("style", pa.string()),
     pa.field("parse_status", pa.string()),
     pa.field("entities", _list(pa.string())),  # shared entity names in this clip/window caption
+    # events the model placed in time, absolute seconds, clamped into the caption's span, non-decreasing
+    pa.field("events", _list(pa.struct([pa.field("start_s", pa.float64()), pa.field("text", pa.string())]))),
     pa.field("model", pa.string(), nullable=False),
     pa.field("prompt_version", pa.string(), nullable=False),
     pa.field("generation", pa.string(), nullable=False),

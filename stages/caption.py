@@ -29,9 +29,11 @@ from stages.base import ModelStage, clean_text, decode_jpegs, subsample
 STRICT = "\n\nReply with the JSON object only: start with { and end with }."
 
 
-def render_prompt(template: str, hints: str) -> str:
-    """The prompt with ``{hints}`` filled (and its line dropped when there are none). Other braces
-    (JSON examples) are left alone."""
+def render_prompt(template: str, hints: str, duration_s: float | None = None) -> str:
+    """The prompt with ``{hints}`` filled (and its line dropped when there are none) and
+    ``{duration}`` set to the clip's length. Other braces (JSON examples) are left alone."""
+    if duration_s is not None:
+        template = template.replace("{duration}", f"{duration_s:.1f}")
     if hints:
         return template.replace("{hints}", hints)
     return "\n".join(line for line in template.splitlines() if line.strip() != "{hints}").replace("{hints}", "")
@@ -58,11 +60,11 @@ class CaptionStage(ModelStage):
     def _caption(self, items: list[dict], hints: list[dict]) -> None:
         """Caption ``items`` (clips or windows: frames, speech) in one batch, retrying replies
         whose JSON does not parse; sets caption_text, caption_fields, caption_parse_status."""
-        from stages.structured import hint_lines, parse_caption
+        from stages.structured import align_events, hint_lines, parse_caption
 
         images = [decode_jpegs(subsample(it["frames"], self.settings.frames)) for it in items]
-        prompts = [render_prompt(self._prompt, hint_lines(h if self.settings.hints else {}, it.get("speech")))
-                   for it, h in zip(items, hints)]
+        prompts = [render_prompt(self._prompt, hint_lines(h if self.settings.hints else {}, it.get("speech")),
+                                 it["end_s"] - it["start_s"]) for it, h in zip(items, hints)]
         texts = self._generate(prompts, images)
         parsed = [None] * len(items)
         if self.settings.format == "json":
@@ -78,6 +80,8 @@ class CaptionStage(ModelStage):
                         texts[i], parsed[i] = text, (fields, "repaired" if status == "ok" else status)
         for it, text, result in zip(items, texts, parsed):
             fields, status = result if result else (None, None)
+            if fields:  # times the model wrote: clamped into the clip, non-decreasing, clip-relative
+                fields["events"] = align_events(fields["events"], it["end_s"] - it["start_s"])
             it.update(caption_text=fields["summary"] if fields else clean_text(text),
                       caption_fields=json.dumps(fields, sort_keys=True) if fields else None,
                       caption_parse_status=status)

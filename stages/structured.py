@@ -13,7 +13,7 @@ import ast
 import json
 import re
 
-FIELDS = ("summary", "subjects", "actions", "setting", "camera_motion", "shot_type", "style")
+FIELDS = ("summary", "subjects", "actions", "setting", "camera_motion", "shot_type", "style", "events")
 LIST_FIELDS = ("subjects", "actions")
 SHOT_TYPES = ("extreme close-up", "close-up", "medium close-up", "medium", "medium wide", "wide",
               "extreme wide", "aerial", "other")
@@ -21,12 +21,14 @@ CAMERA_MOTIONS = ("static", "pan", "tilt", "zoom", "dolly", "tracking", "handhel
 _SYNONYMS = {
     "description": "summary", "caption": "summary", "overview": "summary",
     "subject": "subjects", "objects": "subjects", "characters": "subjects", "entities": "subjects",
-    "action": "actions", "events": "actions", "activities": "actions",
+    "action": "actions", "activities": "actions",
     "scene": "setting", "location": "setting", "environment": "setting", "background": "setting",
     "camera": "camera_motion", "camera_movement": "camera_motion", "camera motion": "camera_motion",
     "shot": "shot_type", "shot type": "shot_type", "framing": "shot_type",
     "visual_style": "style", "aesthetics": "style", "look": "style",
+    "timeline": "events", "timestamps": "events", "event": "events",
 }
+_TIME_TEXT = re.compile(r"^\s*[\[(]?\s*(?:(\d+):)?(\d+(?:\.\d+)?)\s*(?:s|sec|seconds)?\s*[\])]?\s*[-:\u2013]?\s*(.*)$")
 STATUSES = ("ok", "repaired", "failed")
 
 
@@ -112,6 +114,43 @@ def _items(value) -> list[str]:
     return out
 
 
+def _seconds(value) -> float | None:
+    """Seconds from 2.5, "2.5", "2.5s", "0:03" or "1:02.5"; None when unreadable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = re.match(r"^\s*(?:(\d+):)?(\d+(?:\.\d+)?)\s*(?:s|sec|seconds)?\s*$", str(value))
+    return (int(m.group(1) or 0) * 60 + float(m.group(2))) if m else None
+
+
+def _events(value) -> list[dict]:
+    """[{"t", "text"}] in the model's order from a list of objects ({"t"|"time"|"start"|"timestamp",
+    "text"|"event"|"description"}) or of strings such as "0:03 a man waves" / "[2.5s] ..."."""
+    out = []
+    for item in value if isinstance(value, list) else []:
+        if isinstance(item, dict):
+            t = next((_seconds(item[k]) for k in ("t", "time", "start", "timestamp", "start_s") if k in item), None)
+            text = _text(next((item[k] for k in ("text", "event", "description", "action") if k in item), None))
+        else:
+            m = _TIME_TEXT.match(str(item))
+            t, text = (_seconds(m.group(2)) + int(m.group(1) or 0) * 60, _text(m.group(3))) if m else (None, None)
+        if t is not None and text:
+            out.append({"t": t, "text": text})
+    return out
+
+
+def align_events(events: list[dict], duration_s: float) -> list[dict]:
+    """Event times a model wrote (seconds from the clip start) clamped into [0, duration] and
+    made non-decreasing in the model's order."""
+    out, last = [], 0.0
+    for e in events:
+        t = max(last, min(max(float(e["t"]), 0.0), duration_s))
+        out.append({"t": round(t, 3), "text": e["text"]})
+        last = t
+    return out
+
+
 def _closest(value: str | None, allowed: tuple[str, ...]) -> str | None:
     """Map free text to the closest allowed label ("close up shot" -> "close-up"); else 'other'."""
     if value is None:
@@ -153,7 +192,8 @@ def parse_caption(text: str) -> tuple[dict | None, str]:
             raw[k] = v
         elif k not in FIELDS:
             repaired = True  # unknown keys are dropped
-    fields = {k: (_items(raw.get(k)) if k in LIST_FIELDS else _text(raw.get(k))) for k in FIELDS}
+    fields = {k: (_items(raw.get(k)) if k in LIST_FIELDS else _text(raw.get(k))) for k in FIELDS if k != "events"}
+    fields["events"] = _events(raw.get("events"))
     fields["camera_motion"] = _closest(fields["camera_motion"], CAMERA_MOTIONS)
     fields["shot_type"] = _closest(fields["shot_type"], SHOT_TYPES)
     if not fields["summary"]:

@@ -153,7 +153,7 @@ def test_model_stages_on_tiny_models(demo):
     assert all(len(r["embedding"]) == 64 and -1 <= r["clip_keep_sim"] <= 1 for r in rows)
     assert all(r["clip_model"].startswith("open_clip:vidcurate-tiny-clip") for r in rows)
     captioned = CaptionStage(model=spec.models.vlm, settings=spec.caption)(clips).to_pylist()
-    assert all(isinstance(r["caption_text"], str) and r["caption_prompt_version"] == "clip_json_v1" for r in captioned)
+    assert all(isinstance(r["caption_text"], str) and r["caption_prompt_version"] == "clip_json_v2" for r in captioned)
     assert json.loads(captioned[0]["caption_generation"])["max_new_tokens"] == 8
     # random weights write no JSON: each caption is kept as text and marked failed after the retry
     assert {r["caption_parse_status"] for r in captioned if r["status"] == "kept"} == {"failed"}

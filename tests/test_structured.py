@@ -82,3 +82,29 @@ def test_entity_names_are_parsed_and_applied():
     prompt = entity_prompt("Clips:\n{captions}", [{"caption_text": "A man rides.", "subjects": ["man", "bike"]},
                                                   {"caption_text": "A dog runs."}])
     assert prompt == "Clips:\n1. A man rides. (subjects: man, bike)\n2. A dog runs."
+
+
+def test_event_times_are_parsed_clamped_and_ordered():
+    from stages.structured import align_events
+
+    fields, status = parse_caption('{"summary": "A race.", "events": [{"t": 0.5, "text": "start"}, '
+                                   '{"time": "0:02", "event": "a crash"}, "[1.5s] the crowd cheers", '
+                                   '{"t": 12, "text": "finish line"}, {"t": "soon", "text": "unreadable"}, '
+                                   '{"t": -1, "text": "before the clip"}]}')
+    assert status == "ok"
+    assert fields["events"] == [{"t": 0.5, "text": "start"}, {"t": 2.0, "text": "a crash"},
+                                {"t": 1.5, "text": "the crowd cheers"}, {"t": 12.0, "text": "finish line"},
+                                {"t": -1.0, "text": "before the clip"}]
+    assert [e["t"] for e in align_events(fields["events"], 4.0)] == [0.5, 2.0, 2.0, 4.0, 4.0]
+    assert parse_caption('{"summary": "x"}')[0]["events"] == []
+
+
+def test_prompt_rendering_fills_hints_and_duration():
+    from stages.caption import render_prompt
+    from stages.models import load_prompt
+
+    template = load_prompt("clip_json_v2")[1]
+    text = render_prompt(template, "Measured camera motion: pan.", 3.25)
+    assert "Measured camera motion: pan." in text and "lasts 3.2 seconds" in text and "{hints}" not in text
+    assert '{"t": seconds from the start of the clip' in text  # JSON braces left alone
+    assert "{hints}" not in render_prompt(template, "", 1.0)

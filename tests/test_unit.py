@@ -256,8 +256,12 @@ def test_caption_time_checks_find_each_kind_of_violation():
     report = check_caption_times(bad, clips, videos, chapters + [{"video_id": "v", "index": 1, "start_s": 7.0,
                                                                    "end_s": 9.0}])
     text = " | ".join(report["examples"])
+    bad[2]["events"] = [{"start_s": 3.0, "text": "late"}, {"start_s": 1.0, "text": "early"}]
+    report = check_caption_times(bad, clips, videos, chapters + [{"video_id": "v", "index": 1, "start_s": 7.0,
+                                                                   "end_s": 9.0}])
+    text = " | ".join(report["examples"])
     for expected in ("not inside its chapter", "times differ from its clip", "overlap", "outside the video",
-                     "parent missing", "chapters 0 and 1 overlap"):
+                     "parent missing", "chapters 0 and 1 overlap", "not in order"):
         assert expected in text, expected
 
 
