@@ -60,7 +60,7 @@ def cmd_fetch_models(args) -> int:
 
 def cmd_shots(args) -> int:
     from pipeline.spec import apply_overrides, load_spec, parse_spec
-    from stages.analyze import decode_pass
+    from stages.analyze import decode_pass, frame_time
     from stages.base import Rejected
     from stages.shots import shots_from_boundaries
 
@@ -82,7 +82,7 @@ def cmd_shots(args) -> int:
         leaving[b["start"]] = b["type"]
 
     def at(frame: int) -> float:
-        return round((times[frame] - times[0]) if frame < n else times[-1] - times[0] + 1.0 / fps, 6)
+        return round(frame_time(times, frame, fps), 6)
 
     shots = [{"start_frame": a, "end_frame": b, "start_s": at(a), "end_s": at(b), "duration_s": round(at(b) - at(a), 6),
               "transition_in": entering.get(a), "transition_out": leaving.get(b)} for a, b in spans]

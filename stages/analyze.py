@@ -88,7 +88,7 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
                 luma, bgr = shrink(frame)
                 recorder.add(i, luma)
                 v = recorder.values
-                detector.feed(i, bgr, frame, v["contrast"][-1], v["residual"][-1] / (v["diff"][-1] + 1.0))
+                detector.feed(i, bgr, v["contrast"][-1], v["residual"][-1] / (v["diff"][-1] + 1.0))
                 if i % stride == 0:
                     thumbs.add(i, cv2.imencode(".jpg", shrink_thumb(frame)[1], quality)[1].tobytes())
         except MemoryError:  # FFmpeg's ENOMEM too: the guard reports memory_limit
@@ -113,13 +113,13 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
             times = [times[0] + i / fps for i in range(len(times))]
             meta["timing"] = "rate"
             meta["message"] = (meta.get("message", "") + " timestamps not increasing; times from frame rate").strip()
-        span = times[-1] - times[0] + 1.0 / fps
+        span = frame_time(times, len(times), fps)
         if meta["duration_s"] and span < MIN_COVERAGE * meta["duration_s"]:
             raise Rejected("corrupt_stream" if decode_error else "truncated",
                            f"decoded {span:.2f}s of {meta['duration_s']:.2f}s " + meta.get("message", ""))
         meta["num_frames"] = len(times)
         meta["duration_s"] = span  # what was decoded: every clip and caption time lies inside it
-        boundaries = detector.finish(recorder.values)
+        boundaries = detector.finish()
         last = len(times) - 1
         meta["boundaries"] = [{"type": b["type"], "start_frame": b["start"], "end_frame": b["end"],
                                "start_s": times[min(b["start"], last)] - times[0],
@@ -131,6 +131,11 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
     finally:
         container.close()
         cv2.setNumThreads(cv_threads)
+
+
+def frame_time(times, frame: int, fps: float) -> float:
+    """Seconds from the first frame to ``frame``; the end of the last frame for frame == len(times)."""
+    return (times[frame] - times[0]) if frame < len(times) else (times[-1] - times[0] + 1.0 / fps)
 
 
 def _shrinkers(frame, meta: dict, spec):
@@ -162,8 +167,7 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec, cues=()) -> list[
     for index, c in enumerate(assemble_clips(shots, fps, min_clip_s=min_clip_s, max_clip_s=spec.shots.max_clip_s,
                                              trim_s=spec.shots.trim_s, transitions=transitions)):
         a, b = c["start_frame"], c["end_frame"]
-        start_s = times[a] - times[0]
-        end_s = (times[b] - times[0]) if b < n else (times[-1] - times[0] + 1.0 / fps)
+        start_s, end_s = frame_time(times, a, fps), frame_time(times, b, fps)
         scores = clip_summary(signals, a, b)
         reason = c["reason"] or score_reason(scores, spec.scores)
         rows.append({
@@ -175,19 +179,22 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec, cues=()) -> list[
             "frames": None if reason else analysis["thumbs"].pick(a, b, spec.analysis.frames_per_clip),
             "keyframe_aligned": a in analysis["keyframes"] and (b == n or b in analysis["keyframes"]),
             "speech": speech_between(cues, times[0] + start_s, times[0] + end_s) if cues else None,
-            "windows": None if reason else _windows(a, b, times, n, fps, analysis["thumbs"], spec, cues),
+            "windows": None if reason else _windows(a, b, times, fps, analysis["thumbs"], spec, cues),
             "pts_timing": meta["timing"] == "pts",
         })
     return rows
 
 
-def _windows(a: int, b: int, times, n: int, fps: float, thumbs, spec, cues) -> list[dict] | None:
+def _windows(a: int, b: int, times, fps: float, thumbs, spec, cues) -> list[dict] | None:
     """Equal windows of at most caption.window_s over clip frames [a, b), each with its own
     frames and speech; None when the clip is not longer than one window."""
     from stages.subtitles import speech_between
 
     limit = spec.caption.window_s
-    at = lambda f: (times[f] - times[0]) if f < n else (times[-1] - times[0] + 1.0 / fps)  # noqa: E731
+
+    def at(frame: int) -> float:
+        return frame_time(times, frame, fps)
+
     if not limit or at(b) - at(a) <= limit:
         return None
     pieces = math.ceil((at(b) - at(a)) / limit)

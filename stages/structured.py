@@ -15,6 +15,8 @@ import re
 
 FIELDS = ("summary", "subjects", "actions", "setting", "camera_motion", "shot_type", "style", "events")
 LIST_FIELDS = ("subjects", "actions")
+# fields stored as their own columns in the captions table (summary is the text; events get times)
+COLUMNS = ("subjects", "actions", "setting", "camera_motion", "shot_type", "style")
 SHOT_TYPES = ("extreme close-up", "close-up", "medium close-up", "medium", "medium wide", "wide",
               "extreme wide", "aerial", "other")
 CAMERA_MOTIONS = ("static", "pan", "tilt", "zoom", "dolly", "tracking", "handheld", "shaky", "mixed", "other")
