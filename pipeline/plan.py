@@ -6,9 +6,9 @@ tables; it never decodes a video or loads a model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -17,12 +17,12 @@ import schemas
 from pipeline.checks import check_caption_times
 from pipeline.discover import discover
 from pipeline.resources import cluster_gpus, ray_args
-from pipeline.sinks import ShardWriterStage, shard_name, write_json, write_parquet
+from pipeline.sinks import COMMITS, ShardWriterStage, json_bytes, parquet_bytes, put_if_changed, shard_name
+from pipeline.storage import is_s3, open_store
 from pipeline.spec import JobSpec, SpecError, check_inputs, resolved_yaml
-from stages.analyze import AnalyzeStage, explode_clips
 from stages.base import Stats
 from stages.caption import CaptionStage
-from stages.chapters import HierarchyStage, caption_id, chapter_marks
+from stages.chapters import caption_id
 from stages.embed import ClipEmbedStage
 from stages.entities import renamer
 from stages.structured import COLUMNS as STRUCTURED_COLUMNS
@@ -31,32 +31,67 @@ PACKAGES = ("vidcurate", "ray", "pyarrow", "av", "scenedetect", "open_clip_torch
             "torch", "webdataset", "numpy", "opencv-python-headless")
 
 
-def output_dir(spec: JobSpec) -> Path:
+def output_dir(spec: JobSpec) -> str:
+    """The output's location as users wrote it (an absolute local path or an s3:// URI)."""
     uri = spec.output.uri
-    return Path(uri[len("file://"):] if uri.startswith("file://") else uri).absolute()
+    if is_s3(uri):
+        return uri.rstrip("/")
+    return str(Path(uri[len("file://"):] if uri.startswith("file://") else uri).absolute())
 
 
 OUTPUT_NAMES = {"manifest.json", "spec.yaml", "stats.json", "videos", "clips", "captions", "chapters", "shards",
-                "long_shards"}
+                "long_shards", "_work"}
+TABLES = ("videos", "clips", "captions", "chapters")
 
 
-def prepare_output(spec: JobSpec, inputs: list[dict]) -> Path:
-    """Check the output directory before any work: empty, or a previous vidcurate output that
-    is replaced when output.overwrite. Never deletes anything else, and never an input."""
-    out = output_dir(spec)
-    inside = [r["uri"] for r in inputs if Path(r["uri"]).is_relative_to(out)]
+def prepare_output(spec: JobSpec, store, inputs: list[dict], log=print) -> dict[str, int]:
+    """Check the output before any work and list what it holds (key -> size).
+
+    It must be empty or a previous vidcurate output: then its committed work is reused, or
+    deleted first when output.overwrite. Anything else in it (or inputs inside it) is refused;
+    nothing but vidcurate's own files is ever deleted."""
+    root = store.uri()
+    inside = [r["uri"] for r in inputs if r["uri"].startswith(root.rstrip("/") + "/")]
     if inside:
-        raise SpecError(f"output.uri: {out} contains inputs (e.g. {inside[0]}); choose another directory")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not spec.output.overwrite:
-            raise SpecError(f"output.uri: {out} exists and is not empty; set output.overwrite: true to replace it")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_NAMES) if out.is_dir() else [out.name]
-        if foreign:
-            raise SpecError(f"output.uri: {out} holds files vidcurate did not write ({', '.join(foreign[:3])}); "
-                            "refusing to replace it")
-        shutil.rmtree(out)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    return out
+        raise SpecError(f"output.uri: {root} contains inputs (e.g. {inside[0]}); choose another directory")
+    if not is_s3(root) and Path(root).exists() and not Path(root).is_dir():
+        raise SpecError(f"output.uri: {root} exists and is not a directory")
+    try:
+        listing = dict(store.list())
+    except Exception as err:
+        raise SpecError(f"output.uri: cannot list {root}: {err}") from None
+    foreign = sorted({k.split("/")[0] for k in listing} - OUTPUT_NAMES)
+    if foreign:
+        raise SpecError(f"output.uri: {root} holds files vidcurate did not write ({', '.join(foreign[:3])}); "
+                        "refusing to write there")
+    if listing and spec.output.overwrite:
+        log(f"vidcurate: output.overwrite: deleting the previous output in {root} ({len(listing)} files)")
+        for key in sorted(listing):
+            store.delete(key)
+        listing = {}
+    return listing
+
+
+def run_key(spec: JobSpec, inputs: list[dict]) -> str:
+    """What a finished output was made from: the whole spec and the inputs' identities."""
+    doc = [spec.model_dump(mode="json"), spec.fingerprints(), [(r["uri"], r["unit_id"]) for r in inputs]]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def finished(store, listing: dict[str, int], key: str) -> dict | None:
+    """The manifest when the output already holds this exact run, complete; else None."""
+    if "manifest.json" not in listing:
+        return None
+    try:
+        manifest = json.loads(store.read("manifest.json"))
+    except (ValueError, OSError):
+        return None
+    if manifest.get("run_key") != key:
+        return None
+    files = [*manifest["tables"].values(), *manifest["shards"], *manifest["long_shards"]]
+    if all(listing.get(f["path"]) == f["bytes"] for f in files) and {"stats.json", "spec.yaml"} <= set(listing):
+        return manifest
+    return None
 
 
 def connect_ray(spec: JobSpec) -> bool:
@@ -108,20 +143,37 @@ def _absolute(events: list[dict] | None, start_s: float) -> list[dict]:
     return [{"start_s": start_s + e["t"], "text": e["text"]} for e in events or []]
 
 
-def _write_shards(samples: list[dict], out_dir: Path, spec: JobSpec) -> list[dict]:
-    """Samples ({key, uri, clip, json, txt}) into WebDataset shards under ``out_dir``, written by
-    Ray tasks that cut each sample's bytes under the guard; returns the shard results."""
+def _write_shards(samples: list[dict], folder: str, spec: JobSpec, store, listing: dict, session) -> list[dict]:
+    """Samples ({key, uri, clip, json, txt}), in order, into WebDataset shards ``folder/shard-N.tar``.
+
+    Shard n holds samples [n * per, (n + 1) * per): the same samples always land in the same
+    shard. A shard whose commit record names the same content (a hash of its samples and the
+    output settings) and whose tar is there is reused; the others are written by Ray tasks that
+    cut each sample's bytes under the guard. Returns the commit records in shard order."""
+    import hashlib
+
     import ray
 
-    per = spec.output.samples_per_shard
-    rows = [{"shard": shard_name(n // per), "out_dir": str(out_dir), "samples_json": json.dumps(samples[n:n + per])}
-            for n in range(0, len(samples), per)]
-    if not rows:
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return sorted(ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        ShardWriterStage(timeout_s=spec.probe.timeout_s, memory_mb=spec.probe.max_memory_mb),
-        **ray_args(spec.resources.write, actor=False)).take_all(), key=lambda s: s["shard"])
+    per, fp = spec.output.samples_per_shard, spec.fingerprints()["output"]
+    reused, todo = [], []
+    for n in range(0, len(samples), per):
+        chunk = samples[n:n + per]
+        name = shard_name(n // per)
+        content = hashlib.sha256(json.dumps([fp, chunk], sort_keys=True).encode()).hexdigest()[:32]
+        record_key = f"{COMMITS}/{folder}/{name}.json"
+        record = json.loads(store.read(record_key)) if record_key in listing else None
+        if record and record["content"] == content and listing.get(f"{folder}/{name}") == record["bytes"]:
+            reused.append(record)
+        else:
+            todo.append({"shard": name, "folder": folder, "content": content, "samples_json": json.dumps(chunk)})
+    written = []
+    if todo:
+        session.ensure()
+        written = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
+            ShardWriterStage(output_uri=store.uri(), storage=spec.storage, timeout_s=spec.probe.timeout_s,
+                             memory_mb=spec.probe.max_memory_mb),
+            **ray_args(spec.resources.write, actor=False)).take_all()
+    return sorted(reused + written, key=lambda s: s["shard"])
 
 
 def _chapter_samples(chapters: list[dict], kept: list[dict], captions: list[dict], video_caption: dict) -> list[dict]:
@@ -183,82 +235,147 @@ def _sample(clip: dict, chapter: dict | None, video_caption: str | None) -> dict
     }
 
 
-def run_job(spec: JobSpec, log=print) -> dict:
-    """Run the whole job; returns the manifest."""
-    import ray
+class _RaySession:
+    """Ray, started (or joined) only when there is work for it; a finished job's rerun never starts it."""
 
-    check_inputs(spec)
-    inputs = discover(spec.inputs)
-    out = prepare_output(spec, inputs)
-    started = connect_ray(spec)
-    try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = spec.ray.progress
-        return _run(spec, inputs, out, log)
-    finally:
-        if started:
+    def __init__(self, spec: JobSpec):
+        self.spec, self.started, self.ready = spec, False, False
+
+    def ensure(self) -> None:
+        if self.ready:
+            return
+        import ray
+
+        self.started = connect_ray(self.spec)
+        ray.data.DataContext.get_current().enable_progress_bars = self.spec.ray.progress
+        self.ready = True
+
+    def close(self) -> None:
+        if self.started:
+            import ray
+
             ray.shutdown()
 
 
-def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
+def run_job(spec: JobSpec, log=print) -> dict:
+    """Run the whole job, resuming from whatever the output already holds; returns the manifest."""
+    check_inputs(spec)
+    inputs = discover(spec.inputs, spec.storage)
+    store = open_store(output_dir(spec), spec.storage)
+    listing = prepare_output(spec, store, inputs, log)
+    key = run_key(spec, inputs)
+    done = finished(store, listing, key)
+    if done is not None:
+        log(f"vidcurate: {store.uri()} already holds this job's complete output; nothing to do")
+        return done
+    if "manifest.json" in listing:  # the output is about to change: it is uncommitted until the new manifest
+        store.delete("manifest.json")
+        del listing["manifest.json"]
+    orphans = store.clean_orphans()
+    if orphans:
+        log(f"vidcurate: removed {orphans} partial file(s) left by an interrupted run")
+    session = _RaySession(spec)
+    try:
+        return _run(spec, inputs, store, listing, key, session, log)
+    finally:
+        session.close()
+
+
+def _run_units(spec: JobSpec, units: list[dict], fps: dict, session: _RaySession) -> dict[str, float]:
+    """Run the stages each unit still needs on Ray Data; returns analysis seconds per analysed unit."""
     import ray
 
+    from pipeline.units import UNIT, AnalyzeUnits, HierarchyUnits, ModelUnits
+
+    session.ensure()
     gpus = cluster_gpus()
     res = spec.resources
+
+    def unit_args(stage_res, actor: bool) -> dict:  # one video per call; the model batch size is used inside
+        args = ray_args(stage_res, actor=actor, gpus_in_cluster=gpus)
+        args["batch_size"] = 1
+        return args
+
+    def rows_needing(stage: str) -> list[dict]:
+        return [{f.name: u.get(f.name) for f in UNIT} for u in units if stage in u["todo"]]
+
+    def dataset(rows: list[dict]):
+        return ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+
+    # Three passes, each streaming its units: CPU decoding first, then the two clip-level model
+    # stages together, then the per-video text stage. Actor pools of one pass never hold the
+    # CPUs another pass's tasks wait for (on a 2-CPU node, four concurrent stages would).
+    analysis_s = {}
+    if rows := rows_needing("analyze"):
+        out = dataset(rows).map_batches(AnalyzeUnits(spec=spec, fps=fps), **unit_args(res.analyze, actor=False))
+        analysis_s = {r["unit_id"]: r["analysis_s"] for r in out.take_all()}
+    if rows := rows_needing("caption"):  # every unit needing the CLIP filter needs captions too
+        ds = dataset(rows)
+        for name, previous, cls, model, settings, stage_res in (
+                ("clip", "analyze", ClipEmbedStage, spec.models.clip, spec.clip_filter, res.clip),
+                ("caption", "clip", CaptionStage, spec.models.vlm, spec.caption, res.caption)):
+            if any(name in r["todo"] for r in rows):
+                ds = ds.map_batches(ModelUnits, fn_constructor_kwargs={
+                    "name": name, "previous": previous, "stage_cls": cls, "model": model, "settings": settings,
+                    "batch_size": stage_res.batch_size, "spec": spec, "fps": fps}, **unit_args(stage_res, actor=True))
+        ds.take_all()
+    if rows := rows_needing("hierarchy"):
+        dataset(rows).map_batches(HierarchyUnits, fn_constructor_kwargs={"spec": spec, "fps": fps},
+                                  **unit_args(res.hierarchy, actor=True)).take_all()
+    return analysis_s
+
+
+def _read_units(store, fps: dict, inputs: list[dict]) -> list[tuple[dict, list[dict], dict]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.units import read_unit
+
+    with ThreadPoolExecutor(8) as pool:  # S3 round trips overlap; local reads barely notice
+        return list(pool.map(lambda r: read_unit(store, fps, r["unit_id"]), inputs))
+
+
+def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, session: _RaySession, log) -> dict:
+    from pipeline.units import todo_stages
+
+    fps = spec.fingerprints()
     seconds = {}
-    log(f"vidcurate: {len(inputs)} input video(s) -> {out}")
+    log(f"vidcurate: {len(inputs)} input video(s) -> {store.uri()}")
+    committed = set(listing)
+    units = [{**r, "todo": todo_stages(r["unit_id"], fps, committed)} for r in inputs]
+    pending = [u for u in units if u["todo"]]
+    reused = Counter(s for u in units for s in ("analyze", "clip", "caption", "hierarchy") if s not in u["todo"])
+    if reused:
+        log("[resume] committed results reused: " + ", ".join(f"{s} {reused[s]}" for s in
+                                                              ("analyze", "clip", "caption", "hierarchy") if reused[s]))
+    analysis_s = {}
+    t = time.perf_counter()
+    if pending:
+        analysis_s = _run_units(spec, pending, fps, session)
+    seconds["units"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    analyzed = ray.data.from_items([{"uri": r["uri"], "video_id": r["video_id"], "size_bytes": r["size_bytes"],
-                                     "subtitles": r.get("subtitles")} for r in inputs],
-                                   override_num_blocks=max(1, len(inputs))).map_batches(
-        AnalyzeStage(spec=spec), **ray_args(res.analyze, actor=False)).materialize()
-    videos = sorted(analyzed.drop_columns(["clips"]).take_all(), key=lambda r: r["uri"])
-    seconds["analyze"] = time.perf_counter() - t
+    results = _read_units(store, fps, inputs)
+    videos = [dict(v) for v, _, _ in results]
+    clips = sorted((c for _, cs, _ in results for c in cs), key=lambda r: (r["uri"], r["start_frame"]))
+    seconds["read"] = time.perf_counter() - t
     bad = Counter(v["reason"] for v in videos if v["status"] != "ok")
     log(f"[analyze] {len(videos)} videos: {len(videos) - sum(bad.values())} ok"
         + "".join(f", {n} {r}" for r, n in sorted(bad.items()))
-        + f"; {sum(v['num_clips'] or 0 for v in videos)} clips ({seconds['analyze']:.1f}s)")
-
-    t = time.perf_counter()
-    clips_ds = analyzed.map_batches(explode_clips, batch_format="pyarrow")
-    clips_ds = clips_ds.map_batches(ClipEmbedStage, fn_constructor_kwargs={
-        "model": spec.models.clip, "settings": spec.clip_filter}, **ray_args(res.clip, actor=True, gpus_in_cluster=gpus))
-    clips_ds = clips_ds.map_batches(CaptionStage, fn_constructor_kwargs={
-        "model": spec.models.vlm, "settings": spec.caption}, **ray_args(res.caption, actor=True, gpus_in_cluster=gpus))
-    clips = sorted(clips_ds.drop_columns(["frames"]).take_all(), key=lambda r: (r["uri"], r["start_frame"]))
-    seconds["clip_and_caption"] = time.perf_counter() - t
+        + f"; {sum(v['num_clips'] or 0 for v in videos)} clips")
     log(f"[clip filter + caption] {sum(c['status'] == 'kept' for c in clips)} of {len(clips)} clips kept, "
-        f"{sum(c.get('caption_text') is not None for c in clips)} captioned ({seconds['clip_and_caption']:.1f}s)")
+        f"{sum(c.get('caption_text') is not None for c in clips)} captioned")
 
     for c in clips:
         if c.get("caption_text") is not None:
             c["caption_id"] = caption_id(c["clip_id"], "clip", c["caption_model"], c["caption_prompt_version"])
     kept = [c for c in clips if c["status"] == "kept"]
-
-    t = time.perf_counter()
-    by_video = defaultdict(list)
-    for c in kept:
-        fields = json.loads(c["caption_fields"]) if c.get("caption_fields") else {}
-        by_video[c["video_id"]].append({**{k: c[k] for k in ("clip_id", "start_s", "end_s", "embedding", "caption_text")},
-                                        "subjects": fields.get("subjects") or []})
-    video_of = {v["video_id"]: v for v in videos}
-    description = {r["video_id"]: r.get("description") for r in inputs}
-    hierarchy_in = []
-    for vid, cs in sorted(by_video.items()):
-        source, marks = chapter_marks(video_of[vid], description.get(vid), spec.chapters)
-        hierarchy_in.append({"video_id": vid, "duration_s": video_of[vid]["duration_s"], "clips_json": json.dumps(cs),
-                             "marks_json": json.dumps({"source": source, "marks": marks})})
     chapters, captions, entities = [], [], {}
-    if hierarchy_in:
-        for row in ray.data.from_items(hierarchy_in).map_batches(HierarchyStage, fn_constructor_kwargs={
-                "model": spec.models.vlm, "settings": spec.chapters},
-                **ray_args(res.hierarchy, actor=True, gpus_in_cluster=gpus)).take_all():
-            chapters.extend(json.loads(row["chapters_json"]))
-            entities[row["video_id"]] = json.loads(row["entities_json"])
-            captions.extend(json.loads(row["captions_json"]))
-    seconds["hierarchy"] = time.perf_counter() - t
-    log(f"[chapters] {len(chapters)} chapters and {len(hierarchy_in)} video captions ({seconds['hierarchy']:.1f}s)")
+    for video, _, hierarchy in results:
+        chapters.extend(hierarchy["chapters"])
+        captions.extend(hierarchy["captions"])
+        if hierarchy["entities"] is not None:
+            entities[video["video_id"]] = hierarchy["entities"]
+    log(f"[chapters] {len(chapters)} chapters and {sum(c['level'] == 'video' for c in captions)} video captions")
 
     chapter_of = {cid: ch for ch in chapters for cid in ch["clip_ids"]}
     video_caption = {c["video_id"]: c["caption_id"] for c in captions if c["level"] == "video"}
@@ -299,7 +416,7 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
                                            "keyframe_aligned", "pts_timing")},
                 "json": _sample(c, chapter_of.get(c["clip_id"]), video_caption.get(c["video_id"])),
                 "txt": c.get("caption_text") or ""} for c in kept]
-    shards = _write_shards(samples, out / "shards", spec)
+    shards = _write_shards(samples, "shards", spec, store, listing, session)
     seconds["write_shards"] = time.perf_counter() - t
     failed = {k: v for s in shards for k, v in json.loads(s.pop("failed_json")).items()}
     methods = {k: v for s in shards for k, v in json.loads(s.pop("methods_json")).items()}
@@ -313,7 +430,8 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
     long_shards = []
     if spec.output.long_samples == "chapter":
         t = time.perf_counter()
-        long_shards = _write_shards(_chapter_samples(chapters, kept, captions, video_caption), out / "long_shards", spec)
+        long_shards = _write_shards(_chapter_samples(chapters, kept, captions, video_caption), "long_shards", spec,
+                                    store, listing, session)
         seconds["write_long_shards"] = time.perf_counter() - t
         for s in long_shards:
             for key, err in json.loads(s.pop("failed_json")).items():
@@ -322,6 +440,7 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
         log(f"[write] {len(long_shards)} long-video shards, {sum(s['samples'] for s in long_shards)} chapter samples "
             f"({seconds['write_long_shards']:.1f}s)")
 
+    t = time.perf_counter()
     level_order = {"video": 0, "chapter": 1, "clip": 2, "window": 3}
     tables = {
         "videos": videos,
@@ -329,37 +448,74 @@ def _run(spec: JobSpec, inputs: list[dict], out: Path, log) -> dict:
         "captions": sorted(captions, key=lambda c: (c["video_id"], level_order[c["level"]], c["start_s"])),
         "chapters": sorted(chapters, key=lambda c: (c["video_id"], c["index"])),
     }
-    table_info = {name: write_parquet(out / name / "part-000000.parquet", schemas.table(name, rows))
-                  for name, rows in tables.items()}
-    for info in table_info.values():
-        info["path"] = os.path.relpath(info["path"], out)
+    files = {}  # key -> bytes of the small files, each written only when it changed
+    table_info = {}
+    for name, rows in tables.items():
+        data = parquet_bytes(schemas.table(name, rows))
+        path = f"{name}/part-000000.parquet"
+        files[path] = data
+        table_info[name] = {"path": path, "rows": len(rows), "bytes": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest()}
 
-    stats = _stats(videos, clips, captions, shards, seconds)
+    stats = _stats(videos, clips, captions, shards)
     stats["caption_checks"] = check_caption_times(captions, kept, videos, chapters)
     stats["entity_naming"] = dict(sorted(Counter(e["status"] for e in entities.values()).items()))
     if stats["caption_checks"]["violations"]:
         log(f"[check] {stats['caption_checks']['violations']} caption time violations, e.g. "
             + "; ".join(stats["caption_checks"]["examples"][:3]))
-    write_json(out / "stats.json", stats)
-    (out / "spec.yaml").write_text(resolved_yaml(spec))
+    files["stats.json"] = json_bytes(stats)
+    files["spec.yaml"] = resolved_yaml(spec).encode()
+
+    def listed(s: dict, folder: str) -> dict:
+        return {"shard": s["shard"], "path": f"{folder}/{s['shard']}", "sha256": s["sha256"],
+                "samples": s["samples"], "bytes": s["bytes"]}
+
     manifest = {
         "name": spec.name,
         "schema_version": schemas.SCHEMA_VERSION,
+        "run_key": key,
+        "fingerprints": fps,
         "spec": spec.model_dump(mode="json"),
         "versions": _versions(),
         "tiny_random_models": tiny_models_in_use(spec),
         "counts": stats["counts"],
         "tables": table_info,
-        "shards": [{**s, "path": f"shards/{s['shard']}"} for s in shards],
-        "long_shards": [{**s, "path": f"long_shards/{s['shard']}"} for s in long_shards],
+        "shards": [listed(s, "shards") for s in shards],
+        "long_shards": [listed(s, "long_shards") for s in long_shards],
     }
-    write_json(out / "manifest.json", manifest)  # written last: the manifest is the commit
+    changed = sum(put_if_changed(store, path, data, listing) for path, data in sorted(files.items()))
+    _clean(store, manifest, log)
+    store.write("manifest.json", json_bytes(manifest))  # written last: the manifest is the commit
+    seconds["write_tables"] = time.perf_counter() - t
+    _record_timings(store, seconds, analysis_s, changed)
     return manifest
 
 
-def _stats(videos, clips, captions, shards, seconds) -> dict:
-    analyze = Stats("analyze", total=len(videos), kept=sum(v["status"] == "ok" for v in videos),
-                    seconds=sum(v["analysis_s"] or 0 for v in videos))
+def _clean(store, manifest: dict, log) -> None:
+    """Delete what the new manifest does not list: shards (and their commit records) of earlier
+    plans or interrupted runs, and temporary files. Committed per-video work stays for reuse."""
+    keep = {s["path"] for s in manifest["shards"] + manifest["long_shards"]}
+    keep |= {f"{COMMITS}/{p}.json" for p in keep}
+    keep |= {t["path"] for t in manifest["tables"].values()}
+    stale = [k for k, _ in store.list() if k.split("/")[0] in ("shards", "long_shards", *TABLES)
+             or k.startswith(COMMITS + "/")]
+    stale = [k for k in stale if k not in keep]
+    for k in stale:
+        store.delete(k)
+    if stale:
+        log(f"[write] removed {len(stale)} file(s) no longer part of the output")
+
+
+def _record_timings(store, seconds: dict, analysis_s: dict, changed: int) -> None:
+    """Wall times go to _work/last_run.json (not to stats.json, so reruns give the same bytes)."""
+    doc = {"wall_seconds": {k: round(v, 3) for k, v in seconds.items()},
+           "analysis_seconds": round(sum(analysis_s.values()), 3), "videos_analysed": len(analysis_s),
+           "files_changed": changed}
+    store.write("_work/last_run.json", json_bytes(doc))
+
+
+def _stats(videos, clips, captions, shards) -> dict:
+    analyze = Stats("analyze", total=len(videos), kept=sum(v["status"] == "ok" for v in videos))
     for v in videos:
         if v["status"] != "ok":
             analyze.drop(v["reason"])
@@ -389,6 +545,6 @@ def _stats(videos, clips, captions, shards, seconds) -> dict:
         "shards": len(shards),
         "samples": sum(s["samples"] for s in shards),
     }
-    return {"counts": counts, "video_reasons": analyze.as_dict(),
-            "clip_reasons": dict(sorted(reasons.items())),
-            "wall_seconds": {k: round(v, 3) for k, v in seconds.items()}}
+    video_reasons = analyze.as_dict()
+    video_reasons.pop("seconds")
+    return {"counts": counts, "video_reasons": video_reasons, "clip_reasons": dict(sorted(reasons.items()))}

@@ -23,8 +23,9 @@ class _Section(BaseModel):
 
 
 class Inputs(_Section):
-    paths: list[str] = Field(default_factory=list, description="Files or glob patterns.")
-    manifest: Optional[str] = Field(None, description="Parquet, CSV or JSONL file with a `uri` column, and optionally "
+    paths: list[str] = Field(default_factory=list, description="Files, directories or glob patterns, local or "
+                             "s3://bucket/prefix (every object below it) and s3://bucket/prefix/*.mp4.")
+    manifest: Optional[str] = Field(None, description="Parquet, CSV or JSONL file (local or s3://) with a `uri` column, and optionally "
                                     "`description` (chapter timestamps) and `subtitles` (a .srt/.vtt path).")
 
     @model_validator(mode="after")
@@ -35,9 +36,10 @@ class Inputs(_Section):
 
 
 class Output(_Section):
-    uri: str = Field(description="Output directory (local path or file:// URI).")
+    uri: str = Field(description="Output directory: a local path, file:// URI or s3://bucket/prefix.")
     samples_per_shard: int = Field(64, ge=1)
-    overwrite: bool = Field(False, description="Replace an existing output directory.")
+    overwrite: bool = Field(False, description="Delete a previous vidcurate output (and its committed work) and start "
+                            "over. false: resume, reusing every committed result the spec still allows.")
     long_samples: Literal["none", "chapter"] = Field("none", description="chapter: also write long-video samples "
                                                      "(LVD-2M style) to long_shards/, one per chapter: its whole span "
                                                      "with every clip and window caption inside it. For long takes, "
@@ -45,10 +47,25 @@ class Output(_Section):
 
     @field_validator("uri")
     @classmethod
-    def _local_only(cls, v: str) -> str:
-        if "://" in v and not v.startswith("file://"):
-            raise ValueError(f"only local directories are supported as output for now, got {v!r}")
+    def _supported(cls, v: str) -> str:
+        if v.startswith("s3://"):
+            if not v[len("s3://"):].split("/")[0]:
+                raise ValueError(f"no bucket in {v!r}")
+        elif "://" in v and not v.startswith("file://"):
+            raise ValueError(f"outputs go to a local directory, file:// or s3://, got {v!r}")
         return v
+
+
+class Storage(_Section):
+    """S3 access. Credentials come from boto3's standard chain (environment, shared files, roles), never the spec."""
+
+    endpoint_url: Optional[str] = Field(None, description="S3-compatible endpoint (MinIO, Ceph, moto); null: AWS.")
+    region: Optional[str] = Field(None, description="null: boto3's default region.")
+    max_attempts: int = Field(8, ge=1, description="Attempts per S3 request (throttling and transient errors "
+                              "are retried with exponential backoff).")
+    timeout_s: float = Field(60, gt=0, description="Connect and read timeout of one S3 request.")
+    multipart_threshold_mb: int = Field(64, ge=5, description="Objects from this size are uploaded in parts.")
+    part_size_mb: int = Field(32, ge=5, description="Part size of multipart uploads (S3's minimum is 5).")
 
 
 DEFAULT_FORMATS = ["mov", "mp4", "matroska", "webm", "avi", "mpegts", "flv", "h264", "hevc", "mpeg",
@@ -265,6 +282,46 @@ class JobSpec(_Section):
     models: Models = Models()
     resources: Resources = Resources()
     ray: RayOptions = RayOptions()
+    storage: Storage = Storage()
+
+    def fingerprints(self) -> dict[str, str]:
+        """Per stage, a hash of everything that shapes its per-video results: its settings
+        (STAGE_SETTINGS, prompt texts included), the previous stage's fingerprint, the schema
+        version and the vidcurate version. Committed work is reused when its fingerprint matches."""
+        import hashlib
+        import json
+
+        import schemas
+        from pipeline import __version__
+        from stages.models import load_prompt
+
+        doc = self.model_dump(mode="json")
+        prompts = {"caption": [self.caption.prompt_name],
+                   "hierarchy": [self.chapters.chapter_prompt, self.chapters.video_prompt, self.chapters.entity_prompt,
+                                 "chapter_title_v1"]}
+        out, prev = {}, f"{schemas.SCHEMA_VERSION}:{__version__}"
+        for stage, keys in STAGE_SETTINGS.items():
+            picked = {k: _dotted(doc, k) for k in keys}
+            picked["prompts"] = [load_prompt(p) for p in prompts.get(stage, [])]
+            blob = json.dumps([prev, stage, picked], sort_keys=True).encode()
+            out[stage] = prev = hashlib.sha256(blob).hexdigest()[:16]
+        return out
+
+
+# The settings that shape each stage's results (each stage also inherits the previous stage's).
+STAGE_SETTINGS = {
+    "analyze": ("probe", "analysis", "shots", "scores", "caption.window_s", "caption.subtitles", "models.transnetv2"),
+    "clip": ("models.clip", "clip_filter"),
+    "caption": ("models.vlm", "caption"),
+    "hierarchy": ("chapters",),
+    "output": ("output.samples_per_shard", "output.long_samples"),
+}
+
+
+def _dotted(doc: dict, key: str):
+    for part in key.split("."):
+        doc = doc[part]
+    return doc
 
 
 def _set_dotted(doc: dict, dotted: str, value) -> None:
@@ -326,10 +383,10 @@ def _looks_local(value: str) -> bool:
 
 def check_inputs(spec: JobSpec) -> None:
     """Fail early (before Ray) when inputs or local model files named by the spec do not exist."""
-    if spec.inputs.manifest and not Path(spec.inputs.manifest).is_file():
+    if spec.inputs.manifest and "://" not in spec.inputs.manifest and not Path(spec.inputs.manifest).is_file():
         raise SpecError(f"inputs.manifest: no such file: {spec.inputs.manifest}")
-    for i, pattern in enumerate(spec.inputs.paths):
-        if not glob.glob(pattern) and not Path(pattern).exists():
+    for i, pattern in enumerate(spec.inputs.paths):  # s3:// inputs are checked when they are listed
+        if "://" not in pattern and not glob.glob(pattern) and not Path(pattern).exists():
             raise SpecError(f"inputs.paths[{i}]: nothing matches {pattern!r}")
     local = {"models.clip.pretrained": spec.models.clip.pretrained, "models.clip.config": spec.models.clip.config,
              "models.vlm.name_or_path": spec.models.vlm.name_or_path, "models.transnetv2": spec.models.transnetv2}

@@ -54,7 +54,7 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
     import av
     import cv2
 
-    container, stream, meta = open_video(path, spec.probe)
+    container, stream, meta = open_video(path, spec.probe, spec.storage)
     # The decoder's frame threads already use every core; OpenCV's own pool on top of them only
     # adds contention (measured: ~15% more CPU for the same work).
     cv_threads = cv2.getNumThreads()
@@ -161,6 +161,7 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec, cues=()) -> list[
     times, n, fps = analysis["times"], meta["num_frames"], meta["fps"] or 25.0
     shots, transitions = shots_from_boundaries(analysis["boundaries"], n)
     signals = analysis["signals"]
+    fingerprint = spec.fingerprints()["analyze"]
     rows = []
     # long takes: uncut shots of at least long_take_min_s, one clip each unless past max_clip_s
     min_clip_s = spec.shots.long_take_min_s if spec.shots.long_take else spec.shots.min_clip_s
@@ -171,7 +172,7 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec, cues=()) -> list[
         scores = clip_summary(signals, a, b)
         reason = c["reason"] or score_reason(scores, spec.scores)
         rows.append({
-            "clip_id": clip_id(video["video_id"], a, b), "video_id": video["video_id"],
+            "clip_id": clip_id(video["video_id"], a, b, fingerprint), "video_id": video["video_id"],
             "uri": video["uri"], "index": index, "start_frame": a, "end_frame": b,
             "start_s": start_s, "end_s": end_s, "duration_s": end_s - start_s,
             **{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()},
@@ -214,7 +215,7 @@ def analysis_job(video: dict, spec) -> dict:
             from stages.subtitles import load_cues
 
             try:
-                cues, source = load_cues(video)
+                cues, source = load_cues(video, spec.storage)
                 meta["subtitles"] = source
             except Exception as err:  # unreadable subtitles cost the speech hints, not the video
                 meta["message"] = (meta.get("message", "") + f" subtitles not read: {err}").strip()

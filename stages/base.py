@@ -41,8 +41,10 @@ def video_id(uri: str, size_or_etag) -> str:
     return stable_id("video", uri, size_or_etag)
 
 
-def clip_id(vid: str, start_frame: int, end_frame: int) -> str:
-    return stable_id("clip", vid, start_frame, end_frame)
+def clip_id(vid: str, start_frame: int, end_frame: int, fingerprint: str = "") -> str:
+    """The clip's id and sample key: its video, frame range and the fingerprint of the settings
+    that cut it (spec.fingerprints()["analyze"])."""
+    return stable_id("clip", vid, start_frame, end_frame, fingerprint)
 
 
 @dataclass

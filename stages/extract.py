@@ -26,13 +26,22 @@ def _first_frame(container, stream):
     return next(container.decode(stream), None)
 
 
-def copy_clip(path: str, start_s: float, end_s: float, frames: int) -> bytes | None:
+def _open(path: str, storage):
+    """A PyAV container over a local file or an S3 object (read with ranged GETs)."""
+    import av
+
+    from pipeline.storage import is_s3, open_input
+
+    return av.open(open_input(path, storage), options={} if is_s3(path) else {"protocol_whitelist": "file"})
+
+
+def copy_clip(path: str, start_s: float, end_s: float, frames: int, storage=None) -> bytes | None:
     """The clip's packets copied into a new MP4 without decoding, or None when that cannot be
     exact: the clip must start on a keyframe, every copied packet must lie inside the clip (a
     closed GOP), the count must match ``frames``, and the video must need no rotation."""
     import av
 
-    with av.open(path, options={"protocol_whitelist": "file"}) as src:
+    with _open(path, storage) as src:
         stream = src.streams.video[0]
         first = _first_frame(src, stream)
         if first is None or first.time is None or quarter_turns(first.rotation):
@@ -69,7 +78,7 @@ def copy_clip(path: str, start_s: float, end_s: float, frames: int) -> bytes | N
         return buf.getvalue() if count == frames else None
 
 
-def extract_clip(path: str, clip: dict) -> tuple[bytes, str]:
+def extract_clip(path: str, clip: dict, storage=None) -> tuple[bytes, str]:
     """(MP4 bytes, "copy" or "encode") of ``clip`` (start_s, end_s, start_frame, end_frame,
     keyframe_aligned, pts_timing): packets copied when the clip starts and ends on keyframes
     and the copy is exact, else the clip's own frames re-encoded. Videos whose analysis timed
@@ -79,23 +88,24 @@ def extract_clip(path: str, clip: dict) -> tuple[bytes, str]:
     frames = clip["end_frame"] - clip["start_frame"]
     if clip.get("keyframe_aligned") and clip.get("pts_timing", True):
         try:
-            data = copy_clip(path, clip["start_s"], clip["end_s"], frames)
+            data = copy_clip(path, clip["start_s"], clip["end_s"], frames, storage)
         except (av.error.FFmpegError, ValueError):
             data = None
         if data is not None:
             return data, "copy"
     by_index = None if clip.get("pts_timing", True) else (clip["start_frame"], clip["end_frame"])
-    return encode_clip(path, clip["start_s"], clip["end_s"], frame_range=by_index, expect=frames), "encode"
+    return encode_clip(path, clip["start_s"], clip["end_s"], frame_range=by_index, expect=frames,
+                       storage=storage), "encode"
 
 
 def encode_clip(path: str, start_s: float, end_s: float, *, frame_range: tuple[int, int] | None = None,
-                expect: int | None = None, crf: int = 20, preset: str = "veryfast") -> bytes:
+                expect: int | None = None, crf: int = 20, preset: str = "veryfast", storage=None) -> bytes:
     """The frames [start_s, end_s) (exact frame times from the analysis pass) re-encoded; with
     ``frame_range`` the frames of those indices, decoding from the start. ``expect``: the frame
     count the clip must have, checked."""
     import av
 
-    src = av.open(path, options={"protocol_whitelist": "file"})
+    src = _open(path, storage)
     try:
         stream = src.streams.video[0]
         first = _first_frame(src, stream)
@@ -109,7 +119,7 @@ def encode_clip(path: str, start_s: float, end_s: float, *, frame_range: tuple[i
             reopen = True
         if reopen:
             src.close()
-            src = av.open(path, options={"protocol_whitelist": "file"})
+            src = _open(path, storage)
             stream = src.streams.video[0]
         buf = io.BytesIO()
         with av.open(buf, mode="w", format="mp4", options={"fflags": "+bitexact"}) as dst:

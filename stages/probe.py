@@ -7,34 +7,38 @@ Runs inside the analyze task (CPU).
 
 from __future__ import annotations
 
-import os
 
 from stages.base import Rejected
 
 
-def open_video(path: str, limits) -> tuple:
-    """Open ``path`` with PyAV and check it against ``limits`` (spec.probe).
+def open_video(path: str, limits, storage=None) -> tuple:
+    """Open ``path`` (a local path or an s3:// URI read with ranged GETs; ``storage``: spec.storage)
+    with PyAV and check it against ``limits`` (spec.probe).
 
     Returns (container, stream, meta). The caller closes the container.
     """
     import av
 
-    if not os.path.exists(path):
+    from pipeline.storage import input_size, is_s3, open_input
+
+    size = input_size(path, storage)
+    if size is None:
         raise Rejected("not_found", path)
-    if not os.path.isfile(path):  # FIFOs, devices, directories: nothing a decoder should wait on
+    if size < 0:  # FIFOs, devices, directories: nothing a decoder should wait on
         raise Rejected("not_a_file", f"{path} is not a regular file")
-    size = os.path.getsize(path)
     if size == 0:
         raise Rejected("empty_file", "0 bytes")
     if size > limits.max_file_mb * 1e6:
         raise Rejected("file_too_large", f"{size} bytes > probe.max_file_mb={limits.max_file_mb}")
-    options = {"protocol_whitelist": "file", "format_whitelist": ",".join(limits.formats)}
+    options = {"format_whitelist": ",".join(limits.formats)}
+    if not is_s3(path):  # S3 objects arrive as bytes through our reader: no protocol is opened at all
+        options["protocol_whitelist"] = "file"
     try:
-        container = av.open(path, options=options)
+        container = av.open(open_input(path, storage, size), options=options)
     except MemoryError:  # FFmpeg's ENOMEM too: the guard reports memory_limit
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise Rejected(sniff_reason(path), str(err)) from None
+        raise Rejected(sniff_reason(path, storage), str(err)) from None
     try:
         meta = stream_metadata(container, limits)
     except Exception:
@@ -85,20 +89,23 @@ def stream_metadata(container, limits) -> dict:
 _INDIRECTIONS = (b"#EXTM3U", b"ffconcat", b"[playlist]", b"<?xml", b"<MPD", b"<smil", b"#EXT")
 
 
-def sniff_reason(path: str) -> str:
+def sniff_reason(path: str, storage=None) -> str:
     """Why a file did not open: a playlist or other indirection is unsupported_format."""
+    from pipeline.storage import open_input
+
     try:
-        with open(path, "rb") as f:
+        source = open_input(path, storage)
+        with (open(source, "rb") if isinstance(source, str) else source) as f:
             head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
-    except OSError:
+    except Exception:
         return "not_a_video"
     return "unsupported_format" if head.startswith(_INDIRECTIONS) else "not_a_video"
 
 
-def probe_file(path: str, limits) -> dict:
+def probe_file(path: str, limits, storage=None) -> dict:
     """Metadata of one input, or {"status": "rejected", "reason", "message"}; meant to run guarded."""
     try:
-        container, _, meta = open_video(path, limits)
+        container, _, meta = open_video(path, limits, storage)
         container.close()
         return {"status": "ok", **meta}
     except Rejected as rej:

@@ -42,8 +42,17 @@ def parse_subtitles(text: str) -> list[tuple[float, float, str]]:
     return sorted(cues)
 
 
-def sidecar(video_path: str) -> Path | None:
-    """A subtitle file next to the video with the same stem (any language suffix)."""
+def sidecar(video_path: str, storage=None) -> Path | str | None:
+    """A subtitle file next to the video with the same stem (any language suffix; on S3 only the
+    exact ``.srt`` / ``.vtt`` names are tried)."""
+    from pipeline.storage import input_size, is_s3
+
+    if is_s3(video_path):
+        stem = video_path.rsplit(".", 1)[0] if "." in video_path.rsplit("/", 1)[-1] else video_path
+        for ext in (".srt", ".vtt"):
+            if input_size(stem + ext, storage) is not None:
+                return stem + ext
+        return None
     p = Path(video_path)
     for ext in (".srt", ".vtt"):
         exact = p.with_suffix(ext)
@@ -53,18 +62,21 @@ def sidecar(video_path: str) -> Path | None:
     return matches[0] if matches else None
 
 
-def read_file(path: str | Path) -> list[tuple[float, float, str]]:
-    path = Path(path)
-    if path.stat().st_size > MAX_BYTES:
+def read_file(path: str | Path, storage=None) -> list[tuple[float, float, str]]:
+    from pipeline.storage import input_size, read_input_bytes
+
+    if (input_size(str(path), storage) or 0) > MAX_BYTES:
         raise ValueError(f"{path}: subtitle file over {MAX_BYTES} bytes")
-    return parse_subtitles(path.read_bytes().decode("utf-8", errors="replace"))
+    return parse_subtitles(read_input_bytes(str(path), storage).decode("utf-8", errors="replace"))
 
 
-def embedded(path: str) -> list[tuple[float, float, str]]:
+def embedded(path: str, storage=None) -> list[tuple[float, float, str]]:
     """Cues of the first text subtitle stream in the container, or []."""
     import av
 
-    with av.open(path, options={"protocol_whitelist": "file"}) as container:
+    from stages.extract import _open
+
+    with _open(path, storage) as container:
         streams = [s for s in container.streams.subtitles]
         if not streams:
             return []
@@ -92,14 +104,14 @@ def embedded(path: str) -> list[tuple[float, float, str]]:
         return sorted(cues)
 
 
-def load_cues(video: dict) -> tuple[list[tuple[float, float, str]], str | None]:
+def load_cues(video: dict, storage=None) -> tuple[list[tuple[float, float, str]], str | None]:
     """(cues, source) for one input row: manifest path, sidecar, or embedded stream."""
     if video.get("subtitles"):
-        return read_file(video["subtitles"]), "manifest"
-    found = sidecar(video["uri"])
+        return read_file(video["subtitles"], storage), "manifest"
+    found = sidecar(video["uri"], storage)
     if found is not None:
-        return read_file(found), "sidecar"
-    cues = embedded(video["uri"])
+        return read_file(found, storage), "sidecar"
+    cues = embedded(video["uri"], storage)
     return cues, ("embedded" if cues else None)
 
 
