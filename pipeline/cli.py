@@ -107,11 +107,12 @@ def cmd_probe(args) -> int:
     worst = 0
     for path in args.paths:
         try:
-            row = run_guarded(probe_file, (path, limits), timeout_s=limits.timeout_s, memory_mb=limits.max_memory_mb)
+            row = run_guarded(probe_file, (path, limits, spec.storage), timeout_s=limits.timeout_s,
+                              memory_mb=limits.max_memory_mb)
         except GuardFailure as fail:
             row = {"status": "error" if fail.reason == "exception" else "rejected",
                    "reason": "decode_error" if fail.reason == "exception" else fail.reason, "message": fail.message}
-        print(json.dumps({"uri": os.path.abspath(path), **row}), flush=True)
+        print(json.dumps({"uri": path if "://" in path else os.path.abspath(path), **row}), flush=True)
         worst = max(worst, 0 if row["status"] == "ok" else 1)
     return worst
 

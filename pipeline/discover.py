@@ -14,6 +14,7 @@ from pipeline.storage import is_s3, read_input_bytes, s3_client, split_s3
 from stages.base import stable_id, video_id
 
 EXTRA_COLUMNS = ("description", "subtitles")
+SIDECARS = (".srt", ".vtt")  # subtitle files beside videos: read with their video, not inputs themselves
 _GLOB = set("*?[")
 
 
@@ -73,7 +74,7 @@ def _s3_objects(index: int, pattern: str, storage) -> list[tuple[str, int, str]]
                 if k.endswith("/"):
                     continue
                 if wild is None:
-                    if k != key and not k.startswith(key.rstrip("/") + "/"):
+                    if k != key and (not k.startswith(key.rstrip("/") + "/") or k.lower().endswith(SIDECARS)):
                         continue
                 elif not fnmatch.fnmatchcase(k, key):
                     continue
@@ -108,7 +109,8 @@ def discover(inputs, storage=None) -> list[dict]:
                 add(uri, size, f"{size}:{etag}")
             continue
         for match in sorted(glob.glob(pattern)) or [pattern]:
-            paths = sorted(p for p in Path(match).rglob("*") if p.is_file()) if os.path.isdir(match) else [match]
+            paths = sorted(p for p in Path(match).rglob("*") if p.is_file() and p.suffix.lower() not in SIDECARS) \
+                if os.path.isdir(match) else [match]
             for p in paths:
                 uri = os.path.abspath(p)
                 size = os.path.getsize(uri) if os.path.isfile(uri) else -1

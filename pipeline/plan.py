@@ -73,8 +73,11 @@ def prepare_output(spec: JobSpec, store, inputs: list[dict], log=print) -> dict[
 
 
 def run_key(spec: JobSpec, inputs: list[dict]) -> str:
-    """What a finished output was made from: the whole spec and the inputs' identities."""
-    doc = [spec.model_dump(mode="json"), spec.fingerprints(), [(r["uri"], r["unit_id"]) for r in inputs]]
+    """What a finished output was made from: the whole spec (but where the output goes) and the
+    inputs' identities."""
+    settings = spec.model_dump(mode="json")
+    settings["output"] = {k: v for k, v in settings["output"].items() if k not in ("uri", "overwrite")}
+    doc = [settings, spec.fingerprints(), [(r["uri"], r["unit_id"]) for r in inputs]]
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 

@@ -40,20 +40,19 @@ def work_key(stage: str, fingerprint: str, unit: str) -> str:
 
 
 def fault_point(stage: str) -> None:
-    """Crash-recovery testing: with VIDCURATE_FAULT="<stage>:<marker file>", the first process
-    to reach ``stage`` creates the marker and exits abruptly (as a killed worker would)."""
-    spec = os.environ.get("VIDCURATE_FAULT")
-    if not spec:
-        return
-    name, _, marker = spec.partition(":")
-    if name != stage or not marker:
-        return
-    try:
-        with open(marker, "x"):
-            pass
-    except FileExistsError:
-        return
-    os._exit(70)
+    """Crash-recovery testing: with VIDCURATE_FAULT="<stage>:<marker file>[,<stage>:<marker>...]",
+    the first process to reach ``stage`` creates its marker and exits abruptly, as a worker
+    killed by the OOM killer or a lost node would. Unset (always, outside tests): nothing."""
+    for item in filter(None, os.environ.get("VIDCURATE_FAULT", "").split(",")):
+        name, _, marker = item.partition(":")
+        if name != stage or not marker:
+            continue
+        try:
+            with open(marker, "x"):
+                pass
+        except FileExistsError:
+            continue
+        os._exit(70)
 
 
 def encode_unit(video: dict, clips: pa.Table) -> bytes:

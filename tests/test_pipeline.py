@@ -215,6 +215,11 @@ def test_rerun_gives_identical_bytes(demo_run, demo, tmp_path):
     from pipeline.spec import load_spec
 
     out, manifest, _ = demo_run
+    before = _snapshot(out)
+    lines = []
+    unchanged = run_job(load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out)), log=lines.append)
+    assert unchanged == manifest and "nothing to do" in lines[-1]
+    assert _snapshot(out) == before  # a rerun of a finished job changes no file (not even its mtime)
     again = run_job(load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out)
                               + ["output.overwrite=true"]), log=lambda *_: None)
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in manifest["shards"]]
@@ -240,6 +245,12 @@ def test_job_with_nothing_kept_still_writes_every_table(demo, ray_local, tmp_pat
         assert pq.read_table(out / name).num_rows == 0
 
 
+def _snapshot(out: Path) -> dict:
+    """path -> (bytes, mtime) of every file of an output outside _work/."""
+    return {p.relative_to(out).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(out.rglob("*")) if p.is_file() and p.relative_to(out).parts[0] != "_work"}
+
+
 def test_existing_output_is_not_overwritten_without_consent(demo, tmp_path):
     from pipeline.plan import run_job
     from pipeline.spec import SpecError, load_spec
@@ -247,9 +258,10 @@ def test_existing_output_is_not_overwritten_without_consent(demo, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    spec = load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out) + ["output.overwrite=false"])
-    with pytest.raises(SpecError, match="output.uri: .* exists and is not empty"):
-        run_job(spec, log=lambda *_: None)
+    for overwrite in ("false", "true"):
+        spec = load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out) + [f"output.overwrite={overwrite}"])
+        with pytest.raises(SpecError, match="output.uri: .* holds files vidcurate did not write"):
+            run_job(spec, log=lambda *_: None)
     with pytest.raises(SpecError, match="output.uri: .* holds files vidcurate did not write"):
         run_job(load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out)), log=lambda *_: None)
     assert (out / "keep.txt").read_text() == "user data"

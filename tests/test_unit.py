@@ -110,8 +110,10 @@ def test_spec_errors_name_the_key():
         parse_spec({**BASE, "resources": {"clip": {"batch_size": 0}}})
     with pytest.raises(SpecError, match=r"shots\.detector"):
         parse_spec({**BASE, "shots": {"detector": "magic"}})
-    with pytest.raises(SpecError, match=r"output\.uri"):
-        parse_spec({"inputs": {"paths": ["a"]}, "output": {"uri": "s3://bucket/x"}})
+    for bad in ("gs://bucket/x", "s3:///no-bucket"):
+        with pytest.raises(SpecError, match=r"output\.uri"):
+            parse_spec({"inputs": {"paths": ["a"]}, "output": {"uri": bad}})
+    assert parse_spec({"inputs": {"paths": ["a"]}, "output": {"uri": "s3://bucket/x"}}).output.uri == "s3://bucket/x"
     with pytest.raises(SpecError, match=r"output: Field required"):
         parse_spec({"inputs": {"paths": ["a"]}})
 
@@ -125,17 +127,34 @@ def test_overrides_parse_yaml_values():
 
 
 def test_tar_deterministic_sorted_and_key_checked(tmp_path):
+    from pipeline.storage import LocalStore
+
+    store = LocalStore(tmp_path)
     samples = [{"__key__": "b2", "txt": b"two", "json": b"{}"}, {"__key__": "a1", "txt": b"one", "json": b"{}"}]
-    first = write_tar(tmp_path / "x.tar", samples)
-    second = write_tar(tmp_path / "y.tar", list(reversed(samples)))
-    assert first["sha256"] == second["sha256"]
+    first = write_tar(store, "x.tar", samples)
+    second = write_tar(store, "y.tar", list(reversed(samples)))
+    assert first["sha256"] == second["sha256"] and first["bytes"] == (tmp_path / "x.tar").stat().st_size
     with tarfile.open(tmp_path / "x.tar") as tar:
         assert tar.getnames() == ["a1.json", "a1.txt", "b2.json", "b2.txt"]
         assert {m.mtime for m in tar.getmembers()} == {0}
-    for bad in ("../evil", "a.b", "x/y", ""):
+        assert {(m.uid, m.gid, m.uname, m.gname) for m in tar.getmembers()} == {(0, 0, "", "")}
+    for bad in ("../evil", "a.b", "x/y", "", "/abs", "..", "A\\b", "k\x00"):
         with pytest.raises(ValueError, match="unsafe sample key"):
-            write_tar(tmp_path / "z.tar", [{"__key__": bad, "txt": b""}])
-    assert not (tmp_path / "z.tar").exists()
+            write_tar(store, "z.tar", [{"__key__": bad, "txt": b""}])
+    with pytest.raises(ValueError, match="unsafe extension"):
+        write_tar(store, "z.tar", [{"__key__": "ok", "../x": b""}])
+    assert not (tmp_path / "z.tar").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["x.tar", "y.tar"]
+
+
+def test_sample_keys_are_safe_whatever_the_file_names(tmp_path):
+    """Keys come from hashes of the video id, frame range and settings, never from file names."""
+    from pipeline.sinks import KEY
+
+    names = ["../../etc/passwd.mp4", "a.b.c.mp4", "/abs/x.mp4", "sp ace.mp4", "..", "ünï.mp4", "x/../../y.mp4"]
+    for name in names:
+        key = clip_id(video_id(name, 10), 0, 25, "fp")
+        assert KEY.match(key) and "." not in key and "/" not in key
+    assert clip_id("v", 0, 25, "fp1") != clip_id("v", 0, 25, "fp2")
 
 
 def test_ray_args_gpu_auto():
