@@ -8,7 +8,8 @@ frozen, letterbox) and optical-flow motion at a smaller size (stages.signals). E
 thread (stages.frames.DecodeAhead) so the decoder never waits for the analysis.
 
 Reads: uri, video_id, size_bytes. Adds: the videos columns plus ``clips`` (a list of
-in-flight clip rows, schemas.CLIP_WORK). Resources: resources.analyze (CPU tasks).
+in-flight clip rows, schemas.CLIP_WORK). Run per video by pipeline.units.AnalyzeUnits
+(Ray tasks, resources.analyze), which commits the result.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ import time
 from array import array
 
 import numpy as np
-import pyarrow as pa
 
-import schemas
 from stages.base import Rejected, clip_id
 from stages.frames import DecodeAhead, Shrinker, ThumbStore, quarter_turns
 from stages.guard import GuardFailure, run_guarded
@@ -29,10 +28,6 @@ from stages.scores import score_reason
 from stages.signals import FrameSignals, clip_summary
 from stages.shots import assemble_clips, boundary_detector, shot_starts, shots_from_boundaries
 
-# The videos columns, the clips, and the wall time of the pass (kept out of the videos table so
-# reruns write identical bytes; it goes to stats.json).
-ANALYZED = pa.schema(list(schemas.VIDEOS) + [pa.field("analysis_s", pa.float64()),
-                                             pa.field("clips", pa.list_(pa.struct(list(schemas.CLIP_WORK))))])
 MIN_COVERAGE = 0.9  # decoded span / container duration below this -> truncated
 
 
@@ -260,20 +255,3 @@ def analyze_video(video: dict, spec) -> dict:
         row.update(status="error", reason="decode_error", message=f"{type(err).__name__}: {err}")
     row["analysis_s"] = time.perf_counter() - t0
     return row
-
-
-class AnalyzeStage:
-    """Ray stage: one decode pass per input video (batches of input rows, pyarrow in/out)."""
-
-    def __init__(self, *, spec):
-        self.spec = spec
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [analyze_video(v, self.spec) for v in batch.to_pylist()]
-        return pa.Table.from_pylist([{f.name: r.get(f.name) for f in ANALYZED} for r in rows], schema=ANALYZED)
-
-
-def explode_clips(batch: pa.Table) -> pa.Table:
-    """Analyzed video rows -> in-flight clip rows (one per clip)."""
-    rows = [c for clips in batch.column("clips").to_pylist() for c in (clips or [])]
-    return schemas.work_table(rows)

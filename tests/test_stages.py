@@ -12,7 +12,7 @@ import av
 import pytest
 
 from pipeline.spec import parse_spec
-from stages.analyze import analyze_video, explode_clips, AnalyzeStage
+from stages.analyze import analyze_video
 from stages.extract import encode_clip, extract_clip
 
 SPEC = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "unused"},
@@ -21,6 +21,13 @@ SPEC = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "unused"},
 
 def _row(path):
     return {"uri": str(path), "video_id": "v0", "size_bytes": 0}
+
+
+def _clips(path, spec):
+    """The in-flight clip table of one analysed video (what the analyze unit commits)."""
+    import schemas
+
+    return schemas.work_table(analyze_video(_row(path), spec)["clips"])
 
 
 def test_analysis_finds_known_cuts(demo):
@@ -103,30 +110,32 @@ def test_shard_writer_leaves_out_clips_it_cannot_extract(demo, tmp_path):
     import webdataset as wds
 
     from pipeline.sinks import ShardWriterStage
+    from pipeline.spec import Storage
 
     clip = {"start_s": 1.2, "end_s": 3.04, "start_frame": 30, "end_frame": 76, "keyframe_aligned": False,
             "pts_timing": True}
     good = {"key": "aa11", "uri": str(demo["root"] / "videos" / "bikes.mp4"), "clip": clip,
             "json": {"clip_id": "aa11"}, "txt": "a caption"}
     bad = {**good, "key": "bb22", "uri": str(demo["root"] / "bad" / "random_bytes.mp4"), "json": {"clip_id": "bb22"}}
-    out = ShardWriterStage()(pa.Table.from_pylist([{"shard": "shard-000000.tar", "out_dir": str(tmp_path),
-                                                    "samples_json": json.dumps([good, bad])}])).to_pylist()[0]
+    writer = ShardWriterStage(output_uri=str(tmp_path), storage=Storage())
+    out = writer(pa.Table.from_pylist([{"shard": "shard-000000.tar", "folder": "shards", "content": "c0",
+                                        "samples_json": json.dumps([good, bad])}])).to_pylist()[0]
     assert out["samples"] == 1 and list(json.loads(out["failed_json"])) == ["bb22"]
-    keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "shard-000000.tar"), shardshuffle=False)]
+    keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "shards" / "shard-000000.tar"), shardshuffle=False)]
     assert keys == ["aa11"]
+    record = json.loads((tmp_path / "_work" / "commits" / "shards" / "shard-000000.tar.json").read_text())
+    assert record["content"] == "c0" and record["sha256"] == out["sha256"] and record["samples"] == 1
 
 
 def test_stage_tables_follow_schemas(demo):
-    import pyarrow as pa
-
     import schemas
 
-    batch = pa.Table.from_pylist([_row(demo["root"] / "videos" / "bikes.mp4"), _row(demo["root"] / "bad" / "empty.mp4")])
-    analyzed = AnalyzeStage(spec=SPEC)(batch)
-    assert analyzed.num_rows == 2
-    clips = explode_clips(analyzed)
+    rows = [analyze_video(_row(demo["root"] / name), SPEC) for name in ("videos/bikes.mp4", "bad/empty.mp4")]
+    videos = schemas.table("videos", [{f.name: r.get(f.name) for f in schemas.VIDEOS} for r in rows])
+    assert videos.num_rows == 2 and videos.column("status").to_pylist() == ["ok", "rejected"]
+    clips = schemas.work_table(rows[0]["clips"])
     assert clips.schema.equals(schemas.CLIP_WORK)
-    assert clips.num_rows == analyzed.column("num_clips").to_pylist()[0]
+    assert clips.num_rows == rows[0]["num_clips"] > 0 and rows[1]["clips"] == []
 
 
 def test_extract_clip_frame_exact_and_deterministic(demo):
@@ -145,10 +154,9 @@ def test_model_stages_on_tiny_models(demo):
     spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "u"},
                        "models": {"clip": demo["clip"], "vlm": demo["vlm"]},
                        "clip_filter": {"max_reject_margin": None}, "caption": {"max_new_tokens": 8}})
-    import pyarrow as pa
 
-    analyzed = AnalyzeStage(spec=SPEC)(pa.Table.from_pylist([_row(demo["root"] / "videos" / "synthetic_cuts.mp4")]))
-    clips = ClipEmbedStage(model=spec.models.clip, settings=spec.clip_filter)(explode_clips(analyzed))
+    clips = ClipEmbedStage(model=spec.models.clip, settings=spec.clip_filter)(
+        _clips(demo["root"] / "videos" / "synthetic_cuts.mp4", SPEC))
     rows = clips.to_pylist()
     assert all(len(r["embedding"]) == 64 and -1 <= r["clip_keep_sim"] <= 1 for r in rows)
     assert all(r["clip_model"].startswith("open_clip:vidcurate-tiny-clip") for r in rows)
@@ -161,7 +169,6 @@ def test_model_stages_on_tiny_models(demo):
 
 def test_caption_stage_retries_unparsable_replies_and_offers_hints(demo):
     """The stage's logic around the model, with a scripted model standing in for the VLM."""
-    import pyarrow as pa
 
     from stages.caption import CaptionStage
 
@@ -179,8 +186,7 @@ def test_caption_stage_retries_unparsable_replies_and_offers_hints(demo):
             return replies[len(self.prompts) - 1][:len(prompts)] if len(self.prompts) > 1 else replies[0][:len(prompts)]
 
     spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "u"}, "scores": {"min_motion": 0}})
-    analyzed = AnalyzeStage(spec=spec)(pa.Table.from_pylist([_row(demo["root"] / "videos" / "synthetic_cuts.mp4")]))
-    rows = explode_clips(analyzed).slice(0, 2)
+    rows = _clips(demo["root"] / "videos" / "synthetic_cuts.mp4", spec).slice(0, 2)
     stage = CaptionStage(model=spec.models.vlm, settings=spec.caption)
     stage._runner, stage._ready = Scripted(), True
     stage._prompt_version, stage._prompt = "clip_json_v1", "Describe.\n{hints}\nAnswer in JSON."
