@@ -117,6 +117,59 @@ def cmd_probe(args) -> int:
     return worst
 
 
+def cmd_inspect(args) -> int:
+    """Counts, schema versions, tables and a few samples of an output (local or s3://)."""
+    import io
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    from pipeline.spec import Storage, SpecError
+    from pipeline.storage import open_store
+
+    store = open_store(args.output, Storage(endpoint_url=args.endpoint_url))
+    try:
+        manifest = json.loads(store.read("manifest.json"))
+    except Exception as err:
+        raise SpecError(f"{args.output}: no committed output (manifest.json unreadable: {err}); "
+                        "a run that is still going or was interrupted has no manifest yet") from None
+    c = manifest["counts"]
+    print(f"{store.uri()}  job {manifest['name']!r}, schema version {manifest['schema_version']}, "
+          f"vidcurate {manifest['versions'].get('vidcurate', '?')}")
+    if manifest.get("tiny_random_models"):
+        print("  made with tiny random-weight models: captions and CLIP scores are meaningless")
+    print(f"  videos  {c['videos_in']} in: {c['videos_ok']} ok, {c['videos_rejected']} rejected, "
+          f"{c['videos_error']} errors")
+    print(f"  clips   {c['clips']}: {c['clips_kept']} kept; captions "
+          + ", ".join(f"{k} {v}" for k, v in c["captions"].items()) + f"; chapters {c['chapters']}")
+    for name, t in manifest["tables"].items():
+        schema = pq.read_schema(io.BytesIO(store.read(t["path"])))
+        version = (schema.metadata or {}).get(b"vidcurate.schema_version", b"?").decode()
+        print(f"  table   {name:9s} {t['rows']:7d} rows  schema v{version}  {t['path']}")
+    shards, long_shards = manifest["shards"], manifest["long_shards"]
+    print(f"  shards  {len(shards)} ({sum(s['samples'] for s in shards)} samples, "
+          f"{sum(s['bytes'] for s in shards) / 1e6:.1f} MB)"
+          + (f"; long {len(long_shards)} ({sum(s['samples'] for s in long_shards)} samples)" if long_shards else ""))
+    shown = 0
+    for shard in shards:
+        if shown >= args.samples:
+            break
+        with tarfile.open(fileobj=io.BytesIO(store.read(shard["path"]))) as tar:
+            for member in tar.getmembers():
+                if shown >= args.samples or not member.name.endswith(".json"):
+                    continue
+                meta = json.loads(tar.extractfile(member).read())
+                caption = (meta.get("caption") or {}).get("text") or ""
+                chapter = (meta.get("chapter") or {}).get("title")
+                print(f"  sample  {shard['shard']}:{member.name[:-5]}  {meta['duration_s']:.2f}s of "
+                      f"{meta['uri'].rsplit('/', 1)[-1]} [{meta['start_s']:.2f}-{meta['end_s']:.2f}s]"
+                      f"  windows {len(meta.get('dense_captions') or [])}"
+                      + (f"  chapter {chapter!r}" if chapter else ""))
+                print(f"          {caption[:160]!r}")
+                shown += 1
+    return 0
+
+
 def cmd_prepare_demo(args) -> int:
     from pipeline.demo import prepare_demo
 
@@ -159,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     probe.add_argument("--timeout", type=float, help="seconds per input (default: probe.timeout_s)")
     probe.set_defaults(func=cmd_probe)
+    inspect = sub.add_parser("inspect", help="print counts, schema versions, tables and a few samples of an output")
+    inspect.add_argument("output", help="output directory or s3://bucket/prefix")
+    inspect.add_argument("--samples", type=int, default=3, help="samples to print")
+    inspect.add_argument("--endpoint-url", help="S3-compatible endpoint (as storage.endpoint_url)")
+    inspect.set_defaults(func=cmd_inspect)
     demo = sub.add_parser("prepare-demo", help="make the demo inputs and tiny models (offline)")
     demo.add_argument("--root", default="data/demo")
     demo.set_defaults(func=cmd_prepare_demo)
