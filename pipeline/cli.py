@@ -25,6 +25,7 @@ def _print_summary(manifest: dict, out: str) -> None:
               " set models.clip / models.vlm to real weights for real results")
     extra = ", long_shards/" if manifest.get("long_shards") else ""
     print(f"  outputs   {out}  (manifest.json, videos/ clips/ captions/ chapters/ Parquet, shards/{extra}, stats.json)")
+    print(f"  report    {out.rstrip('/')}/report.html")
 
 
 def cmd_run(args) -> int:
@@ -170,6 +171,17 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pipeline.report import rebuild
+    from pipeline.spec import SpecError, Storage
+
+    try:
+        print(rebuild(args.output, Storage(endpoint_url=args.endpoint_url)))
+    except Exception as err:
+        raise SpecError(f"{args.output}: cannot rebuild the report of a committed output: {err}") from None
+    return 0
+
+
 def cmd_prepare_demo(args) -> int:
     from pipeline.demo import prepare_demo
 
@@ -217,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--samples", type=int, default=3, help="samples to print")
     inspect.add_argument("--endpoint-url", help="S3-compatible endpoint (as storage.endpoint_url)")
     inspect.set_defaults(func=cmd_inspect)
+    report = sub.add_parser("report", help="rebuild report.html of an output")
+    report.add_argument("output", help="output directory or s3://bucket/prefix")
+    report.add_argument("--endpoint-url", help="S3-compatible endpoint (as storage.endpoint_url)")
+    report.set_defaults(func=cmd_report)
     demo = sub.add_parser("prepare-demo", help="make the demo inputs and tiny models (offline)")
     demo.add_argument("--root", default="data/demo")
     demo.set_defaults(func=cmd_prepare_demo)

@@ -16,6 +16,7 @@ from pathlib import Path
 import schemas
 from pipeline.checks import check_caption_times
 from pipeline.discover import discover
+from pipeline.report import report_for
 from pipeline.resources import cluster_gpus, ray_args
 from pipeline.sinks import COMMITS, ShardWriterStage, json_bytes, parquet_bytes, put_if_changed, shard_name
 from pipeline.storage import is_s3, open_store
@@ -39,7 +40,7 @@ def output_dir(spec: JobSpec) -> str:
     return str(Path(uri[len("file://"):] if uri.startswith("file://") else uri).absolute())
 
 
-OUTPUT_NAMES = {"manifest.json", "spec.yaml", "stats.json", "videos", "clips", "captions", "chapters", "shards",
+OUTPUT_NAMES = {"manifest.json", "spec.yaml", "stats.json", "report.html", "videos", "clips", "captions", "chapters", "shards",
                 "long_shards", "_work"}
 TABLES = ("videos", "clips", "captions", "chapters")
 
@@ -92,7 +93,8 @@ def finished(store, listing: dict[str, int], key: str) -> dict | None:
     if manifest.get("run_key") != key:
         return None
     files = [*manifest["tables"].values(), *manifest["shards"], *manifest["long_shards"]]
-    if all(listing.get(f["path"]) == f["bytes"] for f in files) and {"stats.json", "spec.yaml"} <= set(listing):
+    if all(listing.get(f["path"]) == f["bytes"] for f in files) and \
+            {"stats.json", "spec.yaml", "report.html"} <= set(listing):
         return manifest
     return None
 
@@ -485,8 +487,11 @@ def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, sess
         "tables": table_info,
         "shards": [listed(s, "shards") for s in shards],
         "long_shards": [listed(s, "long_shards") for s in long_shards],
+        "report": "report.html",
     }
     changed = sum(put_if_changed(store, path, data, listing) for path, data in sorted(files.items()))
+    report = report_for(store, manifest, [r["unit_id"] for r in inputs])  # reads the tables just written
+    changed += put_if_changed(store, "report.html", report, listing)
     _clean(store, manifest, log)
     store.write("manifest.json", json_bytes(manifest))  # written last: the manifest is the commit
     seconds["write_tables"] = time.perf_counter() - t

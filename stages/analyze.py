@@ -172,7 +172,8 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec, cues=()) -> list[
             "start_s": start_s, "end_s": end_s, "duration_s": end_s - start_s,
             **{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in scores.items()},
             "status": "rejected" if reason else "kept", "reason": reason,
-            "frames": None if reason else analysis["thumbs"].pick(a, b, spec.analysis.frames_per_clip),
+            # dropped clips keep one frame, for the report's contact sheet
+            "frames": analysis["thumbs"].pick(a, b, 1 if reason else spec.analysis.frames_per_clip),
             "keyframe_aligned": a in analysis["keyframes"] and (b == n or b in analysis["keyframes"]),
             "speech": speech_between(cues, times[0] + start_s, times[0] + end_s) if cues else None,
             "windows": None if reason else _windows(a, b, times, fps, analysis["thumbs"], spec, cues),
