@@ -252,7 +252,12 @@ class _RaySession:
         import ray
 
         self.started = connect_ray(self.spec)
-        ray.data.DataContext.get_current().enable_progress_bars = self.spec.ray.progress
+        progress = self.spec.ray.progress
+        if progress is None:
+            import sys
+
+            progress = sys.stderr.isatty() and not os.environ.get("CI")
+        ray.data.DataContext.get_current().enable_progress_bars = bool(progress)
         self.ready = True
 
     def close(self) -> None:
@@ -286,8 +291,9 @@ def run_job(spec: JobSpec, log=print) -> dict:
         session.close()
 
 
-def _run_units(spec: JobSpec, units: list[dict], fps: dict, session: _RaySession) -> dict[str, float]:
-    """Run the stages each unit still needs on Ray Data; returns analysis seconds per analysed unit."""
+def _run_units(spec: JobSpec, units: list[dict], fps: dict, session: _RaySession, log) -> dict[str, dict]:
+    """Run the stages each unit still needs on Ray Data, logging a line per pass; returns per-stage
+    work merged across workers: {stage: {videos, worker_seconds, frames}, "passes": {pass: wall s}}."""
     import ray
 
     from pipeline.units import UNIT, AnalyzeUnits, HierarchyUnits, ModelUnits
@@ -310,10 +316,29 @@ def _run_units(spec: JobSpec, units: list[dict], fps: dict, session: _RaySession
     # Three passes, each streaming its units: CPU decoding first, then the two clip-level model
     # stages together, then the per-video text stage. Actor pools of one pass never hold the
     # CPUs another pass's tasks wait for (on a 2-CPU node, four concurrent stages would).
-    analysis_s = {}
+    stages: dict[str, dict] = {}
+
+    def run_pass(name: str, ds) -> None:
+        t = time.perf_counter()
+        rows = ds.take_all()
+        wall = time.perf_counter() - t
+        for r in rows:
+            for stage, sec in json.loads(r["seconds_json"] or "{}").items():
+                entry = stages.setdefault(stage, {"videos": 0, "worker_seconds": 0.0})
+                entry["videos"] += 1
+                entry["worker_seconds"] += sec
+        frames = sum(r["frames"] or 0 for r in rows)
+        if frames:
+            stages["analyze"]["frames"] = frames
+        rate = f", {frames / wall:,.0f} frames/s" if frames else ""
+        busy = ", ".join(f"{s} {stages[s]['worker_seconds']:.1f}s" for s in json.loads(rows[0]["seconds_json"] or "{}")) \
+            if rows else ""
+        log(f"[{name}] {len(rows)} videos in {wall:.1f}s ({len(rows) / wall:.2f} videos/s{rate}; worker time: {busy})")
+        stages.setdefault("passes", {})[name] = round(wall, 3)
+
     if rows := rows_needing("analyze"):
-        out = dataset(rows).map_batches(AnalyzeUnits(spec=spec, fps=fps), **unit_args(res.analyze, actor=False))
-        analysis_s = {r["unit_id"]: r["analysis_s"] for r in out.take_all()}
+        run_pass("analyze", dataset(rows).map_batches(AnalyzeUnits(spec=spec, fps=fps),
+                                                      **unit_args(res.analyze, actor=False)))
     if rows := rows_needing("caption"):  # every unit needing the CLIP filter needs captions too
         ds = dataset(rows)
         for name, previous, cls, model, settings, stage_res in (
@@ -323,11 +348,11 @@ def _run_units(spec: JobSpec, units: list[dict], fps: dict, session: _RaySession
                 ds = ds.map_batches(ModelUnits, fn_constructor_kwargs={
                     "name": name, "previous": previous, "stage_cls": cls, "model": model, "settings": settings,
                     "batch_size": stage_res.batch_size, "spec": spec, "fps": fps}, **unit_args(stage_res, actor=True))
-        ds.take_all()
+        run_pass("clip filter + caption", ds)
     if rows := rows_needing("hierarchy"):
-        dataset(rows).map_batches(HierarchyUnits, fn_constructor_kwargs={"spec": spec, "fps": fps},
-                                  **unit_args(res.hierarchy, actor=True)).take_all()
-    return analysis_s
+        run_pass("hierarchy", dataset(rows).map_batches(HierarchyUnits, fn_constructor_kwargs={"spec": spec, "fps": fps},
+                                                       **unit_args(res.hierarchy, actor=True)))
+    return stages
 
 
 def _read_units(store, fps: dict, inputs: list[dict]) -> list[tuple[dict, list[dict], dict]]:
@@ -352,10 +377,10 @@ def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, sess
     if reused:
         log("[resume] committed results reused: " + ", ".join(f"{s} {reused[s]}" for s in
                                                               ("analyze", "clip", "caption", "hierarchy") if reused[s]))
-    analysis_s = {}
+    stage_stats = {}
     t = time.perf_counter()
     if pending:
-        analysis_s = _run_units(spec, pending, fps, session)
+        stage_stats = _run_units(spec, pending, fps, session, log)
     seconds["units"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -364,11 +389,13 @@ def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, sess
     clips = sorted((c for _, cs, _ in results for c in cs), key=lambda r: (r["uri"], r["start_frame"]))
     seconds["read"] = time.perf_counter() - t
     bad = Counter(v["reason"] for v in videos if v["status"] != "ok")
-    log(f"[analyze] {len(videos)} videos: {len(videos) - sum(bad.values())} ok"
+    log(f"[videos] {len(videos)}: {len(videos) - sum(bad.values())} ok"
         + "".join(f", {n} {r}" for r, n in sorted(bad.items()))
         + f"; {sum(v['num_clips'] or 0 for v in videos)} clips")
-    log(f"[clip filter + caption] {sum(c['status'] == 'kept' for c in clips)} of {len(clips)} clips kept, "
-        f"{sum(c.get('caption_text') is not None for c in clips)} captioned")
+    dropped = Counter(c["reason"] for c in clips if c["status"] != "kept")
+    log(f"[clips] {len(clips)}: {sum(c['status'] == 'kept' for c in clips)} kept, "
+        f"{sum(c.get('caption_text') is not None for c in clips)} captioned"
+        + ("; dropped: " + ", ".join(f"{n} {r}" for r, n in dropped.most_common()) if dropped else ""))
 
     for c in clips:
         if c.get("caption_text") is not None:
@@ -495,7 +522,7 @@ def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, sess
     _clean(store, manifest, log)
     store.write("manifest.json", json_bytes(manifest))  # written last: the manifest is the commit
     seconds["write_tables"] = time.perf_counter() - t
-    _record_timings(store, seconds, analysis_s, changed)
+    _record_timings(store, seconds, stage_stats, changed)
     return manifest
 
 
@@ -514,10 +541,12 @@ def _clean(store, manifest: dict, log) -> None:
         log(f"[write] removed {len(stale)} file(s) no longer part of the output")
 
 
-def _record_timings(store, seconds: dict, analysis_s: dict, changed: int) -> None:
-    """Wall times go to _work/last_run.json (not to stats.json, so reruns give the same bytes)."""
+def _record_timings(store, seconds: dict, stages: dict, changed: int) -> None:
+    """Wall times and per-stage worker seconds (merged across workers) go to _work/last_run.json,
+    not to stats.json, so that reruns give the same bytes."""
     doc = {"wall_seconds": {k: round(v, 3) for k, v in seconds.items()},
-           "analysis_seconds": round(sum(analysis_s.values()), 3), "videos_analysed": len(analysis_s),
+           "stages": {k: ({**v, "worker_seconds": round(v["worker_seconds"], 3)} if "worker_seconds" in v else v)
+                      for k, v in stages.items()},
            "files_changed": changed}
     store.write("_work/last_run.json", json_bytes(doc))
 

@@ -265,7 +265,8 @@ class Resources(_Section):
 class RayOptions(_Section):
     address: Optional[str] = Field(None, description="null: RAY_ADDRESS if set (ray job submit), else an embedded local Ray.")
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of the embedded local Ray.")
-    progress: bool = True
+    progress: Optional[bool] = Field(None, description="Ray Data's progress bars; null: on when stderr is a "
+                                     "terminal and CI is not set (quiet in CI and in logs).")
 
 
 class JobSpec(_Section):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,7 +32,7 @@ from pipeline.storage import open_store
 STAGES = ("analyze", "clip", "caption", "hierarchy")
 UNIT = pa.schema([("unit_id", pa.string()), ("uri", pa.string()), ("video_id", pa.string()),
                   ("size_bytes", pa.int64()), ("subtitles", pa.string()), ("description", pa.string()),
-                  ("todo", pa.list_(pa.string())), ("analysis_s", pa.float64())])
+                  ("todo", pa.list_(pa.string())), ("frames", pa.int64()), ("seconds_json", pa.string())])
 _META = b"vidcurate.video"
 
 
@@ -66,6 +67,13 @@ def decode_unit(data: bytes) -> tuple[dict, pa.Table]:
     return video, table.replace_schema_metadata(None)
 
 
+def _timed(row: dict, stage: str, started: float) -> None:
+    """Record a stage's seconds for this unit in the row (merged across workers by the driver)."""
+    seconds = json.loads(row.get("seconds_json") or "{}")
+    seconds[stage] = time.perf_counter() - started
+    row["seconds_json"] = json.dumps(seconds)
+
+
 def todo_stages(unit: str, fps: dict[str, str], committed: set[str]) -> list[str]:
     """The stages a unit still needs: from the first one whose result is not committed on."""
     for i, stage in enumerate(STAGES):
@@ -89,11 +97,14 @@ class AnalyzeUnits:
             if "analyze" not in row["todo"]:
                 continue
             fault_point("analyze")
+            started = time.perf_counter()
             analyzed = analyze_video({k: row[k] for k in ("uri", "video_id", "size_bytes", "subtitles")}, self.spec)
-            row["analysis_s"] = analyzed.pop("analysis_s")
+            analyzed.pop("analysis_s")
+            row["frames"] = analyzed.get("num_frames") or 0
             clips = schemas.work_table(analyzed.pop("clips") or [])
             video = {f.name: analyzed.get(f.name) for f in schemas.VIDEOS}
             store.write(work_key("analyze", self.fps["analyze"], row["unit_id"]), encode_unit(video, clips))
+            _timed(row, "analyze", started)
         return pa.Table.from_pylist(rows, schema=UNIT)
 
 
@@ -115,6 +126,7 @@ class ModelUnits:
             if self.name not in row["todo"]:
                 continue
             fault_point(self.name)
+            started = time.perf_counter()
             video, clips = decode_unit(store.read(work_key(self.previous, self.fps[self.previous], row["unit_id"])))
             parts = []
             for start in range(0, clips.num_rows, self.batch_size):
@@ -126,6 +138,7 @@ class ModelUnits:
                 out = out.set_column(out.schema.get_field_index("frames"), "frames",
                                      pa.nulls(out.num_rows, out.schema.field("frames").type))
             store.write(work_key(self.name, self.fps[self.name], row["unit_id"]), encode_unit(video, out))
+            _timed(row, self.name, started)
         return pa.Table.from_pylist(rows, schema=UNIT)
 
 
@@ -147,6 +160,7 @@ class HierarchyUnits:
             if "hierarchy" not in row["todo"]:
                 continue
             fault_point("hierarchy")
+            started = time.perf_counter()
             video, clips = decode_unit(store.read(work_key("caption", self.fps["caption"], row["unit_id"])))
             result = {"chapters": [], "captions": [], "entities": None}
             kept = [c for c in clips.drop_columns(["frames"]).to_pylist() if c["status"] == "kept"]
@@ -164,6 +178,7 @@ class HierarchyUnits:
                 result = {"chapters": json.loads(out["chapters_json"]), "captions": json.loads(out["captions_json"]),
                           "entities": json.loads(out["entities_json"])}
             store.write(work_key("hierarchy", self.fps["hierarchy"], row["unit_id"]), json_bytes(result))
+            _timed(row, "hierarchy", started)
         return pa.Table.from_pylist(rows, schema=UNIT)
 
 

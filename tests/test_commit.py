@@ -176,7 +176,7 @@ def test_changed_caption_setting_reuses_earlier_stages(baseline, demo, tmp_path)
     assert rc == 0, text[-3000:]
     assert "[resume] committed results reused: analyze 3, clip 3" in text
     last = json.loads((other / "_work" / "last_run.json").read_text())
-    assert last["videos_analysed"] == 0
+    assert "analyze" not in last["stages"] and last["stages"]["caption"]["videos"] == 3
 
 
 # --- S3 -------------------------------------------------------------------------------------
