@@ -213,6 +213,9 @@ class Chapters(_Section):
     max_chapter_s: Optional[float] = Field(None, gt=0, description="Automatic chapters longer than this split at "
                                            "their least similar adjacent clips.")
     similarity_threshold: float = Field(0.85, ge=-1, le=1, description="New chapter below this adjacent-clip cosine.")
+    text_threshold: Optional[float] = Field(0.05, ge=0, le=1, description="New chapter also where adjacent clip captions "
+                                            "share less content than this (TF-IDF cosine of caption words, setting "
+                                            "and subjects); null: pictures only.")
     min_clips: int = Field(1, ge=1)
     max_new_tokens: int = Field(128, ge=1)
     entities: bool = Field(True, description="Name recurring people and objects consistently across a video's clip "

@@ -169,7 +169,7 @@ class HierarchyUnits:
                 for c in kept:
                     fields = json.loads(c["caption_fields"]) if c.get("caption_fields") else {}
                     cs.append({**{k: c[k] for k in ("clip_id", "start_s", "end_s", "embedding", "caption_text")},
-                               "subjects": fields.get("subjects") or []})
+                               "subjects": fields.get("subjects") or [], "setting": fields.get("setting")})
                 source, marks = chapter_marks(video, row.get("description"), self.spec.chapters)
                 hierarchy_in = pa.Table.from_pylist([{
                     "video_id": video["video_id"], "duration_s": video["duration_s"], "clips_json": json.dumps(cs),

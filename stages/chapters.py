@@ -1,7 +1,10 @@
 """Chapters and the caption hierarchy: clips -> chapters -> one video caption.
 
 Consecutive kept clips of a video are grouped into chapters where the cosine similarity of
-adjacent clip embeddings stays above spec.chapters.similarity_threshold. Each chapter gets a
+adjacent clip embeddings stays above spec.chapters.similarity_threshold and their captions
+still share content (TF-IDF cosine of caption words, setting and subjects at least
+spec.chapters.text_threshold): a change of place or topic the captions name starts a chapter
+even where the pictures look alike. Each chapter gets a
 title and a summary generated (text only) from its clip captions; the video gets one caption
 generated from the chapter summaries. All rows carry absolute start/end seconds.
 
@@ -82,6 +85,50 @@ def bound_durations(groups: list[list[int]], clips: list[dict], sims: list[float
     return groups
 
 
+_STOP = frozenset("""a an the and or but of in on at to from with by for as is are was were be been being it its
+this that these those there here he she they them his her their we you i our your who whom which what while into
+onto over under up down out off than then so very just also not no some any each other another more most one two
+three while during through across around near behind front left right video clip scene shows shown showing image
+frame frames camera shot""".split())
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return [w for w in re.findall(r"[a-z][a-z0-9']+", (text or "").lower()) if w not in _STOP and len(w) > 2]
+
+
+def text_similarity(texts: list[str]) -> list[float | None]:
+    """TF-IDF cosine of caption i and caption i+1 over one video's captions (words every caption
+    uses weigh nothing); None where either caption has no content words."""
+    import math
+    from collections import Counter
+
+    bags = [Counter(_words(t)) for t in texts]
+    df = Counter(w for bag in bags for w in bag)
+    n = len(bags)
+    vectors = [{w: c * math.log((1 + n) / (1 + df[w])) for w, c in bag.items()} for bag in bags]
+    sims: list[float | None] = []
+    for a, b in zip(vectors, vectors[1:]):
+        na, nb = math.sqrt(sum(v * v for v in a.values())), math.sqrt(sum(v * v for v in b.values()))
+        sims.append(sum(v * b.get(w, 0.0) for w, v in a.items()) / (na * nb) if na and nb else None)
+    return sims
+
+
+def change_similarity(clips: list[dict], threshold: float, text_threshold: float | None) -> list[float]:
+    """Adjacent-clip similarity for chapter change points: the embeddings' cosine, pushed just
+    below ``threshold`` where the captions share (almost) no content (text cosine below
+    ``text_threshold``; null: pictures only)."""
+    sims = adjacent_similarity([c["embedding"] for c in clips])
+    if text_threshold is None:
+        return sims
+    texts = [" ".join([c.get("caption_text") or "", c.get("setting") or "", *(c.get("subjects") or [])]) for c in clips]
+    for i, t in enumerate(text_similarity(texts)):
+        if t is not None and t < text_threshold:
+            sims[i] = min(sims[i], threshold - 1e-3 - (text_threshold - t))
+    return sims
+
+
 def adjacent_similarity(embeddings: list) -> list[float]:
     """Cosine similarity of clip i and clip i+1 (1.0 where an embedding is missing)."""
     sims = []
@@ -94,15 +141,15 @@ HIERARCHY_OUT = pa.schema([("video_id", pa.string()), ("chapters_json", pa.strin
                            ("captions_json", pa.string()), ("entities_json", pa.string())])
 
 
-def group_chapters(embeddings: list, threshold: float, min_clips: int = 1) -> list[list[int]]:
-    """Indices of consecutive clips grouped where adjacent cosine >= threshold.
-
-    A chapter shorter than ``min_clips`` is merged into its predecessor.
+def group_chapters(embeddings: list, threshold: float, min_clips: int = 1, sims: list[float] | None = None
+                   ) -> list[list[int]]:
+    """Indices of consecutive clips grouped where adjacent similarity >= threshold (``sims``, else
+    the embeddings' adjacent cosine). A chapter shorter than ``min_clips`` merges into its predecessor.
     """
     if not embeddings:
         return []
     groups = [[0]]
-    for i, sim in enumerate(adjacent_similarity(embeddings), start=1):
+    for i, sim in enumerate(sims if sims is not None else adjacent_similarity(embeddings), start=1):
         if sim < threshold and len(groups[-1]) >= min_clips:
             groups.append([i])
         else:
@@ -141,9 +188,9 @@ class HierarchyStage(ModelStage):
         if marks:
             planned = group_by_marks(clips, marks)
         else:
-            sims = adjacent_similarity([c["embedding"] for c in clips])
+            sims = change_similarity(clips, self.settings.similarity_threshold, self.settings.text_threshold)
             groups = group_chapters([c["embedding"] for c in clips], self.settings.similarity_threshold,
-                                    self.settings.min_clips)
+                                    self.settings.min_clips, sims)
             groups = bound_durations(groups, clips, sims, self.settings.min_chapter_s, self.settings.max_chapter_s)
             planned = [({"title": None}, g) for g in groups]
         model, (cv, ct), (_, tt) = self._runner.model_id, self._chapter, self._title

@@ -85,6 +85,24 @@ def test_group_chapters():
     assert group_chapters([], 0.5) == []
 
 
+def test_chapter_change_points_from_caption_text():
+    """Pictures alike, captions naming another place and activity: a chapter starts there."""
+    from stages.chapters import change_similarity, text_similarity
+
+    emb = [1.0, 0.0, 0.1]
+    kitchen = ["A chef chops onions on a wooden board in a kitchen", "The chef stirs onions in a pan in the kitchen",
+               "The chef tastes the sauce from the pan in the kitchen"]
+    beach = ["A surfer paddles out through waves at the beach", "The surfer rides a large wave toward the beach"]
+    clips = [{"embedding": emb, "caption_text": t, "setting": None, "subjects": []} for t in kitchen + beach]
+    text = text_similarity([c["caption_text"] for c in clips])
+    assert text[2] < 0.05 < min(text[0], text[1], text[3])
+    sims = change_similarity(clips, 0.85, 0.05)
+    assert group_chapters([c["embedding"] for c in clips], 0.85, sims=sims) == [[0, 1, 2], [3, 4]]
+    assert group_chapters([c["embedding"] for c in clips], 0.85,
+                          sims=change_similarity(clips, 0.85, None)) == [[0, 1, 2, 3, 4]]
+    assert text_similarity(["", "a chef"]) == [None]
+
+
 def test_ids_deterministic_and_safe():
     v = video_id("/x/a.mp4", 10)
     assert v == video_id("/x/a.mp4", 10) != video_id("/x/a.mp4", 11)
