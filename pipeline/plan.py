@@ -16,6 +16,8 @@ from pathlib import Path
 import schemas
 from pipeline.checks import check_caption_times
 from pipeline.discover import discover
+from pipeline.lock import KEY as LOCK_KEY
+from pipeline.lock import OutputLock
 from pipeline.report import report_for
 from pipeline.resources import cluster_gpus, ray_args
 from pipeline.sinks import COMMITS, ShardWriterStage, json_bytes, parquet_bytes, put_if_changed, shard_name
@@ -48,9 +50,9 @@ TABLES = ("videos", "clips", "captions", "chapters")
 def prepare_output(spec: JobSpec, store, inputs: list[dict], log=print) -> dict[str, int]:
     """Check the output before any work and list what it holds (key -> size).
 
-    It must be empty or a previous vidcurate output: then its committed work is reused, or
-    deleted first when output.overwrite. Anything else in it (or inputs inside it) is refused;
-    nothing but vidcurate's own files is ever deleted."""
+    It must be empty or a previous vidcurate output, whose committed work is reused (or deleted
+    by run_job, under the output's lock, when output.overwrite). Anything else in it (or inputs
+    inside it) is refused; nothing but vidcurate's own files is ever deleted."""
     root = store.uri()
     inside = [r["uri"] for r in inputs if r["uri"].startswith(root.rstrip("/") + "/")]
     if inside:
@@ -65,11 +67,6 @@ def prepare_output(spec: JobSpec, store, inputs: list[dict], log=print) -> dict[
     if foreign:
         raise SpecError(f"output.uri: {root} holds files vidcurate did not write ({', '.join(foreign[:3])}); "
                         "refusing to write there")
-    if listing and spec.output.overwrite:
-        log(f"vidcurate: output.overwrite: deleting the previous output in {root} ({len(listing)} files)")
-        for key in sorted(listing):
-            store.delete(key)
-        listing = {}
     return listing
 
 
@@ -274,21 +271,28 @@ def run_job(spec: JobSpec, log=print) -> dict:
     store = open_store(output_dir(spec), spec.storage)
     listing = prepare_output(spec, store, inputs, log)
     key = run_key(spec, inputs)
-    done = finished(store, listing, key)
+    done = None if spec.output.overwrite else finished(store, listing, key)
     if done is not None:
         log(f"vidcurate: {store.uri()} already holds this job's complete output; nothing to do")
         return done
-    if "manifest.json" in listing:  # the output is about to change: it is uncommitted until the new manifest
-        store.delete("manifest.json")
-        del listing["manifest.json"]
-    orphans = store.clean_orphans()
-    if orphans:
-        log(f"vidcurate: removed {orphans} partial file(s) left by an interrupted run")
-    session = _RaySession(spec)
-    try:
-        return _run(spec, inputs, store, listing, key, session, log)
-    finally:
-        session.close()
+    with OutputLock(store, log):  # one run per output: a second driver stops here, before any change
+        if spec.output.overwrite and listing:
+            log(f"vidcurate: output.overwrite: deleting the previous output in {store.uri()} ({len(listing)} files)")
+            for k in sorted(listing):
+                if k != LOCK_KEY:
+                    store.delete(k)
+            listing = {}
+        if "manifest.json" in listing:  # the output is about to change: uncommitted until the new manifest
+            store.delete("manifest.json")
+            del listing["manifest.json"]
+        orphans = store.clean_orphans()
+        if orphans:
+            log(f"vidcurate: removed {orphans} partial file(s) left by an interrupted run")
+        session = _RaySession(spec)
+        try:
+            return _run(spec, inputs, store, listing, key, session, log)
+        finally:
+            session.close()
 
 
 def _run_units(spec: JobSpec, units: list[dict], fps: dict, session: _RaySession, log) -> dict[str, dict]:

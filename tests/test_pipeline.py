@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import socket
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -265,6 +268,14 @@ def test_existing_output_is_not_overwritten_without_consent(demo, tmp_path):
     with pytest.raises(SpecError, match="output.uri: .* holds files vidcurate did not write"):
         run_job(load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out)), log=lambda *_: None)
     assert (out / "keep.txt").read_text() == "user data"
+    busy = tmp_path / "busy"  # another run's live lease: refused before anything changes
+    (busy / "_work").mkdir(parents=True)
+    lease = json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "token": "t", "renewed": time.time()})
+    (busy / "_work" / "lock.json").write_text(lease)
+    with pytest.raises(SpecError, match="output.uri: another vidcurate run"):
+        run_job(load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, busy) + ["output.overwrite=true"]),
+                log=lambda *_: None)
+    assert (busy / "_work" / "lock.json").read_text() == lease
     around_inputs = load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, demo["root"]))
     with pytest.raises(SpecError, match="output.uri: .* contains inputs"):
         run_job(around_inputs, log=lambda *_: None)

@@ -326,3 +326,40 @@ def test_marks_snap_to_shot_starts_and_clips_group_by_midpoint():
     sims = [0.9, 0.2, 0.95]
     assert bound_durations([[0], [1], [2, 3]], clips, sims, min_s=5.0, max_s=None) == [[0, 1], [2, 3]]
     assert bound_durations([[0, 1, 2, 3]], clips, sims, min_s=0, max_s=15.0) == [[0, 1], [2], [3]]
+
+
+def test_output_lock_refuses_a_live_run_and_takes_over_a_dead_one(tmp_path):
+    import json
+    import os
+    import socket
+    import time
+
+    from pipeline.lock import KEY, STALE_S, OutputLock, stale_reason
+    from pipeline.storage import LocalStore
+
+    store = LocalStore(tmp_path)
+    host = socket.gethostname()
+    live = {"host": host, "pid": os.getppid(), "token": "other", "renewed": time.time()}
+    store.write(KEY, json.dumps(live).encode())
+    with pytest.raises(SpecError, match=r"output\.uri: another vidcurate run \(pid \d+"):
+        OutputLock(store, log=lambda *_: None).acquire()
+    assert json.loads(store.read(KEY))["token"] == "other"  # untouched
+    assert stale_reason({**live, "host": "elsewhere", "renewed": time.time() - STALE_S - 1}) is not None
+    assert stale_reason({**live, "host": "elsewhere"}) is None
+    dead = subprocess_pid_that_exited()
+    store.write(KEY, json.dumps({**live, "pid": dead}).encode())
+    lines = []
+    with OutputLock(store, log=lines.append) as lock:
+        held = json.loads(store.read(KEY))
+        assert held["token"] == lock.lease["token"] and held["pid"] == os.getpid()
+        assert "taking over" in lines[0] and f"pid {dead}" in lines[0]
+    assert not store.exists(KEY)  # released
+
+
+def subprocess_pid_that_exited() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
