@@ -292,3 +292,14 @@ def test_job_reads_and_writes_s3_and_keeps_secrets(s3, demo):
     assert SECRET not in text and "AKIAVIDCURATETEST" not in text
     rc, text = _run(cmd, env=s3["env"])
     assert rc == 0 and "nothing to do" in text and SECRET not in text
+    for verb in ("inspect", "report"):  # the other commands read S3 outputs too
+        result = subprocess.run([sys.executable, "-m", "pipeline", verb, "s3://curated/run1", "--endpoint-url",
+                                 s3["endpoint"]], cwd=ROOT, env={**os.environ, **s3["env"]}, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert SECRET not in result.stdout + result.stderr
+    assert "videos  3 in" in subprocess.run(
+        [sys.executable, "-m", "pipeline", "inspect", "s3://curated/run1", "--endpoint-url", s3["endpoint"]],
+        cwd=ROOT, env={**os.environ, **s3["env"]}, capture_output=True, text=True, timeout=300).stdout
+    page = client.get_object(Bucket="curated", Key="run1/report.html")["Body"].read()
+    assert page == objects["report.html"]  # rebuilt from S3: the same bytes
