@@ -9,8 +9,10 @@ budget (generation forced to the full budget so both sides generate the same num
 tokens):
 
 - raw: load the model, then for each batch decode the JPEGs and call processor + generate;
-- pipeline: the same clips through ``ray.data`` ``map_batches(CaptionStage)`` on an actor pool
-  of one, as ``pipeline/plan.py`` runs it (model load inside the actor included, as in raw).
+- pipeline: the same clips as the pipeline runs them: committed per-video unit files (8 clips a
+  video) in an output store, read, captioned in model batches and committed again by
+  ``pipeline.units.ModelUnits`` wrapping ``CaptionStage`` in a ``ray.data`` actor pool of one
+  (model load inside the actor included, as in raw).
 
 Last line: ``RESULT pipeline_vs_raw=<raw seconds / pipeline seconds> clips_per_s=<pipeline>
 device=<cpu|gpu name>``.
@@ -76,6 +78,7 @@ class _FullBudget:
         from stages.caption import CaptionStage
 
         self.stage = CaptionStage(**kwargs)
+        self.settings = self.stage.settings
 
     def __call__(self, batch):
         if not self.stage._ready:
@@ -85,24 +88,35 @@ class _FullBudget:
         return self.stage.process(batch)
 
 
-def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int) -> float:
+def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, out: Path) -> float:
     import ray
 
     import schemas
     from pipeline.resources import ray_args
     from pipeline.spec import parse_spec
+    from pipeline.storage import open_store
+    from pipeline.units import UNIT, ModelUnits, decode_unit, encode_unit, work_key
 
-    spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "o"},
+    spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": str(out)},
                        "models": {"vlm": {"name_or_path": model_dir}},
                        "caption": {"max_new_tokens": tokens, "frames": frames, "retries": 0, "window_s": None},
                        "resources": {"caption": {"batch_size": batch, "concurrency": 1, "num_cpus": 2}}})
-    table = schemas.work_table(rows)
+    fps = spec.fingerprints()
+    store = open_store(str(out), spec.storage)
+    units = []
+    for n in range(0, len(rows), 8):  # the clip stage's committed results, 8 clips a video
+        unit = f"u{n // 8:04d}"
+        store.write(work_key("clip", fps["clip"], unit), encode_unit({"video_id": unit}, schemas.work_table(rows[n:n + 8])))
+        units.append({f.name: None for f in UNIT} | {"unit_id": unit, "todo": ["caption", "hierarchy"]})
+    args = ray_args(spec.resources.caption, actor=True, gpus_in_cluster=float(ray.cluster_resources().get("GPU", 0)))
+    args["batch_size"] = 1
     start = time.perf_counter()
-    ds = ray.data.from_arrow(table).map_batches(
-        _FullBudget, fn_constructor_kwargs={"model": spec.models.vlm, "settings": spec.caption},
-        **ray_args(spec.resources.caption, actor=True, gpus_in_cluster=float(ray.cluster_resources().get("GPU", 0))))
-    done = ds.drop_columns(["frames"]).take_all()
+    ray.data.from_items(units, override_num_blocks=len(units)).map_batches(ModelUnits, fn_constructor_kwargs={
+        "name": "caption", "previous": "clip", "stage_cls": _FullBudget, "model": spec.models.vlm,
+        "settings": spec.caption, "batch_size": batch, "spec": spec, "fps": fps}, **args).take_all()
     seconds = time.perf_counter() - start
+    done = [c for u in units for c in decode_unit(store.read(work_key("caption", fps["caption"], u["unit_id"])))[1]
+            .to_pylist()]
     assert len(done) == len(rows) and all(r["caption_text"] is not None for r in done)
     return seconds
 
@@ -130,7 +144,7 @@ def main() -> None:
         ray.init(address="local", num_cpus=2, num_gpus=1 if gpu else 0, include_dashboard=False,
                  log_to_driver=False)
         try:
-            pipeline_s = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames)
+            pipeline_s = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp) / "out")
         finally:
             ray.shutdown()
         raw_s = run_raw(model_dir, rows, args.batch, args.tokens, args.frames, template)
