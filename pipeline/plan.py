@@ -317,9 +317,11 @@ def _run_units(spec: JobSpec, units: list[dict], fps: dict, session: _RaySession
     def dataset(rows: list[dict]):
         return ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
 
-    # Three passes, each streaming its units: CPU decoding first, then the two clip-level model
-    # stages together, then the per-video text stage. Actor pools of one pass never hold the
-    # CPUs another pass's tasks wait for (on a 2-CPU node, four concurrent stages would).
+    # Either one streaming chain of all four stages (when the cluster's CPUs hold every actor
+    # pool and still an analysis task: stream_all), or three passes, each streaming its units:
+    # CPU decoding, then the two clip-level model stages, then the per-video text stage. In
+    # passes, actor pools never hold the CPUs another stage's tasks wait for (on a 2-CPU node,
+    # four concurrent stages deadlock).
     stages: dict[str, dict] = {}
 
     def run_pass(name: str, ds) -> None:
@@ -340,11 +342,7 @@ def _run_units(spec: JobSpec, units: list[dict], fps: dict, session: _RaySession
         log(f"[{name}] {len(rows)} videos in {wall:.1f}s ({len(rows) / wall:.2f} videos/s{rate}; worker time: {busy})")
         stages.setdefault("passes", {})[name] = round(wall, 3)
 
-    if rows := rows_needing("analyze"):
-        run_pass("analyze", dataset(rows).map_batches(AnalyzeUnits(spec=spec, fps=fps),
-                                                      **unit_args(res.analyze, actor=False)))
-    if rows := rows_needing("caption"):  # every unit needing the CLIP filter needs captions too
-        ds = dataset(rows)
+    def model_stages(ds, rows: list[dict]):
         for name, previous, cls, model, settings, stage_res in (
                 ("clip", "analyze", ClipEmbedStage, spec.models.clip, spec.clip_filter, res.clip),
                 ("caption", "clip", CaptionStage, spec.models.vlm, spec.caption, res.caption)):
@@ -352,11 +350,41 @@ def _run_units(spec: JobSpec, units: list[dict], fps: dict, session: _RaySession
                 ds = ds.map_batches(ModelUnits, fn_constructor_kwargs={
                     "name": name, "previous": previous, "stage_cls": cls, "model": model, "settings": settings,
                     "batch_size": stage_res.batch_size, "spec": spec, "fps": fps}, **unit_args(stage_res, actor=True))
-        run_pass("clip filter + caption", ds)
+        return ds
+
+    def analyze(ds):
+        return ds.map_batches(AnalyzeUnits(spec=spec, fps=fps), **unit_args(res.analyze, actor=False))
+
+    def hierarchy(ds):
+        return ds.map_batches(HierarchyUnits, fn_constructor_kwargs={"spec": spec, "fps": fps},
+                              **unit_args(res.hierarchy, actor=True))
+
+    if stream_all(spec):  # one streaming chain: the GPUs caption while other videos still decode
+        rows = rows_needing("hierarchy")  # every pending unit
+        ds = dataset(rows)
+        if any("analyze" in r["todo"] for r in rows):
+            ds = analyze(ds)
+        run_pass("all stages", hierarchy(model_stages(ds, rows)))
+        return stages
+    if rows := rows_needing("analyze"):
+        run_pass("analyze", analyze(dataset(rows)))
+    if rows := rows_needing("caption"):  # every unit needing the CLIP filter needs captions too
+        run_pass("clip filter + caption", model_stages(dataset(rows), rows))
     if rows := rows_needing("hierarchy"):
-        run_pass("hierarchy", dataset(rows).map_batches(HierarchyUnits, fn_constructor_kwargs={"spec": spec, "fps": fps},
-                                                       **unit_args(res.hierarchy, actor=True)))
+        run_pass("hierarchy", hierarchy(dataset(rows)))
     return stages
+
+
+def stream_all(spec: JobSpec) -> bool:
+    """Whether all stages can stream at once: ray.stream, or (null) when the cluster's CPUs cover
+    every actor pool plus one analysis task."""
+    if spec.ray.stream is not None:
+        return spec.ray.stream
+    import ray
+
+    res = spec.resources
+    actors = sum(r.concurrency * r.num_cpus for r in (res.clip, res.caption, res.hierarchy))
+    return float(ray.cluster_resources().get("CPU", 0)) >= actors + res.analyze.num_cpus
 
 
 def _read_units(store, fps: dict, inputs: list[dict]) -> list[tuple[dict, list[dict], dict]]:

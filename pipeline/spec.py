@@ -268,6 +268,10 @@ class Resources(_Section):
 class RayOptions(_Section):
     address: Optional[str] = Field(None, description="null: RAY_ADDRESS if set (ray job submit), else an embedded local Ray.")
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of the embedded local Ray.")
+    stream: Optional[bool] = Field(None, description="Run all stages as one streaming chain (model actors start "
+                                   "while videos still decode); false: stage by stage; null: stream when the cluster's "
+                                   "CPUs cover every actor pool plus one analysis task (else the actors would hold the "
+                                   "CPUs decoding waits for).")
     progress: Optional[bool] = Field(None, description="Ray Data's progress bars; null: on when stderr is a "
                                      "terminal and CI is not set (quiet in CI and in logs).")
 

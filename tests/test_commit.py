@@ -134,6 +134,22 @@ def test_killed_workers_change_nothing(baseline, demo, tmp_path):
     _check_manifest(other, got)
 
 
+def test_streaming_all_stages_gives_the_same_output(baseline, demo, tmp_path):
+    """With CPUs for every actor pool, all stages stream in one chain (model actors start while
+    videos still decode); the data written is the stage-by-stage run's, byte for byte."""
+    out, files = baseline
+    other = tmp_path / "out"
+    rc, text = _run(_job(demo, str(other), ["ray.num_cpus=6"]))
+    assert rc == 0, text[-3000:]
+    assert "[all stages] 3 videos" in text and "[analyze]" not in text
+    got = _snapshot(other)
+    assert set(got) == set(files)
+    for name in sorted(set(files) - {"manifest.json", "spec.yaml"}):  # those two record ray.num_cpus
+        assert got[name].replace(str(other).encode(), str(out).encode()) == files[name], name
+    mine, theirs = json.loads(got["manifest.json"]), json.loads(files["manifest.json"])
+    assert mine["shards"] == theirs["shards"] and mine["tables"] == theirs["tables"]
+
+
 def test_killed_driver_resumes_to_identical_output(baseline, demo):
     """Kill the driver (and its Ray) at several points, rerun each time: the final output is the
     undisturbed run's, byte for byte, with no orphan listed and none left behind."""
