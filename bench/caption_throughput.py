@@ -78,7 +78,6 @@ class _FullBudget:
         from stages.caption import CaptionStage
 
         self.stage = CaptionStage(**kwargs)
-        self.settings = self.stage.settings
 
     def __call__(self, batch):
         if not self.stage._ready:

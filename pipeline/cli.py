@@ -29,7 +29,8 @@ def _print_summary(manifest: dict, out: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from pipeline.plan import output_dir, run_job
+    from pipeline.output import output_dir
+    from pipeline.plan import run_job
     from pipeline.spec import load_spec, with_absolute_paths
 
     spec = with_absolute_paths(load_spec(args.job, args.set))

@@ -236,14 +236,16 @@ def _finite(x) -> bool:
 
 
 def thumbnails(store, fingerprint: str, units: list[str], clip_ids: set[str]) -> dict[str, bytes]:
-    """The first sampled frame of each wanted clip, from the committed analysis results."""
+    """The first sampled frame of each wanted clip, from the committed analysis results of
+    ``units`` (read in order until every wanted clip is found)."""
     from pipeline.units import decode_unit, work_key
 
     out = {}
     for unit in units:
-        key = work_key("analyze", fingerprint, unit)
+        if len(out) == len(clip_ids):
+            break
         try:
-            _, table = decode_unit(store.read(key))
+            _, table = decode_unit(store.read(work_key("analyze", fingerprint, unit)))
         except Exception:  # reports are best effort about images, never about numbers
             continue
         for cid, frames in zip(table.column("clip_id").to_pylist(), table.column("frames").to_pylist()):
@@ -252,17 +254,21 @@ def thumbnails(store, fingerprint: str, units: list[str], clip_ids: set[str]) ->
     return out
 
 
-def report_for(store, manifest: dict, unit_ids: list[str]) -> bytes:
-    """report.html's bytes for a committed output in ``store``."""
+def report_for(store, manifest: dict, units: dict[str, str] | list[str]) -> bytes:
+    """report.html's bytes for a committed output in ``store``. ``units``: video_id -> unit_id
+    (only the videos of the pictured clips are read), or every unit to look through."""
     tables = {name: pq.read_table(io.BytesIO(store.read(t["path"]))).to_pylist() for name, t in manifest["tables"].items()}
-    wanted = set()
+    wanted, videos = set(), set()
     per_group = defaultdict(int)
     for c in tables["clips"]:
         group = c["reason"] or "kept"
         if per_group[group] < 8:
             per_group[group] += 1
             wanted.add(c["clip_id"])
-    thumbs = thumbnails(store, manifest["fingerprints"]["analyze"], unit_ids, wanted)
+            videos.add(c["video_id"])
+    if isinstance(units, dict):
+        units = sorted({units[v] for v in videos if v in units})
+    thumbs = thumbnails(store, manifest["fingerprints"]["analyze"], units, wanted)
     return build_report(tables, manifest, thumbs).encode()
 
 

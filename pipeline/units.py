@@ -32,7 +32,7 @@ from pipeline.storage import open_store
 STAGES = ("analyze", "clip", "caption", "hierarchy")
 UNIT = pa.schema([("unit_id", pa.string()), ("uri", pa.string()), ("video_id", pa.string()),
                   ("size_bytes", pa.int64()), ("subtitles", pa.string()), ("description", pa.string()),
-                  ("todo", pa.list_(pa.string())), ("frames", pa.int64()), ("seconds_json", pa.string())])
+                  ("todo", pa.list_(pa.string())), ("num_frames", pa.int64()), ("seconds_json", pa.string())])
 _META = b"vidcurate.video"
 
 
@@ -82,104 +82,103 @@ def todo_stages(unit: str, fps: dict[str, str], committed: set[str]) -> list[str
     return []
 
 
-class AnalyzeUnits:
-    """Ray task stage: the analysis pass of each unit that needs it, committed per video."""
+class _UnitStage:
+    """One stage over a batch of unit rows: for each unit that still needs ``stage``, compute its
+    result (``work``: bytes) and commit it; the rows pass on with the stage's seconds recorded."""
+
+    stage = ""
 
     def __init__(self, *, spec, fps: dict[str, str]):
         self.spec, self.fps = spec, fps
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from stages.analyze import analyze_video
+    def work(self, store, row: dict) -> bytes:
+        raise NotImplementedError
 
+    def __call__(self, batch: pa.Table) -> pa.Table:
         store = open_store(self.spec.output.uri, self.spec.storage)
         rows = batch.to_pylist()
         for row in rows:
-            if "analyze" not in row["todo"]:
+            if self.stage not in row["todo"]:
                 continue
-            fault_point("analyze")
+            fault_point(self.stage)
             started = time.perf_counter()
-            analyzed = analyze_video({k: row[k] for k in ("uri", "video_id", "size_bytes", "subtitles")}, self.spec)
-            analyzed.pop("analysis_s")
-            row["frames"] = analyzed.get("num_frames") or 0
-            clips = schemas.work_table(analyzed.pop("clips") or [])
-            video = {f.name: analyzed.get(f.name) for f in schemas.VIDEOS}
-            store.write(work_key("analyze", self.fps["analyze"], row["unit_id"]), encode_unit(video, clips))
-            _timed(row, "analyze", started)
+            store.write(work_key(self.stage, self.fps[self.stage], row["unit_id"]), self.work(store, row))
+            _timed(row, self.stage, started)
         return pa.Table.from_pylist(rows, schema=UNIT)
 
 
-class ModelUnits:
+class AnalyzeUnits(_UnitStage):
+    """Ray task stage: the analysis pass of each unit that needs it, committed per video."""
+
+    stage = "analyze"
+
+    def work(self, store, row: dict) -> bytes:
+        from stages.analyze import analyze_video
+
+        video = {k: row[k] for k in ("uri", "video_id", "size_bytes", "subtitles")}
+        analyzed = analyze_video({**video, "fingerprint": self.fps["analyze"]}, self.spec)
+        analyzed.pop("analysis_s")
+        row["num_frames"] = analyzed.get("num_frames") or 0
+        clips = schemas.work_table(analyzed.pop("clips") or [])
+        return encode_unit({f.name: analyzed.get(f.name) for f in schemas.VIDEOS}, clips)
+
+
+class ModelUnits(_UnitStage):
     """Ray actor stage: a clip-level model stage (CLIP filter or captioner) over each unit's clips,
     in model batches of ``batch_size`` rows taken in clip order (so a unit's results never depend
     on which other videos shared an actor), committed per video."""
 
     def __init__(self, *, name: str, previous: str, stage_cls, model, settings, batch_size: int, spec,
                  fps: dict[str, str]):
-        self.name, self.previous, self.batch_size = name, previous, batch_size
-        self.spec, self.fps = spec, fps
-        self.stage = stage_cls(model=model, settings=settings)  # loads its model on first use
+        super().__init__(spec=spec, fps=fps)
+        self.stage, self.previous, self.batch_size = name, previous, batch_size
+        self.model_stage = stage_cls(model=model, settings=settings)  # loads its model on first use
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        store = open_store(self.spec.output.uri, self.spec.storage)
-        rows = batch.to_pylist()
-        for row in rows:
-            if self.name not in row["todo"]:
-                continue
-            fault_point(self.name)
-            started = time.perf_counter()
-            video, clips = decode_unit(store.read(work_key(self.previous, self.fps[self.previous], row["unit_id"])))
-            parts = []
-            for start in range(0, clips.num_rows, self.batch_size):
-                part = clips.slice(start, self.batch_size)
-                kept = "kept" in part.column("status").to_pylist()
-                parts.append(self.stage(part) if kept else schemas.work_table(part.to_pylist()))
-            out = pa.concat_tables(parts) if parts else schemas.work_table([])
-            if self.name == "caption":  # frames are not needed past captioning
-                out = out.set_column(out.schema.get_field_index("frames"), "frames",
-                                     pa.nulls(out.num_rows, out.schema.field("frames").type))
-            store.write(work_key(self.name, self.fps[self.name], row["unit_id"]), encode_unit(video, out))
-            _timed(row, self.name, started)
-        return pa.Table.from_pylist(rows, schema=UNIT)
+    def work(self, store, row: dict) -> bytes:
+        video, clips = decode_unit(store.read(work_key(self.previous, self.fps[self.previous], row["unit_id"])))
+        parts = []
+        for start in range(0, clips.num_rows, self.batch_size):
+            part = clips.slice(start, self.batch_size)
+            kept = "kept" in part.column("status").to_pylist()
+            parts.append(self.model_stage(part) if kept else schemas.work_table(part.to_pylist()))
+        out = pa.concat_tables(parts) if parts else schemas.work_table([])
+        if self.stage == "caption":  # frames are not needed past captioning
+            out = out.set_column(out.schema.get_field_index("frames"), "frames",
+                                 pa.nulls(out.num_rows, out.schema.field("frames").type))
+        return encode_unit(video, out)
 
 
-class HierarchyUnits:
+class HierarchyUnits(_UnitStage):
     """Ray actor stage: chapters, chapter and video captions and entity names of each unit."""
+
+    stage = "hierarchy"
 
     def __init__(self, *, spec, fps: dict[str, str]):
         from stages.chapters import HierarchyStage
 
-        self.spec, self.fps = spec, fps
-        self.stage = HierarchyStage(model=spec.models.vlm, settings=spec.chapters)
+        super().__init__(spec=spec, fps=fps)
+        self.model_stage = HierarchyStage(model=spec.models.vlm, settings=spec.chapters)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def work(self, store, row: dict) -> bytes:
         from stages.chapters import chapter_marks
 
-        store = open_store(self.spec.output.uri, self.spec.storage)
-        rows = batch.to_pylist()
-        for row in rows:
-            if "hierarchy" not in row["todo"]:
-                continue
-            fault_point("hierarchy")
-            started = time.perf_counter()
-            video, clips = decode_unit(store.read(work_key("caption", self.fps["caption"], row["unit_id"])))
-            result = {"chapters": [], "captions": [], "entities": None}
-            kept = [c for c in clips.drop_columns(["frames"]).to_pylist() if c["status"] == "kept"]
-            if kept:
-                cs = []
-                for c in kept:
-                    fields = json.loads(c["caption_fields"]) if c.get("caption_fields") else {}
-                    cs.append({**{k: c[k] for k in ("clip_id", "start_s", "end_s", "embedding", "caption_text")},
-                               "subjects": fields.get("subjects") or [], "setting": fields.get("setting")})
-                source, marks = chapter_marks(video, row.get("description"), self.spec.chapters)
-                hierarchy_in = pa.Table.from_pylist([{
-                    "video_id": video["video_id"], "duration_s": video["duration_s"], "clips_json": json.dumps(cs),
-                    "marks_json": json.dumps({"source": source, "marks": marks})}])
-                out = self.stage(hierarchy_in).to_pylist()[0]
-                result = {"chapters": json.loads(out["chapters_json"]), "captions": json.loads(out["captions_json"]),
-                          "entities": json.loads(out["entities_json"])}
-            store.write(work_key("hierarchy", self.fps["hierarchy"], row["unit_id"]), json_bytes(result))
-            _timed(row, "hierarchy", started)
-        return pa.Table.from_pylist(rows, schema=UNIT)
+        video, clips = decode_unit(store.read(work_key("caption", self.fps["caption"], row["unit_id"])))
+        result = {"chapters": [], "captions": [], "entities": None}
+        kept = [c for c in clips.drop_columns(["frames"]).to_pylist() if c["status"] == "kept"]
+        if kept:
+            cs = []
+            for c in kept:
+                fields = json.loads(c["caption_fields"]) if c.get("caption_fields") else {}
+                cs.append({**{k: c[k] for k in ("clip_id", "start_s", "end_s", "embedding", "caption_text")},
+                           "subjects": fields.get("subjects") or [], "setting": fields.get("setting")})
+            source, marks = chapter_marks(video, row.get("description"), self.spec.chapters)
+            hierarchy_in = pa.Table.from_pylist([{
+                "video_id": video["video_id"], "duration_s": video["duration_s"], "clips_json": json.dumps(cs),
+                "marks_json": json.dumps({"source": source, "marks": marks})}])
+            out = self.model_stage(hierarchy_in).to_pylist()[0]
+            result = {"chapters": json.loads(out["chapters_json"]), "captions": json.loads(out["captions_json"]),
+                      "entities": json.loads(out["entities_json"])}
+        return json_bytes(result)
 
 
 def read_unit(store, fps: dict[str, str], unit: str) -> tuple[dict, list[dict], dict]:
@@ -187,3 +186,104 @@ def read_unit(store, fps: dict[str, str], unit: str) -> tuple[dict, list[dict], 
     video, clips = decode_unit(store.read(work_key("caption", fps["caption"], unit)))
     hierarchy = json.loads(store.read(work_key("hierarchy", fps["hierarchy"], unit)))
     return video, clips.drop_columns(["frames"]).to_pylist(), hierarchy
+
+
+def run_units(spec, units: list[dict], fps: dict, log) -> dict[str, dict]:
+    """Run the stages each unit still needs on Ray Data (already connected), logging a line per
+    pass; returns per-stage work merged across workers: {stage: {videos, worker_seconds,
+    num_frames}, "passes": {pass: wall s}}."""
+    import ray
+
+    from pipeline.resources import cluster_gpus, ray_args
+    from stages.caption import CaptionStage
+    from stages.embed import ClipEmbedStage
+
+    gpus = cluster_gpus()
+    res = spec.resources
+
+    def unit_args(stage_res, actor: bool) -> dict:  # one video per call; the model batch size is used inside
+        args = ray_args(stage_res, actor=actor, gpus_in_cluster=gpus)
+        args["batch_size"] = 1
+        return args
+
+    def rows_needing(stage: str) -> list[dict]:
+        return [{f.name: u.get(f.name) for f in UNIT} for u in units if stage in u["todo"]]
+
+    def dataset(rows: list[dict]):
+        return ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+
+    # Either one streaming chain of all four stages (when the cluster's CPUs hold every actor
+    # pool and still an analysis task: stream_all), or three passes, each streaming its units:
+    # CPU decoding, then the two clip-level model stages, then the per-video text stage. In
+    # passes, actor pools never hold the CPUs another stage's tasks wait for (on a 2-CPU node,
+    # four concurrent stages deadlock).
+    stages: dict[str, dict] = {}
+
+    def run_pass(name: str, ds) -> None:
+        t = time.perf_counter()
+        rows = ds.take_all()
+        wall = time.perf_counter() - t
+        for r in rows:
+            for stage, sec in json.loads(r["seconds_json"] or "{}").items():
+                entry = stages.setdefault(stage, {"videos": 0, "worker_seconds": 0.0})
+                entry["videos"] += 1
+                entry["worker_seconds"] += sec
+        frames = sum(r["num_frames"] or 0 for r in rows)
+        if frames:
+            stages["analyze"]["num_frames"] = frames
+        rate = f", {frames / wall:,.0f} frames/s" if frames else ""
+        busy = ", ".join(f"{s} {stages[s]['worker_seconds']:.1f}s" for s in json.loads(rows[0]["seconds_json"] or "{}")) \
+            if rows else ""
+        log(f"[{name}] {len(rows)} videos in {wall:.1f}s ({len(rows) / wall:.2f} videos/s{rate}; worker time: {busy})")
+        stages.setdefault("passes", {})[name] = round(wall, 3)
+
+    def model_stages(ds, rows: list[dict]):
+        for name, previous, cls, model, settings, stage_res in (
+                ("clip", "analyze", ClipEmbedStage, spec.models.clip, spec.clip_filter, res.clip),
+                ("caption", "clip", CaptionStage, spec.models.vlm, spec.caption, res.caption)):
+            if any(name in r["todo"] for r in rows):
+                ds = ds.map_batches(ModelUnits, fn_constructor_kwargs={
+                    "name": name, "previous": previous, "stage_cls": cls, "model": model, "settings": settings,
+                    "batch_size": stage_res.batch_size, "spec": spec, "fps": fps}, **unit_args(stage_res, actor=True))
+        return ds
+
+    def analyze(ds):
+        return ds.map_batches(AnalyzeUnits(spec=spec, fps=fps), **unit_args(res.analyze, actor=False))
+
+    def hierarchy(ds):
+        return ds.map_batches(HierarchyUnits, fn_constructor_kwargs={"spec": spec, "fps": fps},
+                              **unit_args(res.hierarchy, actor=True))
+
+    if stream_all(spec):  # one streaming chain: the GPUs caption while other videos still decode
+        rows = rows_needing("hierarchy")  # every pending unit
+        ds = dataset(rows)
+        if any("analyze" in r["todo"] for r in rows):
+            ds = analyze(ds)
+        run_pass("all stages", hierarchy(model_stages(ds, rows)))
+        return stages
+    if rows := rows_needing("analyze"):
+        run_pass("analyze", analyze(dataset(rows)))
+    if rows := rows_needing("caption"):  # every unit needing the CLIP filter needs captions too
+        run_pass("clip filter + caption", model_stages(dataset(rows), rows))
+    if rows := rows_needing("hierarchy"):
+        run_pass("hierarchy", hierarchy(dataset(rows)))
+    return stages
+
+
+def stream_all(spec) -> bool:
+    """Whether all stages can stream at once: ray.stream, or (null) when the cluster's CPUs cover
+    every actor pool plus one analysis task."""
+    if spec.ray.stream is not None:
+        return spec.ray.stream
+    import ray
+
+    res = spec.resources
+    actors = sum(r.concurrency * r.num_cpus for r in (res.clip, res.caption, res.hierarchy))
+    return float(ray.cluster_resources().get("CPU", 0)) >= actors + res.analyze.num_cpus
+
+
+def read_units(store, fps: dict, inputs: list[dict]) -> list[tuple[dict, list[dict], dict]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:  # S3 round trips overlap; local reads barely notice
+        return list(pool.map(lambda r: read_unit(store, fps, r["unit_id"]), inputs))

@@ -156,7 +156,8 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec, cues=()) -> list[
     times, n, fps = analysis["times"], meta["num_frames"], meta["fps"] or 25.0
     shots, transitions = shots_from_boundaries(analysis["boundaries"], n)
     signals = analysis["signals"]
-    fingerprint = spec.fingerprints()["analyze"]
+    # the pipeline passes the fingerprint it computed once (computing it loads every stage's prompts)
+    fingerprint = video.get("fingerprint") or spec.fingerprints()["analyze"]
     rows = []
     # long takes: uncut shots of at least long_take_min_s, one clip each unless past max_clip_s
     min_clip_s = spec.shots.long_take_min_s if spec.shots.long_take else spec.shots.min_clip_s

@@ -26,7 +26,7 @@ def _first_frame(container, stream):
     return next(container.decode(stream), None)
 
 
-def _open(path: str, storage):
+def open_container(path: str, storage):
     """A PyAV container over a local file or an S3 object (read with ranged GETs)."""
     import av
 
@@ -41,7 +41,7 @@ def copy_clip(path: str, start_s: float, end_s: float, frames: int, storage=None
     closed GOP), the count must match ``frames``, and the video must need no rotation."""
     import av
 
-    with _open(path, storage) as src:
+    with open_container(path, storage) as src:
         stream = src.streams.video[0]
         first = _first_frame(src, stream)
         if first is None or first.time is None or quarter_turns(first.rotation):
@@ -105,7 +105,7 @@ def encode_clip(path: str, start_s: float, end_s: float, *, frame_range: tuple[i
     count the clip must have, checked."""
     import av
 
-    src = _open(path, storage)
+    src = open_container(path, storage)
     try:
         stream = src.streams.video[0]
         first = _first_frame(src, stream)
@@ -119,7 +119,7 @@ def encode_clip(path: str, start_s: float, end_s: float, *, frame_range: tuple[i
             reopen = True
         if reopen:
             src.close()
-            src = _open(path, storage)
+            src = open_container(path, storage)
             stream = src.streams.video[0]
         buf = io.BytesIO()
         with av.open(buf, mode="w", format="mp4", options={"fflags": "+bitexact"}) as dst:

@@ -74,9 +74,9 @@ def embedded(path: str, storage=None) -> list[tuple[float, float, str]]:
     """Cues of the first text subtitle stream in the container, or []."""
     import av
 
-    from stages.extract import _open
+    from stages.extract import open_container
 
-    with _open(path, storage) as container:
+    with open_container(path, storage) as container:
         streams = [s for s in container.streams.subtitles]
         if not streams:
             return []

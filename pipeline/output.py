@@ -1,0 +1,100 @@
+"""The output as a whole: where it is, what may be in it, when a run already finished it,
+and what is deleted or recorded when a run ends (the per-shard and per-unit commits are in
+pipeline.sinks and pipeline.units)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pipeline.sinks import COMMITS, json_bytes
+from pipeline.spec import JobSpec, SpecError
+from pipeline.storage import is_s3
+
+
+def output_dir(spec: JobSpec) -> str:
+    """The output's location as users wrote it (an absolute local path or an s3:// URI)."""
+    uri = spec.output.uri
+    if is_s3(uri):
+        return uri.rstrip("/")
+    return str(Path(uri[len("file://"):] if uri.startswith("file://") else uri).absolute())
+
+
+OUTPUT_NAMES = {"manifest.json", "spec.yaml", "stats.json", "report.html", "videos", "clips", "captions", "chapters",
+                "shards", "long_shards", "_work"}
+TABLES = ("videos", "clips", "captions", "chapters")
+
+
+def prepare_output(spec: JobSpec, store, inputs: list[dict], log=print) -> dict[str, int]:
+    """Check the output before any work and list what it holds (key -> size).
+
+    It must be empty or a previous vidcurate output, whose committed work is reused (or deleted
+    by run_job, under the output's lock, when output.overwrite). Anything else in it (or inputs
+    inside it) is refused; nothing but vidcurate's own files is ever deleted."""
+    root = store.uri()
+    inside = [r["uri"] for r in inputs if r["uri"].startswith(root.rstrip("/") + "/")]
+    if inside:
+        raise SpecError(f"output.uri: {root} contains inputs (e.g. {inside[0]}); choose another directory")
+    if not is_s3(root) and Path(root).exists() and not Path(root).is_dir():
+        raise SpecError(f"output.uri: {root} exists and is not a directory")
+    try:
+        listing = dict(store.list())
+    except Exception as err:
+        raise SpecError(f"output.uri: cannot list {root}: {err}") from None
+    foreign = sorted({k.split("/")[0] for k in listing} - OUTPUT_NAMES)
+    if foreign:
+        raise SpecError(f"output.uri: {root} holds files vidcurate did not write ({', '.join(foreign[:3])}); "
+                        "refusing to write there")
+    return listing
+
+
+def run_key(spec: JobSpec, inputs: list[dict]) -> str:
+    """What a finished output was made from: the whole spec (but where the output goes) and the
+    inputs' identities."""
+    settings = spec.model_dump(mode="json")
+    settings["output"] = {k: v for k, v in settings["output"].items() if k not in ("uri", "overwrite")}
+    doc = [settings, spec.fingerprints(), [(r["uri"], r["unit_id"]) for r in inputs]]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def finished(store, listing: dict[str, int], key: str) -> dict | None:
+    """The manifest when the output already holds this exact run, complete; else None."""
+    if "manifest.json" not in listing:
+        return None
+    try:
+        manifest = json.loads(store.read("manifest.json"))
+    except (ValueError, OSError):
+        return None
+    if manifest.get("run_key") != key:
+        return None
+    files = [*manifest["tables"].values(), *manifest["shards"], *manifest["long_shards"]]
+    if all(listing.get(f["path"]) == f["bytes"] for f in files) and \
+            {"stats.json", "spec.yaml", "report.html"} <= set(listing):
+        return manifest
+    return None
+
+
+def clean(store, manifest: dict, log) -> None:
+    """Delete what the new manifest does not list: shards (and their commit records) of earlier
+    plans or interrupted runs, and temporary files. Committed per-video work stays for reuse."""
+    keep = {s["path"] for s in manifest["shards"] + manifest["long_shards"]}
+    keep |= {f"{COMMITS}/{p}.json" for p in keep}
+    keep |= {t["path"] for t in manifest["tables"].values()}
+    stale = [k for k, _ in store.list() if k.split("/")[0] in ("shards", "long_shards", *TABLES)
+             or k.startswith(COMMITS + "/")]
+    stale = [k for k in stale if k not in keep]
+    for k in stale:
+        store.delete(k)
+    if stale:
+        log(f"[write] removed {len(stale)} file(s) no longer part of the output")
+
+
+def record_timings(store, seconds: dict, stages: dict, changed: int) -> None:
+    """Wall times and per-stage worker seconds (merged across workers) go to _work/last_run.json,
+    not to stats.json, so that reruns give the same bytes."""
+    doc = {"wall_seconds": {k: round(v, 3) for k, v in seconds.items()},
+           "stages": {k: ({**v, "worker_seconds": round(v["worker_seconds"], 3)} if "worker_seconds" in v else v)
+                      for k, v in stages.items()},
+           "files_changed": changed}
+    store.write("_work/last_run.json", json_bytes(doc))
