@@ -9,8 +9,9 @@ STAMP := $(VENV)/.vidcurate-installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	# torch in the same command as the project: pip then picks the torchvision that matches it
+	# instead of upgrading torch to whatever the newest torchvision asks for.
+	$(PY) -m pip install --quiet --no-cache-dir "$(TORCH)" -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
