@@ -10,9 +10,10 @@ tokens):
 
 - raw: load the model, then for each batch decode the JPEGs and call processor + generate;
 - pipeline: the same clips as the pipeline runs them: committed per-video unit files (8 clips a
-  video) in an output store, read, captioned in model batches and committed again by
-  ``pipeline.units.ModelUnits`` wrapping ``CaptionStage`` in a ``ray.data`` actor pool of one
-  (model load inside the actor included, as in raw).
+  video) in an output store; ``pipeline.units.PrepareUnits`` CPU tasks read them and make the
+  model inputs; ``pipeline.units.CaptionUnits`` (a ``ray.data`` actor pool of one, model load
+  inside the actor included, as in raw) generates in model batches and commits per video.
+  Ray gets 3 logical CPUs: 2 for the actor's torch threads (as raw uses), 1 for preparing.
 
 Last line: ``RESULT pipeline_vs_raw=<raw seconds / pipeline seconds> clips_per_s=<pipeline>
 device=<cpu|gpu name>``.
@@ -71,22 +72,6 @@ def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: i
     return time.perf_counter() - start
 
 
-class _FullBudget:
-    """CaptionStage with generation forced to the full token budget (as in the raw loop)."""
-
-    def __init__(self, **kwargs):
-        from stages.caption import CaptionStage
-
-        self.stage = CaptionStage(**kwargs)
-
-    def __call__(self, batch):
-        if not self.stage._ready:
-            self.stage.setup()
-            self.stage._ready = True
-            self.stage._runner.model.generation_config.min_new_tokens = self.stage.settings.max_new_tokens
-        return self.stage.process(batch)
-
-
 def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, out: Path) -> float:
     import ray
 
@@ -94,12 +79,23 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     from pipeline.resources import ray_args
     from pipeline.spec import parse_spec
     from pipeline.storage import open_store
-    from pipeline.units import UNIT, ModelUnits, decode_unit, encode_unit, work_key
+    from pipeline.units import UNIT, CaptionUnits, PrepareUnits, decode_unit, encode_unit, work_key
+
+    class FullBudget(CaptionUnits):
+        """The caption actor with generation forced to the full token budget (as in the raw loop)."""
+
+        def __call__(self, batch):
+            if not self.model_stage._ready:
+                self.model_stage.setup()
+                self.model_stage._ready = True
+                self.model_stage._runner.model.generation_config.min_new_tokens = tokens
+            return super().__call__(batch)
 
     spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": str(out)},
                        "models": {"vlm": {"name_or_path": model_dir}},
                        "caption": {"max_new_tokens": tokens, "frames": frames, "retries": 0, "window_s": None},
-                       "resources": {"caption": {"batch_size": batch, "concurrency": 1, "num_cpus": 2}}})
+                       "resources": {"caption": {"batch_size": batch, "concurrency": 1, "num_cpus": 2},
+                                     "prepare": {"concurrency": 1, "num_cpus": 1}}})
     fps = spec.fingerprints()
     store = open_store(str(out), spec.storage)
     units = []
@@ -107,12 +103,13 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
         unit = f"u{n // 8:04d}"
         store.write(work_key("clip", fps["clip"], unit), encode_unit({"video_id": unit}, schemas.work_table(rows[n:n + 8])))
         units.append({f.name: None for f in UNIT} | {"unit_id": unit, "todo": ["caption", "hierarchy"]})
-    args = ray_args(spec.resources.caption, actor=True, gpus_in_cluster=float(ray.cluster_resources().get("GPU", 0)))
-    args["batch_size"] = 1
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    prepare = ray_args(spec.resources.prepare, actor=False) | {"batch_size": 1}
+    caption = ray_args(spec.resources.caption, actor=True, gpus_in_cluster=gpus) | {"batch_size": 1}
     start = time.perf_counter()
-    ray.data.from_items(units, override_num_blocks=len(units)).map_batches(ModelUnits, fn_constructor_kwargs={
-        "name": "caption", "previous": "clip", "stage_cls": _FullBudget, "model": spec.models.vlm,
-        "settings": spec.caption, "batch_size": batch, "spec": spec, "fps": fps}, **args).take_all()
+    (ray.data.from_items(units, override_num_blocks=len(units))
+     .map_batches(PrepareUnits(spec=spec, fps=fps), **prepare)
+     .map_batches(FullBudget, fn_constructor_kwargs={"spec": spec, "fps": fps}, **caption).take_all())
     seconds = time.perf_counter() - start
     done = [c for u in units for c in decode_unit(store.read(work_key("caption", fps["caption"], u["unit_id"])))[1]
             .to_pylist()]
@@ -140,7 +137,7 @@ def main() -> None:
     template = load_prompt("clip_json_v2")[1]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(arch, Path(tmp) / "vlm")
-        ray.init(address="local", num_cpus=2, num_gpus=1 if gpu else 0, include_dashboard=False,
+        ray.init(address="local", num_cpus=3, num_gpus=1 if gpu else 0, include_dashboard=False,
                  log_to_driver=False)
         try:
             pipeline_s = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp) / "out")

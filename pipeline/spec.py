@@ -198,6 +198,10 @@ class Caption(_Section):
     frames: int = Field(4, ge=1)
     max_new_tokens: int = Field(160, ge=1)
     temperature: float = Field(0.0, ge=0)
+    videos_per_batch: int = Field(1, ge=1, description="Videos whose clips may share a model batch. 1: batches "
+                                  "never mix videos, so a video's captions are the same bytes whatever ran beside "
+                                  "it. More keeps a GPU full on short videos; reruns may then differ where the "
+                                  "model's greedy choice is a near-tie (batch composition changes the arithmetic).")
 
     @property
     def prompt_name(self) -> str:
@@ -234,6 +238,9 @@ class ClipModel(_Section):
 class VlmModel(_Section):
     name_or_path: str = "Qwen/Qwen2.5-VL-3B-Instruct"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm: vLLM's engine in the "
+                                                     "caption actors (GPU only; pip install vllm on the GPU workers). "
+                                                     "Chapter and video captions use transformers either way.")
 
 
 class Models(_Section):
@@ -261,6 +268,8 @@ class Resources(_Section):
     analyze: StageResources = StageResources(concurrency=2)
     clip: StageResources = StageResources(batch_size=16, num_gpus="auto")
     caption: StageResources = StageResources(batch_size=4, num_gpus="auto")
+    prepare: StageResources = Field(StageResources(concurrency=2), description="CPU tasks making the captioner's "
+                                    "inputs (frames, prompts, processor) ahead of the caption actors.")
     hierarchy: StageResources = StageResources(batch_size=4, num_gpus="auto")
     write: StageResources = StageResources(concurrency=2)
 

@@ -32,7 +32,8 @@ from pipeline.storage import open_store
 STAGES = ("analyze", "clip", "caption", "hierarchy")
 UNIT = pa.schema([("unit_id", pa.string()), ("uri", pa.string()), ("video_id", pa.string()),
                   ("size_bytes", pa.int64()), ("subtitles", pa.string()), ("description", pa.string()),
-                  ("todo", pa.list_(pa.string())), ("num_frames", pa.int64()), ("seconds_json", pa.string())])
+                  ("todo", pa.list_(pa.string())), ("num_frames", pa.int64()), ("seconds_json", pa.string()),
+                  ("prepared", pa.large_binary())])
 _META = b"vidcurate.video"
 
 
@@ -67,10 +68,10 @@ def decode_unit(data: bytes) -> tuple[dict, pa.Table]:
     return video, table.replace_schema_metadata(None)
 
 
-def _timed(row: dict, stage: str, started: float) -> None:
+def _timed(row: dict, stage: str, started: float, seconds_taken: float | None = None) -> None:
     """Record a stage's seconds for this unit in the row (merged across workers by the driver)."""
     seconds = json.loads(row.get("seconds_json") or "{}")
-    seconds[stage] = time.perf_counter() - started
+    seconds[stage] = time.perf_counter() - started if seconds_taken is None else seconds_taken
     row["seconds_json"] = json.dumps(seconds)
 
 
@@ -107,6 +108,38 @@ class _UnitStage:
         return pa.Table.from_pylist(rows, schema=UNIT)
 
 
+class PrepareUnits(_UnitStage):
+    """Ray task stage ahead of the caption actors: reads each unit's clip-stage result and makes
+    the captioner's inputs (prompts, decoded frames, processor arrays) on CPU workers; they travel
+    to the actor in the row (``prepared``), so the GPU only generates. Nothing is committed: a
+    lost prepared row is made again."""
+
+    stage = "prepare"
+
+    def __init__(self, *, spec, fps: dict[str, str]):
+        from stages.caption import CaptionStage
+
+        super().__init__(spec=spec, fps=fps)
+        self.caption = CaptionStage(model=spec.models.vlm, settings=spec.caption)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pickle
+
+        store = open_store(self.spec.output.uri, self.spec.storage)
+        rows = batch.to_pylist()
+        for row in rows:
+            if "caption" not in row["todo"]:
+                continue
+            fault_point(self.stage)
+            started = time.perf_counter()
+            data = store.read(work_key("clip", self.fps["clip"], row["unit_id"]))
+            _, clips = decode_unit(data)
+            row["prepared"] = pickle.dumps({"unit": data, "inputs": self.caption.prepare(clips.to_pylist())},
+                                           protocol=5)
+            _timed(row, self.stage, started)
+        return pa.Table.from_pylist(rows, schema=UNIT)
+
+
 class AnalyzeUnits(_UnitStage):
     """Ray task stage: the analysis pass of each unit that needs it, committed per video."""
 
@@ -124,7 +157,7 @@ class AnalyzeUnits(_UnitStage):
 
 
 class ModelUnits(_UnitStage):
-    """Ray actor stage: a clip-level model stage (CLIP filter or captioner) over each unit's clips,
+    """Ray actor stage: a clip-level model stage (the CLIP filter) over each unit's clips,
     in model batches of ``batch_size`` rows taken in clip order (so a unit's results never depend
     on which other videos shared an actor), committed per video."""
 
@@ -141,11 +174,53 @@ class ModelUnits(_UnitStage):
             part = clips.slice(start, self.batch_size)
             kept = "kept" in part.column("status").to_pylist()
             parts.append(self.model_stage(part) if kept else schemas.work_table(part.to_pylist()))
-        out = pa.concat_tables(parts) if parts else schemas.work_table([])
-        if self.stage == "caption":  # frames are not needed past captioning
-            out = out.set_column(out.schema.get_field_index("frames"), "frames",
-                                 pa.nulls(out.num_rows, out.schema.field("frames").type))
-        return encode_unit(video, out)
+        return encode_unit(video, pa.concat_tables(parts) if parts else schemas.work_table([]))
+
+
+class CaptionUnits(_UnitStage):
+    """Ray actor stage: captions the units of each call, their clips and windows pooled into
+    model batches of ``resources.caption.batch_size`` (a call holds ``caption.videos_per_batch``
+    units), from the inputs ``PrepareUnits`` made (or made here when a row has none);
+    committed per video."""
+
+    stage = "caption"
+
+    def __init__(self, *, spec, fps: dict[str, str]):
+        from stages.caption import CaptionStage
+
+        super().__init__(spec=spec, fps=fps)
+        self.model_stage = CaptionStage(model=spec.models.vlm, settings=spec.caption,
+                                        batch_size=spec.resources.caption.batch_size)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pickle
+
+        store = open_store(self.spec.output.uri, self.spec.storage)
+        rows = batch.to_pylist()
+        todo = [r for r in rows if "caption" in r["todo"]]
+        if todo:
+            fault_point(self.stage)
+            started = time.perf_counter()
+            if not self.model_stage._ready:
+                self.model_stage.setup()
+                self.model_stage._ready = True
+            units = []
+            for row in todo:
+                ready = pickle.loads(row["prepared"]) if row["prepared"] else None
+                data = ready["unit"] if ready else store.read(work_key("clip", self.fps["clip"], row["unit_id"]))
+                video, clips = decode_unit(data)
+                units.append((video, clips.to_pylist(), ready["inputs"] if ready else None))
+            self.model_stage.caption([(clips, inputs) for _, clips, inputs in units])
+            share = (time.perf_counter() - started) / len(todo)  # the batch's time, split evenly
+            for row, (video, clips, _) in zip(todo, units):
+                for c in clips:
+                    c["frames"] = None  # not needed past captioning
+                store.write(work_key("caption", self.fps["caption"], row["unit_id"]),
+                            encode_unit(video, schemas.work_table(clips)))
+                _timed(row, self.stage, started, share)
+        for row in rows:
+            row["prepared"] = None
+        return pa.Table.from_pylist(rows, schema=UNIT)
 
 
 class HierarchyUnits(_UnitStage):
@@ -195,7 +270,6 @@ def run_units(spec, units: list[dict], fps: dict, log) -> dict[str, dict]:
     import ray
 
     from pipeline.resources import cluster_gpus, ray_args
-    from stages.caption import CaptionStage
     from stages.embed import ClipEmbedStage
 
     gpus = cluster_gpus()
@@ -214,9 +288,9 @@ def run_units(spec, units: list[dict], fps: dict, log) -> dict[str, dict]:
 
     # Either one streaming chain of all four stages (when the cluster's CPUs hold every actor
     # pool and still an analysis task: stream_all), or three passes, each streaming its units:
-    # CPU decoding, then the two clip-level model stages, then the per-video text stage. In
-    # passes, actor pools never hold the CPUs another stage's tasks wait for (on a 2-CPU node,
-    # four concurrent stages deadlock).
+    # CPU decoding, the CLIP filter, captioning (CPU tasks preparing inputs for the caption
+    # actors), then the per-video text stage. In passes, actor pools never hold the CPUs another
+    # stage's tasks wait for (on a 2-CPU node, four concurrent stages deadlock).
     stages: dict[str, dict] = {}
 
     def run_pass(name: str, ds) -> None:
@@ -237,15 +311,22 @@ def run_units(spec, units: list[dict], fps: dict, log) -> dict[str, dict]:
         log(f"[{name}] {len(rows)} videos in {wall:.1f}s ({len(rows) / wall:.2f} videos/s{rate}; worker time: {busy})")
         stages.setdefault("passes", {})[name] = round(wall, 3)
 
+    def clip_filter(ds):
+        return ds.map_batches(ModelUnits, fn_constructor_kwargs={
+            "name": "clip", "previous": "analyze", "stage_cls": ClipEmbedStage, "model": spec.models.clip,
+            "settings": spec.clip_filter, "batch_size": res.clip.batch_size, "spec": spec, "fps": fps},
+            **unit_args(res.clip, actor=True))
+
+    def caption(ds):  # CPU tasks make the model inputs; the actors only generate
+        ds = ds.map_batches(PrepareUnits(spec=spec, fps=fps), **unit_args(res.prepare, actor=False))
+        args = unit_args(res.caption, actor=True)
+        args["batch_size"] = spec.caption.videos_per_batch
+        return ds.map_batches(CaptionUnits, fn_constructor_kwargs={"spec": spec, "fps": fps}, **args)
+
     def model_stages(ds, rows: list[dict]):
-        for name, previous, cls, model, settings, stage_res in (
-                ("clip", "analyze", ClipEmbedStage, spec.models.clip, spec.clip_filter, res.clip),
-                ("caption", "clip", CaptionStage, spec.models.vlm, spec.caption, res.caption)):
-            if any(name in r["todo"] for r in rows):
-                ds = ds.map_batches(ModelUnits, fn_constructor_kwargs={
-                    "name": name, "previous": previous, "stage_cls": cls, "model": model, "settings": settings,
-                    "batch_size": stage_res.batch_size, "spec": spec, "fps": fps}, **unit_args(stage_res, actor=True))
-        return ds
+        if any("clip" in r["todo"] for r in rows):
+            ds = clip_filter(ds)
+        return caption(ds) if any("caption" in r["todo"] for r in rows) else ds
 
     def analyze(ds):
         return ds.map_batches(AnalyzeUnits(spec=spec, fps=fps), **unit_args(res.analyze, actor=False))
@@ -263,8 +344,10 @@ def run_units(spec, units: list[dict], fps: dict, log) -> dict[str, dict]:
         return stages
     if rows := rows_needing("analyze"):
         run_pass("analyze", analyze(dataset(rows)))
-    if rows := rows_needing("caption"):  # every unit needing the CLIP filter needs captions too
-        run_pass("clip filter + caption", model_stages(dataset(rows), rows))
+    if rows := rows_needing("clip"):
+        run_pass("clip filter", clip_filter(dataset(rows)))
+    if rows := rows_needing("caption"):
+        run_pass("caption", caption(dataset(rows)))
     if rows := rows_needing("hierarchy"):
         run_pass("hierarchy", hierarchy(dataset(rows)))
     return stages
@@ -272,14 +355,14 @@ def run_units(spec, units: list[dict], fps: dict, log) -> dict[str, dict]:
 
 def stream_all(spec) -> bool:
     """Whether all stages can stream at once: ray.stream, or (null) when the cluster's CPUs cover
-    every actor pool plus one analysis task."""
+    every actor pool plus one analysis task and one prepare task."""
     if spec.ray.stream is not None:
         return spec.ray.stream
     import ray
 
     res = spec.resources
     actors = sum(r.concurrency * r.num_cpus for r in (res.clip, res.caption, res.hierarchy))
-    return float(ray.cluster_resources().get("CPU", 0)) >= actors + res.analyze.num_cpus
+    return float(ray.cluster_resources().get("CPU", 0)) >= actors + res.analyze.num_cpus + res.prepare.num_cpus
 
 
 def read_units(store, fps: dict, inputs: list[dict]) -> list[tuple[dict, list[dict], dict]]:

@@ -3,11 +3,13 @@
 open_clip: by name + pretrained tag, hf-hub id or local checkpoint path, with an optional
 model-config JSON for custom architectures. VLM: any transformers image-text-to-text model
 (Qwen2-VL / Qwen2.5-VL / Qwen3-VL family) by hub id or local directory. bf16 on GPU, fp32
-on CPU.
+on CPU; or vLLM's engine on GPU (``models.vlm.backend: vllm``). The processor half
+(``VlmInputs``) loads without weights, for the CPU tasks that prepare model inputs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -56,45 +58,159 @@ def load_open_clip(name: str, pretrained: str | None, config: str | None = None)
     return model, preprocess, open_clip.get_tokenizer(name)
 
 
-class VlmRunner:
-    """A transformers VLM loaded once per actor; batched generation with or without images."""
+def chat_text(processor, prompt: str, n_images: int) -> str:
+    """The prompt in the model's chat template, with ``n_images`` image slots before the text."""
+    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
 
-    def __init__(self, name_or_path: str, dtype: str = "auto"):
+
+class VlmInputs:
+    """The CPU half of a VLM call: chat template, tokenizer and image processor, no weights.
+
+    Runs in the caption stage's CPU prepare tasks, ahead of the model actors, so the GPUs never
+    wait for JPEG decoding, resizing, normalisation or tokenisation. ``prepare`` makes one
+    prompt's model inputs on its own; ``merge_inputs`` joins any of them into a batch.
+    Floating-point arrays travel as float16 (the model casts them to its dtype; bf16 on GPU
+    holds less precision than that), which halves what crosses Ray's object store.
+    ``backend: vllm`` keeps the chat text and the images instead: vLLM runs its own processor.
+    """
+
+    def __init__(self, name_or_path: str, backend: str = "transformers"):
         ensure_torchvision()
+        from transformers import AutoProcessor
+
+        self.backend = backend
+        self.processor = AutoProcessor.from_pretrained(name_or_path)
+        self.processor.tokenizer.padding_side = "left"
+        tok = self.processor.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def prepare(self, prompt: str, images: list | None = None) -> dict:
+        """{"prompt": the chat text, "inputs": {name: array}} (or "images" for vLLM)."""
+        import numpy as np
+
+        images = list(images or [])
+        text = chat_text(self.processor, prompt, len(images))
+        if self.backend == "vllm":
+            return {"prompt": text, "images": [np.asarray(im.convert("RGB")) for im in images]}
+        kwargs = {"text": [text], "return_tensors": "np"}
+        if images:
+            kwargs["images"] = [images]
+        arrays = {}
+        for key, value in self.processor(**kwargs).items():
+            value = np.asarray(value)
+            arrays[key] = value.astype(np.float16) if value.dtype.kind == "f" else value
+        return {"prompt": text, "inputs": arrays}
+
+
+@functools.lru_cache(maxsize=2)
+def cached_inputs(name_or_path: str, backend: str = "transformers") -> VlmInputs:
+    """One VlmInputs per worker process (Ray reuses task workers; the processor loads once)."""
+    return VlmInputs(name_or_path, backend)
+
+
+def merge_inputs(items: list[dict], pad_id: int) -> dict:
+    """One batch from separately prepared inputs: arrays aligned with the tokens (integer,
+    [1, seq, ...]) are left-padded to the longest and stacked; the others (image patches, grid
+    sizes) are concatenated in item order, as the processor does for a batch."""
+    import numpy as np
+
+    length = max(it["inputs"]["input_ids"].shape[1] for it in items)
+    keys = list(dict.fromkeys(k for it in items for k in it["inputs"]))
+    merged = {}
+    for key in keys:
+        arrays = [it["inputs"][key] for it in items if key in it["inputs"]]
+        aligned = len(arrays) == len(items) and all(
+            a.dtype.kind in "iub" and a.ndim >= 2 and a.shape[0] == 1
+            and a.shape[1] == it["inputs"]["input_ids"].shape[1] for a, it in zip(arrays, items))
+        if aligned:
+            fill = pad_id if key == "input_ids" else 0
+            arrays = [np.pad(a, [(0, 0), (length - a.shape[1], 0)] + [(0, 0)] * (a.ndim - 2), constant_values=fill)
+                      for a in arrays]
+        merged[key] = np.concatenate(arrays)
+    return merged
+
+
+class VlmRunner:
+    """A VLM loaded once per actor; batched generation over prepared inputs (``VlmInputs``).
+
+    ``backend: transformers`` (default): any image-text-to-text model, bf16 on GPU, fp32 on CPU.
+    ``backend: vllm``: vLLM's offline engine on a GPU (an extra dependency); refused clearly when
+    vLLM is not installed or no GPU is visible.
+    """
+
+    def __init__(self, name_or_path: str, dtype: str = "auto", backend: str = "transformers",
+                 max_images: int = 8):
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.model_id = name_or_path
+        self.backend = backend
+        self.inputs = VlmInputs(name_or_path, backend)
+        self.processor = self.inputs.processor
+        self.tiny_random = (Path(name_or_path) / "VIDCURATE_TINY_RANDOM_WEIGHTS").exists()
+        if backend == "vllm":
+            self._engine = _vllm_engine(name_or_path, dtype, max_images)
+            return
+        from transformers import AutoModelForImageTextToText
+
         dev = device()
         if dtype == "auto":
             torch_dtype = torch.bfloat16 if dev == "cuda" else torch.float32
         else:
             torch_dtype = getattr(torch, dtype)
-        self.processor = AutoProcessor.from_pretrained(name_or_path)
-        self.processor.tokenizer.padding_side = "left"
         self.model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=torch_dtype).to(dev).eval()
-        self.tiny_random = (Path(name_or_path) / "VIDCURATE_TINY_RANDOM_WEIGHTS").exists()
+
+    def generate_prepared(self, items: list[dict], *, max_new_tokens: int, temperature: float = 0.0) -> list[str]:
+        """One completion per prepared item, generated as one batch."""
+        if self.backend == "vllm":
+            return _vllm_generate(self._engine, items, max_new_tokens, temperature)
+        import torch
+
+        batch = {}
+        for key, array in merge_inputs(items, self.inputs.pad_id).items():
+            tensor = torch.from_numpy(array).to(self.model.device)
+            batch[key] = tensor.to(self.model.dtype) if tensor.is_floating_point() else tensor
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        with torch.inference_mode():
+            out = self.model.generate(**batch, max_new_tokens=max_new_tokens, **sampling)
+        new = out[:, batch["input_ids"].shape[1]:]
+        return self.processor.batch_decode(new, skip_special_tokens=True)
 
     def generate(self, prompts: list[str], images: list[list] | None = None, *,
                  max_new_tokens: int, temperature: float = 0.0) -> list[str]:
         """One completion per prompt; ``images[i]`` are the PIL frames shown with prompt i."""
-        import torch
+        items = [self.inputs.prepare(p, images[i] if images else None) for i, p in enumerate(prompts)]
+        return self.generate_prepared(items, max_new_tokens=max_new_tokens, temperature=temperature)
 
-        texts = []
-        for i, prompt in enumerate(prompts):
-            content = [{"type": "image"} for _ in (images[i] if images else [])]
-            content.append({"type": "text", "text": prompt})
-            texts.append(self.processor.apply_chat_template(
-                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False))
-        kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
-        if images and any(images):
-            kwargs["images"] = images
-        inputs = self.processor(**kwargs).to(self.model.device)
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
-        new = out[:, inputs["input_ids"].shape[1]:]
-        return self.processor.batch_decode(new, skip_special_tokens=True)
+
+def _vllm_engine(name_or_path: str, dtype: str, max_images: int):
+    try:
+        from vllm import LLM
+    except ImportError as e:
+        raise RuntimeError("models.vlm.backend: vllm needs the vllm package on the GPU workers "
+                           "(pip install vllm); use backend: transformers otherwise") from e
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("models.vlm.backend: vllm needs a GPU in the caption actors; this worker has none "
+                           "(set resources.caption.num_gpus, or use backend: transformers)")
+    return LLM(model=name_or_path, dtype="bfloat16" if dtype == "auto" else dtype,
+               limit_mm_per_prompt={"image": max_images}, seed=0)
+
+
+def _vllm_generate(engine, items: list[dict], max_new_tokens: int, temperature: float) -> list[str]:
+    from PIL import Image
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=0)
+    requests = []
+    for it in items:
+        request = {"prompt": it["prompt"]}
+        if it.get("images"):
+            request["multi_modal_data"] = {"image": [Image.fromarray(a) for a in it["images"]]}
+        requests.append(request)
+    return [out.outputs[0].text for out in engine.generate(requests, params, use_tqdm=False)]
 
 
 PROMPT_DIR = Path(__file__).parent / "prompts"

@@ -121,7 +121,8 @@ def test_killed_workers_change_nothing(baseline, demo, tmp_path):
     """Workers of every stage die once mid-run (as if OOM-killed); Ray retries them and the
     output equals the undisturbed run byte for byte."""
     out, files = baseline
-    markers = {stage: tmp_path / f"{stage}.crashed" for stage in ("analyze", "clip", "caption", "hierarchy", "write")}
+    markers = {stage: tmp_path / f"{stage}.crashed" for stage in ("analyze", "clip", "prepare", "caption", "hierarchy",
+                                                                      "write")}
     fault = ",".join(f"{stage}:{path}" for stage, path in markers.items())
     other = tmp_path / "out"
     rc, text = _run(_job(demo, str(other)), env={"VIDCURATE_FAULT": fault})

@@ -181,7 +181,8 @@ def test_caption_stage_retries_unparsable_replies_and_offers_hints(demo):
         def __init__(self):
             self.prompts = []
 
-        def generate(self, prompts, images, **kw):
+        def generate_prepared(self, items, **kw):
+            prompts = [it["prompt"] for it in items]
             self.prompts.append(prompts)
             return replies[len(self.prompts) - 1][:len(prompts)] if len(self.prompts) > 1 else replies[0][:len(prompts)]
 
@@ -189,6 +190,13 @@ def test_caption_stage_retries_unparsable_replies_and_offers_hints(demo):
     rows = _clips(demo["root"] / "videos" / "synthetic_cuts.mp4", spec).slice(0, 2)
     stage = CaptionStage(model=spec.models.vlm, settings=spec.caption)
     stage._runner, stage._ready = Scripted(), True
+
+    class ScriptedInputs:  # the processor half: the prompt passes through
+        def prepare(self, prompt, images):
+            assert len(images) == spec.caption.frames
+            return {"prompt": prompt}
+
+    stage._inputs = ScriptedInputs()
     stage._prompt_version, stage._prompt = "clip_json_v1", "Describe.\n{hints}\nAnswer in JSON."
     stage._generation = "{}"
     out = stage.process(rows).to_pylist()
@@ -266,3 +274,93 @@ def test_clips_on_keyframes_are_copied_not_reencoded(demo):
     assert by_index == data
     with av.open(io.BytesIO(data)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 40
+
+
+def test_inputs_prepared_apart_merge_into_the_processors_batch(demo):
+    """The CPU prepare stage makes each prompt's inputs on its own; merged, they are the batch
+    the processor makes, and generation from them matches the runner's own path."""
+    import numpy as np
+    from PIL import Image
+
+    from stages.models import VlmRunner, merge_inputs
+
+    runner = VlmRunner(demo["vlm"]["name_or_path"])
+    rng = np.random.default_rng(0)
+    frames = [[Image.fromarray(rng.integers(0, 255, (56 + 28 * i, 84, 3), dtype=np.uint8)) for _ in range(i + 1)]
+              for i in range(3)]
+    prompts = ["Describe.", "What moves in this long shot, and where does it go?", "Say one word."]
+    items = [runner.inputs.prepare(p, f) for p, f in zip(prompts, frames)] + [runner.inputs.prepare("No image.")]
+    merged = merge_inputs(items, runner.inputs.pad_id)
+
+    from stages.models import chat_text
+
+    texts = [chat_text(runner.processor, p, len(f)) for p, f in zip(prompts, frames)]
+    texts.append(chat_text(runner.processor, "No image.", 0))
+    batch = runner.processor(text=texts, images=frames + [[]], return_tensors="np", padding=True)
+    assert set(merged) == set(batch)
+    for key in batch:
+        if key == "pixel_values":  # float16 in transit
+            np.testing.assert_allclose(merged[key], batch[key], rtol=2e-3, atol=2e-3)
+        else:
+            np.testing.assert_array_equal(merged[key], batch[key])
+    assert merged["input_ids"][0, 0] == runner.inputs.pad_id  # left padding
+    one_by_one = [runner.generate_prepared([it], max_new_tokens=4)[0] for it in items]
+    assert runner.generate_prepared(items, max_new_tokens=4) == one_by_one
+
+
+def test_caption_pools_clips_of_several_videos_into_model_batches(demo):
+    """caption.videos_per_batch > 1: the items of every unit in a call share model batches of
+    resources.caption.batch_size, and each unit's rows get their own captions back."""
+    from stages.caption import CaptionStage, caption_items
+
+    spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "u"}, "scores": {"min_motion": 0},
+                       "caption": {"format": "text", "window_s": None}})
+    rows = _clips(demo["root"] / "videos" / "synthetic_cuts.mp4", spec).to_pylist()
+    units = [[dict(r) for r in rows] for _ in range(3)]
+    per_unit = len(caption_items(units[0]))
+    assert per_unit >= 2
+
+    class Scripted:
+        model_id = "scripted"
+        batches = []
+
+        def generate_prepared(self, items, **kw):
+            self.batches.append(len(items))
+            return [it["prompt"] for it in items]  # echo: each reply names its item
+
+    class Inputs:
+        def prepare(self, prompt, images):
+            return {"prompt": f"{prompt}|{len(images)}"}
+
+    stage = CaptionStage(model=spec.models.vlm, settings=spec.caption, batch_size=4)
+    stage._runner, stage._inputs, stage._ready = Scripted(), Inputs(), True
+    stage._prompt_version, stage._prompt, stage._generation = "p", "clip of {duration} s", "{}"
+    prepared = [stage.prepare(u) for u in units[:2]]
+    stage.caption([(units[0], prepared[0]), (units[1], prepared[1]), (units[2], None)])
+    total = 3 * per_unit
+    assert stage._runner.batches == [4] * (total // 4) + ([total % 4] if total % 4 else [])
+    for unit in units:
+        for row in unit:
+            if row["status"] == "kept":
+                assert row["caption_text"] == f"clip of {row['end_s'] - row['start_s']:.1f} s|{spec.caption.frames}"
+
+
+def test_vllm_backend_refuses_clearly_without_vllm_or_gpu(monkeypatch):
+    import builtins
+
+    from stages import models
+
+    real_import = builtins.__import__
+
+    def no_vllm(name, *args, **kwargs):
+        if name == "vllm" or name.startswith("vllm."):
+            raise ImportError("No module named 'vllm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_vllm)
+    with pytest.raises(RuntimeError, match="backend: vllm needs the vllm package"):
+        models._vllm_engine("some/model", "auto", 4)
+    assert parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "u"},
+                       "models": {"vlm": {"backend": "vllm"}}}).models.vlm.backend == "vllm"
+    with pytest.raises(Exception, match="backend"):
+        parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "u"}, "models": {"vlm": {"backend": "tgi"}}})
