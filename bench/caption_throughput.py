@@ -8,7 +8,9 @@ sizes, for a GPU). In one run, with the same clips, prompt, frames, batch size a
 budget (generation forced to the full budget so both sides generate the same number of
 tokens):
 
-- raw: load the model, then for each batch decode the JPEGs and call processor + generate;
+- raw: in a fresh process (clock started before torch and transformers are imported, as the
+  pipeline's actor imports them too), load processor and model with transformers, then for
+  each batch decode the JPEGs and call the processor and ``generate``;
 - pipeline: the same clips as the pipeline runs them: committed per-video unit files (8 clips a
   video) in an output store; ``pipeline.units.PrepareUnits`` CPU tasks read them and make the
   model inputs; ``pipeline.units.CaptionUnits`` (a ``ray.data`` actor pool of one, model load
@@ -57,19 +59,49 @@ def build_model(arch: str, folder: Path) -> str:
 
 
 def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, template: str) -> float:
+    """The baseline, meant to run in a fresh process (``--raw``): the clock starts before torch
+    and transformers are imported, as the pipeline's actor process imports them too; then
+    processor + batched ``generate`` straight from transformers, batch after batch."""
+    start = time.perf_counter()
+    from stages.torchvision_cpu_guard import ensure_torchvision
+
+    ensure_torchvision()  # CPU-only machines: pip's CUDA torchvision (see that module)
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
     from stages.base import decode_jpegs, subsample
     from stages.caption import render_prompt
-    from stages.models import VlmRunner
     from stages.structured import hint_lines
 
-    start = time.perf_counter()
-    runner = VlmRunner(model_dir)
-    runner.model.generation_config.min_new_tokens = tokens
+    processor = AutoProcessor.from_pretrained(model_dir)
+    processor.tokenizer.padding_side = "left"
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(dev).eval()
     for i in range(0, len(rows), batch):
         group = rows[i:i + batch]
         images = [decode_jpegs(subsample(r["frames"], frames)) for r in group]
-        runner.generate([render_prompt(template, hint_lines(r), r["end_s"] - r["start_s"]) for r in group], images, max_new_tokens=tokens)
+        texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}] * len(im) + [
+            {"type": "text", "text": render_prompt(template, hint_lines(r), r["end_s"] - r["start_s"])}]}],
+            add_generation_prompt=True, tokenize=False) for r, im in zip(group, images)]
+        inputs = processor(text=texts, images=images, return_tensors="pt", padding=True).to(dev)
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     return time.perf_counter() - start
+
+
+def raw_in_fresh_process(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, folder: Path) -> float:
+    import pickle
+    import subprocess
+
+    rows_file = folder / "rows.pkl"
+    rows_file.write_bytes(pickle.dumps(rows))
+    out = subprocess.run([sys.executable, __file__, "--raw", model_dir, "--rows", str(rows_file), "--batch", str(batch),
+                          "--tokens", str(tokens), "--frames", str(frames)], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"raw baseline failed:\n{out.stderr[-3000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, out: Path) -> float:
@@ -124,7 +156,17 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--raw", help=argparse.SUPPRESS)  # internal: run the baseline on this model folder
+    p.add_argument("--rows", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.raw:
+        import pickle
+
+        from stages.models import load_prompt
+
+        rows = pickle.loads(Path(args.rows).read_bytes())
+        print(run_raw(args.raw, rows, args.batch, args.tokens, args.frames, load_prompt("clip_json_v2")[1]))
+        return
 
     import ray
     import torch
@@ -134,7 +176,6 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     arch = args.arch or ("2b" if gpu else "tiny")
     rows = clip_rows(args.clips)
-    template = load_prompt("clip_json_v2")[1]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(arch, Path(tmp) / "vlm")
         ray.init(address="local", num_cpus=3, num_gpus=1 if gpu else 0, include_dashboard=False,
@@ -143,7 +184,7 @@ def main() -> None:
             pipeline_s = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp) / "out")
         finally:
             ray.shutdown()
-        raw_s = run_raw(model_dir, rows, args.batch, args.tokens, args.frames, template)
+        raw_s = raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp))
     device = gpu.replace(" ", "_") if gpu else "cpu"
     print(json.dumps({"arch": arch, "clips": len(rows), "batch": args.batch, "tokens": args.tokens,
                       "raw_s": round(raw_s, 2), "pipeline_s": round(pipeline_s, 2)}))
