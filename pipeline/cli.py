@@ -183,6 +183,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_gc(args) -> int:
+    from pipeline.output import collect_garbage
+    from pipeline.spec import Storage
+    from pipeline.storage import open_store
+
+    collect_garbage(open_store(args.output, Storage(endpoint_url=args.endpoint_url)), dry_run=args.dry_run)
+    return 0
+
+
 def cmd_prepare_demo(args) -> int:
     from pipeline.demo import prepare_demo
 
@@ -234,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("output", help="output directory or s3://bucket/prefix")
     report.add_argument("--endpoint-url", help="S3-compatible endpoint (as storage.endpoint_url)")
     report.set_defaults(func=cmd_report)
+    gc = sub.add_parser("gc", help="delete committed work of superseded settings from a finished output")
+    gc.add_argument("output", help="output directory or s3://bucket/prefix")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    gc.add_argument("--endpoint-url", help="S3-compatible endpoint (as storage.endpoint_url)")
+    gc.set_defaults(func=cmd_gc)
     demo = sub.add_parser("prepare-demo", help="make the demo inputs and tiny models (offline)")
     demo.add_argument("--root", default="data/demo")
     demo.set_defaults(func=cmd_prepare_demo)

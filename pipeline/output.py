@@ -98,3 +98,44 @@ def record_timings(store, seconds: dict, stages: dict, changed: int) -> None:
                       for k, v in stages.items()},
            "files_changed": changed}
     store.write("_work/last_run.json", json_bytes(doc))
+
+
+def collect_garbage(store, *, dry_run: bool = False, log=print) -> tuple[int, int]:
+    """Delete committed work a finished output no longer uses: stage results under
+    ``_work/<stage>/<fingerprint>/`` whose fingerprint is not the manifest's (left by runs with
+    other settings; kept by ``run`` so that switching back reuses them), and shard commit
+    records of shards the manifest does not list. Holds the output's lock while it works.
+    Returns (files, bytes) removed (or that would be, with ``dry_run``)."""
+    from pipeline.lock import OutputLock
+    from pipeline.units import STAGES
+
+    try:
+        manifest = json.loads(store.read("manifest.json"))
+    except Exception as err:
+        raise SpecError(f"{store.uri()}: no committed output (manifest.json unreadable: {err}); gc only runs on a "
+                        "finished output, whose manifest says which work is current") from None
+    fps = manifest.get("fingerprints") or {}
+    listed = {s["path"] for folder in ("shards", "long_shards") for s in manifest.get(folder, [])}
+    with OutputLock(store, log):
+        doomed = []
+        for key, size in store.list("_work/"):
+            parts = key.split("/")
+            stale_stage = len(parts) >= 4 and parts[1] in STAGES and parts[2] != fps.get(parts[1])
+            stale_commit = key.startswith(COMMITS + "/") and key[len(COMMITS) + 1:].removesuffix(".json") not in listed
+            if stale_stage or stale_commit:
+                doomed.append((key, size))
+        for key, _ in doomed:
+            if not dry_run:
+                store.delete(key)
+        if not dry_run and not is_s3(store.uri()):  # folders are real on disk: drop the emptied ones
+            import os
+
+            for folder, _, _ in sorted(os.walk(store.path("_work")), reverse=True):
+                if not os.listdir(folder):
+                    os.rmdir(folder)
+    groups = sorted({"/".join(k.split("/")[:3]) for k, _ in doomed})
+    total = sum(size for _, size in doomed)
+    verb = "would remove" if dry_run else "removed"
+    log(f"vidcurate gc: {verb} {len(doomed)} files ({total / 1e6:.1f} MB)"
+        + (": " + ", ".join(groups) if groups else "; nothing superseded"))
+    return len(doomed), total

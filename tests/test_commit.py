@@ -195,6 +195,24 @@ def test_changed_caption_setting_reuses_earlier_stages(baseline, demo, tmp_path)
     last = json.loads((other / "_work" / "last_run.json").read_text())
     assert "analyze" not in last["stages"] and last["stages"]["caption"]["videos"] == 3
 
+    # gc: the first run's caption and hierarchy results are superseded; nothing current goes
+    manifest = json.loads((other / "manifest.json").read_text())
+    fps = manifest["fingerprints"]
+    work = other / "_work"
+    assert len(list((work / "caption").iterdir())) == 2
+    before = _snapshot(other)  # everything outside _work
+    rc, text = _run([sys.executable, "-m", "pipeline", "gc", str(other), "--dry-run"])
+    assert rc == 0 and "would remove 6 files" in text and len(list((work / "caption").iterdir())) == 2, text
+    rc, text = _run([sys.executable, "-m", "pipeline", "gc", str(other)])
+    assert rc == 0 and "removed 6 files" in text, text
+    for stage in ("analyze", "clip", "caption", "hierarchy"):
+        assert [d.name for d in (work / stage).iterdir()] == [fps[stage]]
+        assert len(list((work / stage / fps[stage]).iterdir())) == 3
+    assert not (work / "lock.json").exists()
+    assert _snapshot(other) == before
+    rc, text = _run(_job(demo, str(other), ["caption.max_new_tokens=12"]))
+    assert rc == 0 and "nothing to do" in text, text[-2000:]
+
 
 # --- S3 -------------------------------------------------------------------------------------
 
