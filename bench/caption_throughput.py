@@ -117,10 +117,8 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
         """The caption actor with generation forced to the full token budget (as in the raw loop)."""
 
         def __call__(self, batch):
-            if not self.model_stage._ready:
-                self.model_stage.setup()
-                self.model_stage._ready = True
-                self.model_stage._runner.model.generation_config.min_new_tokens = tokens
+            self.model_stage.ensure_ready()
+            self.model_stage._runner.model.generation_config.min_new_tokens = tokens
             return super().__call__(batch)
 
     spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": str(out)},

@@ -31,7 +31,8 @@ def _print_summary(manifest: dict, out: str) -> None:
 def cmd_run(args) -> int:
     from pipeline.output import output_dir
     from pipeline.plan import run_job
-    from pipeline.spec import load_spec, with_absolute_paths
+    from pipeline.preflight import with_absolute_paths
+    from pipeline.spec import load_spec
 
     spec = with_absolute_paths(load_spec(args.job, args.set))
     if args.quiet:
@@ -42,7 +43,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from pipeline.spec import check_inputs, load_spec, resolved_yaml
+    from pipeline.preflight import check_inputs
+    from pipeline.spec import load_spec, resolved_yaml
 
     spec = load_spec(args.job, args.set)
     check_inputs(spec)

@@ -23,7 +23,8 @@ from pipeline.output import clean, finished, output_dir, prepare_output, record_
 from pipeline.report import report_for
 from pipeline.resources import ray_args
 from pipeline.sinks import COMMITS, ShardWriterStage, json_bytes, parquet_bytes, put_if_changed, shard_name
-from pipeline.spec import JobSpec, check_inputs, resolved_yaml
+from pipeline.preflight import check_inputs
+from pipeline.spec import JobSpec, resolved_yaml
 from pipeline.storage import open_store
 from pipeline.units import read_units, run_units, todo_stages
 from stages.chapters import caption_id

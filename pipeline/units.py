@@ -18,6 +18,7 @@ go through the output store, so a unit's data is never lost with a worker.
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import time
@@ -83,7 +84,7 @@ def todo_stages(unit: str, fps: dict[str, str], committed: set[str]) -> list[str
     return []
 
 
-class _UnitStage:
+class _UnitStage(abc.ABC):
     """One stage over a batch of unit rows: for each unit that still needs ``stage``, compute its
     result (``work``: bytes) and commit it; the rows pass on with the stage's seconds recorded."""
 
@@ -92,8 +93,9 @@ class _UnitStage:
     def __init__(self, *, spec, fps: dict[str, str]):
         self.spec, self.fps = spec, fps
 
+    @abc.abstractmethod
     def work(self, store, row: dict) -> bytes:
-        raise NotImplementedError
+        """The committed result of this stage for one unit."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         store = open_store(self.spec.output.uri, self.spec.storage)
@@ -108,7 +110,7 @@ class _UnitStage:
         return pa.Table.from_pylist(rows, schema=UNIT)
 
 
-class PrepareUnits(_UnitStage):
+class PrepareUnits:
     """Ray task stage ahead of the caption actors: reads each unit's clip-stage result and makes
     the captioner's inputs (prompts, decoded frames, processor arrays) on CPU workers; they travel
     to the actor in the row (``prepared``), so the GPU only generates. Nothing is committed: a
@@ -119,8 +121,8 @@ class PrepareUnits(_UnitStage):
     def __init__(self, *, spec, fps: dict[str, str]):
         from stages.caption import CaptionStage
 
-        super().__init__(spec=spec, fps=fps)
-        self.caption = CaptionStage(model=spec.models.vlm, settings=spec.caption)
+        self.spec, self.fps = spec, fps
+        self.caption = CaptionStage(model=spec.models.vlm, settings=spec.caption)  # its processor loads in the task
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pickle
@@ -177,10 +179,10 @@ class ModelUnits(_UnitStage):
         return encode_unit(video, pa.concat_tables(parts) if parts else schemas.work_table([]))
 
 
-class CaptionUnits(_UnitStage):
-    """Ray actor stage: captions the units of each call, their clips and windows pooled into
-    model batches of ``resources.caption.batch_size`` (a call holds ``caption.videos_per_batch``
-    units), from the inputs ``PrepareUnits`` made (or made here when a row has none);
+class CaptionUnits:
+    """Ray actor stage after ``PrepareUnits``: captions the units of each call from the inputs
+    made there, their clips and windows pooled into model batches of
+    ``resources.caption.batch_size`` (a call holds ``caption.videos_per_batch`` units);
     committed per video."""
 
     stage = "caption"
@@ -188,7 +190,7 @@ class CaptionUnits(_UnitStage):
     def __init__(self, *, spec, fps: dict[str, str]):
         from stages.caption import CaptionStage
 
-        super().__init__(spec=spec, fps=fps)
+        self.spec, self.fps = spec, fps
         self.model_stage = CaptionStage(model=spec.models.vlm, settings=spec.caption,
                                         batch_size=spec.resources.caption.batch_size)
 
@@ -201,15 +203,12 @@ class CaptionUnits(_UnitStage):
         if todo:
             fault_point(self.stage)
             started = time.perf_counter()
-            if not self.model_stage._ready:
-                self.model_stage.setup()
-                self.model_stage._ready = True
+            self.model_stage.ensure_ready()
             units = []
             for row in todo:
-                ready = pickle.loads(row["prepared"]) if row["prepared"] else None
-                data = ready["unit"] if ready else store.read(work_key("clip", self.fps["clip"], row["unit_id"]))
-                video, clips = decode_unit(data)
-                units.append((video, clips.to_pylist(), ready["inputs"] if ready else None))
+                ready = pickle.loads(row["prepared"])
+                video, clips = decode_unit(ready["unit"])
+                units.append((video, clips.to_pylist(), ready["inputs"]))
             self.model_stage.caption([(clips, inputs) for _, clips, inputs in units])
             share = (time.perf_counter() - started) / len(todo)  # the batch's time, split evenly
             for row, (video, clips, _) in zip(todo, units):

@@ -113,8 +113,12 @@ class ModelStage(abc.ABC):
     def process(self, batch):
         """One batch (a pyarrow table) in, the same rows with the stage's columns out."""
 
-    def __call__(self, batch):
+    def ensure_ready(self) -> None:
+        """Load the model once, on first use."""
         if not self._ready:
             self.setup()
             self._ready = True
+
+    def __call__(self, batch):
+        self.ensure_ready()
         return self.process(batch)

@@ -207,7 +207,7 @@ def test_every_job_in_jobs_validates():
 
 
 def test_missing_local_model_fails_before_ray(tmp_path):
-    from pipeline.spec import check_inputs
+    from pipeline.preflight import check_inputs
 
     video = tmp_path / "a.mp4"
     video.write_bytes(b"x")
