@@ -102,8 +102,11 @@ class Analysis(_Section):
     flow_stride: int = Field(1, ge=1, description="Flow between every n-th frame (pixels per frame).")
     skip_loop_filter: bool = Field(True, description="Skip the decoder's deblocking filter (faster; "
                                    "invisible at analysis and thumbnail sizes).")
-    decoder_threads: int = Field(0, ge=0, description="Decoder threads per video; 0: FFmpeg's auto "
-                                 "(cores + 1). Lower it when several analyze tasks share a node.")
+    decode_workers: int = Field(0, ge=0, description="Decoders working on separate GOP chunks of one video at "
+                                "once, one thread each; 0: the CPUs the process may use, at most 4; 1: one "
+                                "decoder with FFmpeg's frame threads (decoder_threads).")
+    decoder_threads: int = Field(0, ge=0, description="Frame threads of the single decoder (decode_workers: 1, "
+                                 "or streams whose GOPs are open); 0: FFmpeg's auto (cores + 1).")
 
 
 class Shots(_Section):
@@ -318,6 +321,10 @@ class JobSpec(_Section):
         out, prev = {}, f"{schemas.SCHEMA_VERSION}:{__version__}"
         for stage, keys in STAGE_SETTINGS.items():
             picked = {k: _dotted(doc, k) for k in keys}
+            for k in SPEED_ONLY:
+                section, _, name = k.rpartition(".")
+                if section in picked:
+                    picked[section] = {n: v for n, v in picked[section].items() if n != name}
             picked["prompts"] = [load_prompt(p) for p in prompts.get(stage, [])]
             blob = json.dumps([prev, stage, picked], sort_keys=True).encode()
             out[stage] = prev = hashlib.sha256(blob).hexdigest()[:16]
@@ -332,6 +339,10 @@ STAGE_SETTINGS = {
     "hierarchy": ("chapters",),
     "output": ("output.samples_per_shard", "output.long_samples"),
 }
+
+# Settings that change how fast a stage runs, never what it computes (tests/test_guard.py checks
+# the decoders'): left out of the fingerprints, so changing them reuses committed work.
+SPEED_ONLY = ("analysis.decode_workers", "analysis.decoder_threads")
 
 
 def _dotted(doc: dict, key: str):

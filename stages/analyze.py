@@ -4,8 +4,9 @@ Per frame, from small frames shrunk straight from the decoder's planes (never a 
 array; stages.frames): shot-detector input, quality (sharpness, brightness, contrast, black,
 frozen, letterbox) and optical-flow motion at a smaller size (stages.signals). Every
 ``fps / sample_fps`` frames a small JPEG is kept; after the pass each clip gets
-``frames_per_clip`` of them for CLIP and the VLM. Decoding runs a few frames ahead on its own
-thread (stages.frames.DecodeAhead) so the decoder never waits for the analysis.
+``frames_per_clip`` of them for CLIP and the VLM. Decoding, shrinking and JPEG encoding run on
+their own threads ahead of the analysis; with several decode workers, separate GOP chunks of the
+video decode at once (stages.decode).
 
 Reads: uri, video_id, size_bytes. Adds: the videos columns plus ``clips`` (a list of
 in-flight clip rows, schemas.CLIP_WORK). Run per video by pipeline.units.AnalyzeUnits
@@ -21,7 +22,7 @@ from array import array
 import numpy as np
 
 from stages.base import Rejected, clip_id
-from stages.frames import DecodeAhead, Shrinker, ThumbStore, quarter_turns
+from stages.frames import Shrinker, ThumbStore, quarter_turns
 from stages.guard import GuardFailure, run_guarded
 from stages.probe import open_video
 from stages.scores import score_reason
@@ -44,55 +45,109 @@ def scaled_size(width: int, height: int, target_width: int, min_height: int = 16
     return _even(width * s), _even(height * s)
 
 
+def decode_workers(analysis) -> int:
+    """Decoders for one video's GOP chunks (spec.analysis.decode_workers; 0: the CPUs this process
+    may use, at most 4)."""
+    import os
+
+    if analysis.decode_workers:
+        return analysis.decode_workers
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
 def decode_pass(path: str, spec) -> tuple[dict, dict]:
-    """Decode ``path`` once. Returns (video metadata, per-frame signals and thumbnails)."""
+    """Decode ``path`` once. Returns (video metadata, per-frame signals and thumbnails).
+
+    With more than one decode worker the GOP chunks of the video are decoded in parallel
+    (stages.decode.ChunkedSource). A stream whose chunks do not decode on their own (open GOPs,
+    packets that are not frames), or that makes a decoder fail, is decoded again by one decoder
+    from the start, so what the analysis sees never depends on the number of workers.
+    """
+    from stages.decode import ChunkMismatch
+
+    workers = decode_workers(spec.analysis)
+    if workers > 1:
+        try:
+            return _decode_pass(path, spec, workers)
+        except ChunkMismatch:
+            pass
+    return _decode_pass(path, spec, 1)
+
+
+def _decoder_options(stream, spec, threads: int | None) -> None:
+    stream.thread_type = "AUTO"
+    if threads:
+        stream.thread_count = threads
+    if spec.analysis.skip_loop_filter:  # deblocking is invisible at analysis sizes; ~20% of H.264 decode
+        stream.codec_context.options = {"skip_loop_filter": "all"}
+
+
+def _decode_pass(path: str, spec, workers: int) -> tuple[dict, dict]:
     import av
     import cv2
 
+    from stages.decode import ChunkedSource, ChunkMismatch, SequentialSource
+
     container, stream, meta = open_video(path, spec.probe, spec.storage)
-    # The decoder's frame threads already use every core; OpenCV's own pool on top of them only
-    # adds contention (measured: ~15% more CPU for the same work).
+    extra = []  # the chunk decoders' own containers
+    # The decoders already use every core; OpenCV's own pool on top of them only adds
+    # contention (measured: ~15% more CPU for the same work).
     cv_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        stream.thread_type = "AUTO"
-        if spec.analysis.decoder_threads:
-            stream.thread_count = spec.analysis.decoder_threads
-        if spec.analysis.skip_loop_filter:  # deblocking is invisible at analysis sizes; ~20% of H.264 decode
-            stream.codec_context.options = {"skip_loop_filter": "all"}
         fps = meta["fps"] or 25.0
         stride = max(1, int(round(fps / spec.analysis.sample_fps)))
-        shrink = None
+        prepare = _preparer(meta["width"], meta["height"], stride, spec)
+        if workers > 1:
+            decoders = []
+            for _ in range(workers):
+                extra.append(open_video(path, spec.probe, spec.storage)[0])
+                s = extra[-1].streams.video[0]
+                _decoder_options(s, spec, 1)
+                decoders.append(s.codec_context)
+            frames = ChunkedSource(container, stream, decoders, prepare)
+        else:
+            _decoder_options(stream, spec, spec.analysis.decoder_threads)
+            frames = SequentialSource(container, stream, prepare)
         detector = boundary_detector(spec.shots, fps, spec.models.transnetv2)
         times, thumbs, keyframes = array("d"), ThumbStore(), set()
-        missing_pts, decode_error = 0, None
-        quality = [cv2.IMWRITE_JPEG_QUALITY, spec.analysis.jpeg_quality]
-        frames = DecodeAhead(container, stream)
+        missing_pts, decode_error, turns, recorder = 0, None, None, None
         try:
-            for i, frame in enumerate(frames):
-                if frame.time is None:
+            for i, (index, t, key, rec_turns, luma, bgr, jpeg) in enumerate(frames):
+                if index != i or (turns is not None and rec_turns != turns):
+                    raise ChunkMismatch(f"frame {index} arrived as frame {i}")
+                if t is None:
                     missing_pts += 1
-                times.append(float(frame.time) if frame.time is not None else i / fps)
+                times.append(t if t is not None else i / fps)
                 if times[-1] - times[0] > spec.probe.max_duration_s or i >= spec.probe.max_frames:
                     raise Rejected("too_long", f"still decoding past probe.max_duration_s="
                                    f"{spec.probe.max_duration_s} or probe.max_frames={spec.probe.max_frames}")
-                if shrink is None:  # sizes from the first frame: its rotation decides what is upright
-                    shrink, shrink_thumb, recorder = _shrinkers(frame, meta, spec)
-                if frame.key_frame:
+                if recorder is None:  # the first frame's rotation decides what is upright
+                    turns, recorder = rec_turns, _recorder(rec_turns, meta, spec)
+                if key:
                     keyframes.add(i)
-                luma, bgr = shrink(frame)
                 recorder.add(i, luma)
                 v = recorder.values
                 detector.feed(i, bgr, v["contrast"][-1], v["residual"][-1] / (v["diff"][-1] + 1.0))
-                if i % stride == 0:
-                    thumbs.add(i, cv2.imencode(".jpg", shrink_thumb(frame)[1], quality)[1].tobytes())
+                if jpeg is not None:
+                    thumbs.add(i, jpeg)
         except MemoryError:  # FFmpeg's ENOMEM too: the guard reports memory_limit
             raise
         except av.error.FFmpegError as err:
+            if workers > 1:  # how a decoder fails differs with threading: errors are one decoder's to judge
+                thumbs.close()
+                raise ChunkMismatch(f"decoder error: {err}") from None
             if not times:
                 raise Rejected("corrupt_stream", str(err)) from None
             decode_error = str(err)
             meta["message"] = f"decode stopped early: {err}"
+        except BaseException:
+            thumbs.close()
+            raise
         finally:
             frames.close()
         if not times:
@@ -124,6 +179,8 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
                       "boundaries": boundaries,
                       "keyframes": keyframes}
     finally:
+        for c in extra:
+            c.close()
         container.close()
         cv2.setNumThreads(cv_threads)
 
@@ -133,19 +190,49 @@ def frame_time(times, frame: int, fps: float) -> float:
     return (times[frame] - times[0]) if frame < len(times) else (times[-1] - times[0] + 1.0 / fps)
 
 
-def _shrinkers(frame, meta: dict, spec):
-    """Analysis and thumbnail shrinkers and the signal recorder for an upright video."""
-    turns = quarter_turns(frame.rotation)
+def _sizes(width: int, height: int, spec) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(analysis, flow, thumbnail) sizes for an upright ``width`` x ``height`` video."""
+    aw, ah = scaled_size(width, height, spec.analysis.width)
+    fw, fh = scaled_size(width, height, spec.analysis.flow_width)
+    ts, short = spec.analysis.frame_size, min(width, height)
+    return (aw, ah), (fw, fh), (_even(width * ts / short), _even(height * ts / short))
+
+
+def _preparer(width: int, height: int, stride: int, spec):
+    """A factory of per-thread ``prepare(frame, index)`` functions for the decode sources:
+    (index, time, key frame, quarter turns, full-range luma, bgr, JPEG or None) from one decoded
+    frame, shrunk to the analysis size; every ``stride``-th frame also as a JPEG thumbnail.
+    Runs on the decoding threads, so shrinking and JPEG encoding run beside the analysis."""
+    import cv2
+
+    quality = [cv2.IMWRITE_JPEG_QUALITY, spec.analysis.jpeg_quality]
+
+    def make():
+        shrinkers = []
+
+        def prepare(frame, index: int) -> tuple:
+            if not shrinkers:  # sizes from this thread's first frame: its rotation decides what is upright
+                turns = quarter_turns(frame.rotation)
+                w, h = (height, width) if turns % 2 else (width, height)
+                (aw, ah), _, (tw, th) = _sizes(w, h, spec)
+                shrinkers.extend([turns, Shrinker(aw, ah, turns=turns), Shrinker(tw, th, smooth=True, turns=turns)])
+            turns, shrink, shrink_thumb = shrinkers
+            luma, bgr = shrink(frame, fresh=True)
+            jpeg = cv2.imencode(".jpg", shrink_thumb(frame)[1], quality)[1].tobytes() if index % stride == 0 else None
+            return (index, None if frame.time is None else float(frame.time), frame.key_frame, turns, luma, bgr, jpeg)
+
+        return prepare
+
+    return make
+
+
+def _recorder(turns: int, meta: dict, spec) -> FrameSignals:
+    """The signal recorder for an upright video; reports the rotation and upright size in ``meta``."""
     meta["rotation"] = turns * 90
     if turns % 2:  # report and analyse the upright (display) size
         meta["width"], meta["height"] = meta["height"], meta["width"]
-    w, h = meta["width"], meta["height"]
-    aw, ah = scaled_size(w, h, spec.analysis.width)
-    fw, fh = scaled_size(w, h, spec.analysis.flow_width)
-    ts, short = spec.analysis.frame_size, min(w, h)
-    tw, th = _even(w * ts / short), _even(h * ts / short)
-    return (Shrinker(aw, ah, turns=turns), Shrinker(tw, th, smooth=True, turns=turns),
-            FrameSignals((fw, fh), spec.analysis.flow_stride))
+    _, flow, _ = _sizes(meta["width"], meta["height"], spec)
+    return FrameSignals(flow, spec.analysis.flow_stride)
 
 
 def build_clips(video: dict, meta: dict, analysis: dict, spec, cues=()) -> list[dict]:

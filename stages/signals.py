@@ -19,7 +19,7 @@ BLACK_CONTRAST = 8.0
 FROZEN_DIFF = 0.6      # mean absolute luma change below this (0..255) is a repeated frame
 BAR_LUMA = 24.0        # a border row/column this dark and flat is part of a bar
 BAR_FLAT = 6.0
-LETTERBOX_EVERY = 5
+LETTERBOX_EVERY = 10
 DYNAMIC_P95 = 1.0      # px/frame at flow width 128 ~ VBench/LVD-2M dynamic-degree threshold scale
 FLOW = ("motion", "motion_p95", "flow_dx", "flow_dy", "flow_div")
 # diff: mean absolute luma change from the previous frame (flow size, 0..255); residual: the same
@@ -73,7 +73,7 @@ class FrameSignals:
         if self._prev_luma is not None:
             frozen = float(cv2.norm(luma, self._prev_luma, cv2.NORM_L1) / luma.size < FROZEN_DIFF)
         v["frozen"].append(frozen)
-        self._prev_luma = luma.copy()
+        self._prev_luma = luma  # the pass hands over a fresh array per frame
         # bars change with the shot, not the frame: every LETTERBOX_EVERY-th frame is enough
         v["letterbox"].append(bar_fraction(luma) if index % LETTERBOX_EVERY == 0 else np.nan)
         stats = (np.nan,) * 7
@@ -90,7 +90,9 @@ class FrameSignals:
 
         fx, fy = flow_field(prev, cur)
         k = self.flow_stride
-        mag = cv2.magnitude(fx, fy)
+        # not cv2.magnitude: its result can differ in the last bit with the arrays' alignment in
+        # memory, which would make reruns differ; NumPy rounds every element the same way
+        mag = np.sqrt(fx * fx + fy * fy)
         sample = mag[::2, ::2].ravel()  # a quarter of the vectors: same percentile, 4x less sorting
         p95 = float(np.partition(sample, int(sample.size * 0.95))[int(sample.size * 0.95)])
         div = float(cv2.mean(fx * self._gx + fy * self._gy)[0])

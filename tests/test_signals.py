@@ -117,33 +117,3 @@ def test_content_detector_matches_pyscenedetect():
     assert list(fast.scores) == ref_scores
     assert fast.finish() == sorted(ref_cuts)
     assert {len(sources[0]), len(sources[0]) + len(sources[1])} <= set(ref_cuts)
-
-
-def test_decode_ahead_raises_in_consumer_and_stops_early(tmp_path):
-    from stages.frames import DecodeAhead
-
-    path = _encode(tmp_path / "pan.mp4", SCENES["pan"][0], n=40)
-    with av.open(str(path)) as c:
-        frames = DecodeAhead(c, c.streams.video[0], depth=2)
-        assert [round(f.time * 25) for f in frames] == list(range(40))
-        frames.close()
-    with av.open(str(path)) as c:  # consumer leaves after 3 frames; the thread must not hang
-        frames = DecodeAhead(c, c.streams.video[0], depth=2)
-        for k, _ in enumerate(frames):
-            if k == 2:
-                break
-        frames.close()
-        assert not frames._thread.is_alive()
-
-    class Broken:
-        def decode(self, stream):
-            yield "first"
-            raise av.error.InvalidDataError(1094995529, "boom")
-
-    frames = DecodeAhead(Broken(), None)
-    got = []
-    with pytest.raises(av.error.InvalidDataError):
-        for f in frames:
-            got.append(f)
-    frames.close()
-    assert got == ["first"]
