@@ -102,6 +102,9 @@ def _decode_pass(path: str, spec, workers: int) -> tuple[dict, dict]:
         fps = meta["fps"] or 25.0
         stride = max(1, int(round(fps / spec.analysis.sample_fps)))
         prepare = _preparer(meta["width"], meta["height"], stride, spec)
+        # everything that can fail is set up before the decoding threads start
+        detector = boundary_detector(spec.shots, fps, spec.models.transnetv2)
+        times, thumbs, keyframes = array("d"), ThumbStore(), set()
         if workers > 1:
             decoders = []
             for _ in range(workers):
@@ -113,8 +116,6 @@ def _decode_pass(path: str, spec, workers: int) -> tuple[dict, dict]:
         else:
             _decoder_options(stream, spec, spec.analysis.decoder_threads)
             frames = SequentialSource(container, stream, prepare)
-        detector = boundary_detector(spec.shots, fps, spec.models.transnetv2)
-        times, thumbs, keyframes = array("d"), ThumbStore(), set()
         missing_pts, decode_error, turns, recorder = 0, None, None, None
         try:
             for i, (index, t, key, rec_turns, luma, bgr, jpeg) in enumerate(frames):
