@@ -305,44 +305,11 @@ class JobSpec(_Section):
 
     def fingerprints(self) -> dict[str, str]:
         """Per stage, a hash of everything that shapes its per-video results: its settings
-        (STAGE_SETTINGS, prompt texts included), the previous stage's fingerprint, the schema
+        (pipeline.fingerprint.STAGE_SETTINGS, prompt texts included), the previous stage's fingerprint, the schema
         version and the vidcurate version. Committed work is reused when its fingerprint matches."""
-        import hashlib
-        import json
+        from pipeline.fingerprint import fingerprints
 
-        import schemas
-        from pipeline import __version__
-        from stages.models import load_prompt
-
-        doc = self.model_dump(mode="json")
-        prompts = {"caption": [self.caption.prompt_name],
-                   "hierarchy": [self.chapters.chapter_prompt, self.chapters.video_prompt, self.chapters.entity_prompt,
-                                 "chapter_title_v1"]}
-        out, prev = {}, f"{schemas.SCHEMA_VERSION}:{__version__}"
-        for stage, keys in STAGE_SETTINGS.items():
-            picked = {k: _dotted(doc, k) for k in keys}
-            for k in SPEED_ONLY:
-                section, _, name = k.rpartition(".")
-                if section in picked:
-                    picked[section] = {n: v for n, v in picked[section].items() if n != name}
-            picked["prompts"] = [load_prompt(p) for p in prompts.get(stage, [])]
-            blob = json.dumps([prev, stage, picked], sort_keys=True).encode()
-            out[stage] = prev = hashlib.sha256(blob).hexdigest()[:16]
-        return out
-
-
-# The settings that shape each stage's results (each stage also inherits the previous stage's).
-STAGE_SETTINGS = {
-    "analyze": ("probe", "analysis", "shots", "scores", "caption.window_s", "caption.subtitles", "models.transnetv2"),
-    "clip": ("models.clip", "clip_filter"),
-    "caption": ("models.vlm", "caption"),
-    "hierarchy": ("chapters",),
-    "output": ("output.samples_per_shard", "output.long_samples"),
-}
-
-# Settings that change how fast a stage runs, never what it computes (tests/test_guard.py checks
-# the decoders'): left out of the fingerprints, so changing them reuses committed work.
-SPEED_ONLY = ("analysis.decode_workers", "analysis.decoder_threads")
+        return fingerprints(self)
 
 
 def _dotted(doc: dict, key: str):
