@@ -12,10 +12,16 @@ clips, looped with hard cuts between them), then, in one run and each in a fresh
 
 Prints a table and a last line
 `RESULT analysis_vs_decode=<> analysis_vs_pyscenedetect=<> rss_mb_1min=<> rss_mb_30min=<>`
-(ratios of wall times, > 1 means vidcurate is faster; RSS is the analysis process's peak).
+(ratios of summed wall times, > 1 means vidcurate is faster; RSS is the analysis process's peak).
+
+With ``--repeat N`` every file is measured in N rounds, each round running all four methods
+back to back in a rotated order, and each method's time on a file is the median of its rounds.
+Shared and virtual machines change speed by 10-20% within minutes; interleaving the methods
+lets that drift fall on all of them alike, and the median drops single disturbed runs.
 
     python bench/analysis_throughput.py                  # 1 and 30 minute inputs (slow to build)
     python bench/analysis_throughput.py --minutes 1 5    # shorter runs
+    python bench/analysis_throughput.py --minutes 1 5 --repeat 3
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
+METHODS = ("decode", "decode_slf", "pyscenedetect", "vidcurate")
 
 
 def build_input(path: Path, size: tuple[int, int], minutes: float) -> Path:
@@ -107,11 +115,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, nargs="+", default=[1, 30])
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--repeat", type=int, default=1, help="rounds per file; each method's median is reported")
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "FILE"), help=argparse.SUPPRESS)
     p.add_argument("--build", nargs=3, metavar=("PATH", "SIZE", "MINUTES"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(*args.worker)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     if args.build:
         return build_input(Path(args.build[0]), SIZES[args.build[1]], float(args.build[2]))
     inputs = HERE / "inputs"
@@ -123,17 +134,25 @@ def main() -> None:
             path = inputs / f"footage_{size}_{minutes:g}min.mp4"
             # built in its own process: a child's peak RSS counts what its parent held when forked
             subprocess.run([sys.executable, __file__, "--build", str(path), size, str(minutes)], check=True)
+            commands = {m: [sys.executable, __file__, "--worker", m, str(path)] for m in METHODS}
+            commands["pyscenedetect"] = [scenedetect, "-q", "-i", str(path), "detect-content"]
+            runs = {m: [] for m in METHODS}
+            for round_ in range(args.repeat):
+                for k in range(len(METHODS)):  # rotated: no method always runs first or last
+                    m = METHODS[(k + round_) % len(METHODS)]
+                    runs[m].append(measure(commands[m]))
             r = {"file": path.name, "minutes": minutes, "size": size}
-            r["decode"] = measure([sys.executable, __file__, "--worker", "decode", str(path)])
-            r["decode_slf"] = measure([sys.executable, __file__, "--worker", "decode_slf", str(path)])
-            r["pyscenedetect"] = measure([scenedetect, "-q", "-i", str(path), "detect-content"])
-            r["vidcurate"] = measure([sys.executable, __file__, "--worker", "vidcurate", str(path)])
+            for m in METHODS:
+                seconds = sorted(x["seconds"] for x in runs[m])
+                r[m] = {"seconds": statistics.median(seconds), "spread": (seconds[0], seconds[-1]),
+                        "rss_mb": max(x["rss_mb"] for x in runs[m]), "out": runs[m][-1]["out"]}
             rows.append(r)
             frames = json.loads(r["vidcurate"]["out"][0])["frames"]
+            spread = (lambda m: f" ({r[m]['spread'][0]:.1f}-{r[m]['spread'][1]:.1f})") if args.repeat > 1 else (lambda m: "")
             print(f"{path.name:32s} frames {frames:6d} | " + " | ".join(
-                f"{m} {r[m]['seconds']:7.1f}s {frames / r[m]['seconds']:6.0f} fps {r[m]['rss_mb']:6.0f} MB"
-                for m in ("decode", "decode_slf", "pyscenedetect", "vidcurate")), flush=True)
-    total = {m: sum(r[m]["seconds"] for r in rows) for m in ("decode", "decode_slf", "pyscenedetect", "vidcurate")}
+                f"{m} {r[m]['seconds']:7.1f}s{spread(m)} {frames / r[m]['seconds']:6.0f} fps {r[m]['rss_mb']:6.0f} MB"
+                for m in METHODS), flush=True)
+    total = {m: sum(r[m]["seconds"] for r in rows) for m in METHODS}
     # what a pass that decodes with skip_loop_filter and does no analysis at all would score
     print(f"CEILING decode_slf_vs_decode={total['decode'] / total['decode_slf']:.2f} "
           f"decode_slf_vs_pyscenedetect={total['pyscenedetect'] / total['decode_slf']:.2f}")
@@ -141,9 +160,9 @@ def main() -> None:
     for minutes in (min(args.minutes), max(args.minutes)):
         rss[minutes] = max(r["vidcurate"]["rss_mb"] for r in rows if r["minutes"] == minutes)
     short, long = min(args.minutes), max(args.minutes)
+    memory = " ".join(f"rss_mb_{m:g}min={rss[m]:.0f}" for m in sorted({short, long}))
     print(f"RESULT analysis_vs_decode={total['decode'] / total['vidcurate']:.2f} "
-          f"analysis_vs_pyscenedetect={total['pyscenedetect'] / total['vidcurate']:.2f} "
-          f"rss_mb_{short:g}min={rss[short]:.0f} rss_mb_{long:g}min={rss[long]:.0f}")
+          f"analysis_vs_pyscenedetect={total['pyscenedetect'] / total['vidcurate']:.2f} {memory}")
 
 
 if __name__ == "__main__":
