@@ -134,7 +134,7 @@ def main() -> None:
             path = inputs / f"footage_{size}_{minutes:g}min.mp4"
             # built in its own process: a child's peak RSS counts what its parent held when forked
             subprocess.run([sys.executable, __file__, "--build", str(path), size, str(minutes)], check=True)
-            commands = {m: [sys.executable, __file__, "--worker", m, str(path)] for m in METHODS}
+            commands = {m: [sys.executable, __file__, "--worker", m, str(path)] for m in METHODS if m != "pyscenedetect"}
             commands["pyscenedetect"] = [scenedetect, "-q", "-i", str(path), "detect-content"]
             runs = {m: [] for m in METHODS}
             for round_ in range(args.repeat):
@@ -148,10 +148,13 @@ def main() -> None:
                         "rss_mb": max(x["rss_mb"] for x in runs[m]), "out": runs[m][-1]["out"]}
             rows.append(r)
             frames = json.loads(r["vidcurate"]["out"][0])["frames"]
-            spread = (lambda m: f" ({r[m]['spread'][0]:.1f}-{r[m]['spread'][1]:.1f})") if args.repeat > 1 else (lambda m: "")
-            print(f"{path.name:32s} frames {frames:6d} | " + " | ".join(
-                f"{m} {r[m]['seconds']:7.1f}s{spread(m)} {frames / r[m]['seconds']:6.0f} fps {r[m]['rss_mb']:6.0f} MB"
-                for m in METHODS), flush=True)
+            cells = []
+            for m in METHODS:
+                lo, hi = r[m]["spread"]
+                spread = f" ({lo:.1f}-{hi:.1f})" if args.repeat > 1 else ""
+                cells.append(f"{m} {r[m]['seconds']:7.1f}s{spread} {frames / r[m]['seconds']:6.0f} fps "
+                             f"{r[m]['rss_mb']:6.0f} MB")
+            print(f"{path.name:32s} frames {frames:6d} | " + " | ".join(cells), flush=True)
     total = {m: sum(r[m]["seconds"] for r in rows) for m in METHODS}
     # what a pass that decodes with skip_loop_filter and does no analysis at all would score
     print(f"CEILING decode_slf_vs_decode={total['decode'] / total['decode_slf']:.2f} "

@@ -27,7 +27,6 @@ def fingerprints(spec) -> dict[str, str]:
     """{stage: 16 hex digits} for a pipeline.spec.JobSpec; prompt texts are hashed, not their names."""
     import schemas
     from pipeline import __version__
-    from pipeline.spec import _dotted
     from stages.models import load_prompt
 
     doc = spec.model_dump(mode="json")
@@ -36,7 +35,7 @@ def fingerprints(spec) -> dict[str, str]:
                              "chapter_title_v1"]}
     out, prev = {}, f"{schemas.SCHEMA_VERSION}:{__version__}"
     for stage, keys in STAGE_SETTINGS.items():
-        picked = {k: _dotted(doc, k) for k in keys}
+        picked = {k: _setting(doc, k) for k in keys}
         for k in SPEED_ONLY:
             section, _, name = k.rpartition(".")
             if section in picked:
@@ -45,3 +44,10 @@ def fingerprints(spec) -> dict[str, str]:
         blob = json.dumps([prev, stage, picked], sort_keys=True).encode()
         out[stage] = prev = hashlib.sha256(blob).hexdigest()[:16]
     return out
+
+
+def _setting(doc: dict, dotted: str):
+    """``doc["a"]["b"]`` for ``"a.b"``."""
+    for part in dotted.split("."):
+        doc = doc[part]
+    return doc

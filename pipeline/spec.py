@@ -305,17 +305,12 @@ class JobSpec(_Section):
 
     def fingerprints(self) -> dict[str, str]:
         """Per stage, a hash of everything that shapes its per-video results: its settings
-        (pipeline.fingerprint.STAGE_SETTINGS, prompt texts included), the previous stage's fingerprint, the schema
-        version and the vidcurate version. Committed work is reused when its fingerprint matches."""
+        (pipeline.fingerprint.STAGE_SETTINGS, prompt texts included), the previous stage's
+        fingerprint, the schema version and the vidcurate version. Committed work is reused when
+        its fingerprint matches."""
         from pipeline.fingerprint import fingerprints
 
         return fingerprints(self)
-
-
-def _dotted(doc: dict, key: str):
-    for part in key.split("."):
-        doc = doc[part]
-    return doc
 
 
 def _set_dotted(doc: dict, dotted: str, value) -> None:
