@@ -1,5 +1,7 @@
-"""Assembly of a run's outputs from the committed per-video results: caption rows of every
-level, shard samples (clips and chapters) and the counts of stats.json. Pure functions."""
+"""Assembly of a partition's outputs from the committed per-video results: the rows of every
+table, caption rows of every level, entity names, shard samples (clips and chapters) and the
+counts of stats.json. Pure functions over plain rows, in the order the partition writer
+(pipeline.writer) applies them."""
 
 from __future__ import annotations
 
@@ -8,7 +10,104 @@ from collections import Counter, defaultdict
 
 from stages.base import Stats
 from stages.chapters import caption_id
+from stages.entities import renamer
 from stages.structured import COLUMNS as STRUCTURED_COLUMNS
+
+
+LEVEL_ORDER = {"video": 0, "chapter": 1, "clip": 2, "window": 3}
+
+
+def join_results(results: list[tuple[dict, list[dict], dict]]) -> dict:
+    """The per-video results (videos row, clip rows, hierarchy result) of a partition -> its rows:
+    videos, clips (in (uri, start_frame) order, with their clip caption ids), kept clips,
+    chapters, chapter and video captions, and each video's entity names."""
+    videos = [dict(v) for v, _, _ in results]
+    clips = sorted((dict(c) for _, cs, _ in results for c in cs), key=lambda r: (r["uri"], r["start_frame"]))
+    for c in clips:
+        if c.get("caption_text") is not None:
+            c["caption_id"] = caption_id(c["clip_id"], "clip", c["caption_model"], c["caption_prompt_version"])
+    chapters, captions, entities = [], [], {}
+    for video, _, hierarchy in results:
+        chapters.extend(hierarchy["chapters"])
+        captions.extend(hierarchy["captions"])
+        if hierarchy["entities"] is not None:
+            entities[video["video_id"]] = hierarchy["entities"]
+    return {"videos": videos, "clips": clips, "kept": [c for c in clips if c["status"] == "kept"],
+            "chapters": chapters, "captions": captions, "entities": entities}
+
+
+def link_hierarchy(rows: dict) -> None:
+    """Each kept clip gets its chapter id, each video its video caption id, and the clip and
+    window caption rows join the chapter and video captions (children point at parents)."""
+    chapter_of = {cid: ch for ch in rows["chapters"] for cid in ch["clip_ids"]}
+    video_caption = {c["video_id"]: c["caption_id"] for c in rows["captions"] if c["level"] == "video"}
+    for v in rows["videos"]:
+        v["caption_id"] = video_caption.get(v["video_id"])
+    for c in rows["kept"]:
+        ch = chapter_of.get(c["clip_id"])
+        c["chapter_id"] = ch["chapter_id"] if ch else None
+        if c.get("caption_id"):
+            rows["captions"].append(clip_caption(c, ch))
+            rows["captions"].extend(window_caption(c, w) for w in c.get("windows") or [])
+    rows["chapter_of"], rows["video_caption"] = chapter_of, video_caption
+
+
+def clip_caption(clip: dict, chapter: dict | None) -> dict:
+    """The caption row of a kept clip (level ``clip``, child of its chapter's caption)."""
+    fields = json.loads(clip["caption_fields"]) if clip.get("caption_fields") else {}
+    return {"caption_id": clip["caption_id"], "video_id": clip["video_id"], "clip_id": clip["clip_id"],
+            "chapter_id": clip["chapter_id"], "level": "clip",
+            "parent_id": chapter["caption_id"] if chapter else None, "start_s": clip["start_s"],
+            "end_s": clip["end_s"], "text": clip["caption_text"], "model": clip["caption_model"],
+            "prompt_version": clip["caption_prompt_version"], "generation": clip["caption_generation"],
+            "parse_status": clip.get("caption_parse_status"), **{k: fields.get(k) for k in STRUCTURED_COLUMNS},
+            "events": absolute_events(fields.get("events"), clip["start_s"])}
+
+
+def apply_entity_names(rows: dict) -> None:
+    """Recurring people and objects get one name across a video's clip and window captions, in
+    the caption rows and in the kept clips (the shards carry the renamed texts too)."""
+    renamers = {vid: renamer(e["entities"]) for vid, e in rows["entities"].items() if e["status"] == "ok"}
+    for cap in rows["captions"]:
+        cap["duration_s"] = cap["end_s"] - cap["start_s"]
+        if cap["level"] in ("clip", "window") and cap["video_id"] in renamers:
+            cap["text"], cap["entities"] = renamers[cap["video_id"]](cap["text"])
+    for c in rows["kept"]:
+        if c["video_id"] in renamers and c.get("caption_text") is not None:
+            c["caption_text"], _ = renamers[c["video_id"]](c["caption_text"])
+            for w in c.get("windows") or []:
+                w["caption_text"], _ = renamers[c["video_id"]](w["caption_text"])
+
+
+def shard_samples(rows: dict, per: int, shard_name) -> list[dict]:
+    """The kept clips, in order, as shard samples; clip n goes to shard ``shard_name(n // per)``
+    (recorded in the clip's row with its sample key)."""
+    samples = []
+    for n, c in enumerate(rows["kept"]):
+        c["shard"], c["key"] = shard_name(n // per), c["clip_id"]
+        samples.append({"key": c["key"], "uri": c["uri"],
+                        "clip": {k: c[k] for k in ("start_s", "end_s", "start_frame", "end_frame",
+                                                   "keyframe_aligned", "pts_timing")},
+                        "json": clip_sample(c, rows["chapter_of"].get(c["clip_id"]),
+                                            rows["video_caption"].get(c["video_id"])),
+                        "txt": c.get("caption_text") or ""})
+    return samples
+
+
+def apply_extraction(rows: dict, methods: dict[str, str], failed: dict[str, str]) -> None:
+    """How each sample's bytes were made (copy or encode); clips whose bytes could not be cut are
+    rejected with ``extract_error`` and leave their shard."""
+    for c in rows["kept"]:
+        c["extract_method"] = methods.get(c["clip_id"])
+        if c["clip_id"] in failed:
+            c.update(status="rejected", reason="extract_error", shard=None, key=None)
+
+
+def sorted_tables(rows: dict) -> dict[str, list[dict]]:
+    """The four tables' rows in their written order."""
+    return {"videos": rows["videos"], "clips": rows["clips"],
+            "captions": sorted(rows["captions"], key=lambda c: (c["video_id"], LEVEL_ORDER[c["level"]], c["start_s"])),
+            "chapters": sorted(rows["chapters"], key=lambda c: (c["video_id"], c["index"]))}
 
 
 def window_caption(clip: dict, window: dict) -> dict:

@@ -16,7 +16,7 @@ def _print_summary(manifest: dict, out: str) -> None:
           f"{c['clips_after_scores']}, after CLIP filter {c['clips_after_clip_filter']}")
     caps = ", ".join(f"{k} {v}" for k, v in c["captions"].items()) or "none"
     print(f"  captions  {caps}; chapters {c['chapters']}")
-    print(f"  shards    {c['shards']} ({c['samples']} samples)")
+    print(f"  shards    {c['shards']} ({c['samples']} samples) in {len(manifest['partitions'])} partition(s)")
     if manifest.get("long_shards"):
         print(f"  long      {len(manifest['long_shards'])} shards ({sum(s['samples'] for s in manifest['long_shards'])}"
               " chapter samples)")
@@ -147,9 +147,12 @@ def cmd_inspect(args) -> int:
     print(f"  clips   {c['clips']}: {c['clips_kept']} kept; captions "
           + ", ".join(f"{k} {v}" for k, v in c["captions"].items()) + f"; chapters {c['chapters']}")
     for name, t in manifest["tables"].items():
-        schema = pq.read_schema(io.BytesIO(store.read(t["path"])))
-        version = (schema.metadata or {}).get(b"vidcurate.schema_version", b"?").decode()
-        print(f"  table   {name:9s} {t['rows']:7d} rows  schema v{version}  {t['path']}")
+        versions = set()
+        for part in t["parts"]:  # the footer of every part, not the data
+            schema = pq.read_schema(io.BytesIO(store.read(part["path"])))
+            versions.add((schema.metadata or {}).get(b"vidcurate.schema_version", b"?").decode())
+        print(f"  table   {name:9s} {t['rows']:7d} rows  schema v{'/'.join(sorted(versions)) or '?'}  "
+              f"{t['path']}/ ({len(t['parts'])} parts)")
     shards, long_shards = manifest["shards"], manifest["long_shards"]
     print(f"  shards  {len(shards)} ({sum(s['samples'] for s in shards)} samples, "
           f"{sum(s['bytes'] for s in shards) / 1e6:.1f} MB)"

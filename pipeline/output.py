@@ -1,6 +1,6 @@
 """The output as a whole: where it is, what may be in it, when a run already finished it,
-and what is deleted or recorded when a run ends (the per-shard and per-unit commits are in
-pipeline.sinks and pipeline.units)."""
+and what is deleted or recorded when a run ends (the per-partition and per-unit commits are
+in pipeline.writer and pipeline.units)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pipeline.sinks import COMMITS, json_bytes
+from pipeline.sinks import json_bytes
 from pipeline.spec import JobSpec, SpecError
 from pipeline.storage import is_s3
 
@@ -27,7 +27,8 @@ TABLES = ("videos", "clips", "captions", "chapters")
 
 
 def prepare_output(spec: JobSpec, store, inputs: list[dict], log=print) -> dict[str, int]:
-    """Check the output before any work and list what it holds (key -> size).
+    """Check the output before any work and list what it holds of its own files (key -> size;
+    see ``list_output``).
 
     It must be empty or a previous vidcurate output, whose committed work is reused (or deleted
     by run_job, under the output's lock, when output.overwrite). Anything else in it (or inputs
@@ -39,14 +40,44 @@ def prepare_output(spec: JobSpec, store, inputs: list[dict], log=print) -> dict[
     if not is_s3(root) and Path(root).exists() and not Path(root).is_dir():
         raise SpecError(f"output.uri: {root} exists and is not a directory")
     try:
-        listing = dict(store.list())
+        files, folders = store.top()
+        names = set(files) | folders
     except Exception as err:
         raise SpecError(f"output.uri: cannot list {root}: {err}") from None
-    foreign = sorted({k.split("/")[0] for k in listing} - OUTPUT_NAMES)
+    foreign = sorted(set(names) - OUTPUT_NAMES)
     if foreign:
         raise SpecError(f"output.uri: {root} holds files vidcurate did not write ({', '.join(foreign[:3])}); "
                         "refusing to write there")
+    return list_output(store)
+
+
+# What planning lists besides the top-level files: the tables, the shards and the partition
+# records, never the per-video work.
+FOLDERS = (*TABLES, "shards", "long_shards", "_work/partitions")
+
+
+def list_output(store) -> dict[str, int]:
+    """key -> size of the output's top-level files, table parts, shards, partition records and
+    lease: a bounded number of objects per partition."""
+    listing, _ = store.top()
+    for folder in FOLDERS:
+        listing.update(store.list(folder + "/"))
+    if store.exists("_work/lock.json"):
+        listing["_work/lock.json"] = 0
     return listing
+
+
+def remove_orphans(store) -> int:
+    """Partial files an interrupted run left where the output's files are (a per-video result is
+    committed by rename, and its rare leftovers go with ``vidcurate gc``); on S3, unfinished
+    multipart uploads."""
+    if is_s3(store.uri()):
+        return store.clean_orphans()
+    files, _ = store.top()
+    orphans = [k for k in files if k.endswith(".tmp")]
+    for k in orphans:
+        store.delete(k)
+    return len(orphans) + sum(store.clean_orphans(folder + "/") for folder in FOLDERS)
 
 
 def run_key(spec: JobSpec, inputs: list[dict]) -> str:
@@ -66,24 +97,22 @@ def finished(store, listing: dict[str, int], key: str) -> dict | None:
         manifest = json.loads(store.read("manifest.json"))
     except (ValueError, OSError):
         return None
-    if manifest.get("run_key") != key:
+    if manifest.get("run_key") != key or "partitions" not in manifest:
         return None
-    files = [*manifest["tables"].values(), *manifest["shards"], *manifest["long_shards"]]
+    files = [*(p for t in manifest["tables"].values() for p in t["parts"]), *manifest["shards"],
+             *manifest["long_shards"]]
     if all(listing.get(f["path"]) == f["bytes"] for f in files) and \
             {"stats.json", "spec.yaml", "report.html"} <= set(listing):
         return manifest
     return None
 
 
-def clean(store, manifest: dict, log) -> None:
-    """Delete what the new manifest does not list: shards (and their commit records) of earlier
-    plans or interrupted runs, and temporary files. Committed per-video work stays for reuse."""
+def clean(store, manifest: dict, listing: dict[str, int], log) -> None:
+    """Delete table parts and shards the new manifest does not list (of earlier plans or
+    interrupted runs). Partition records and committed per-video work stay for reuse."""
     keep = {s["path"] for s in manifest["shards"] + manifest["long_shards"]}
-    keep |= {f"{COMMITS}/{p}.json" for p in keep}
-    keep |= {t["path"] for t in manifest["tables"].values()}
-    stale = [k for k, _ in store.list() if k.split("/")[0] in ("shards", "long_shards", *TABLES)
-             or k.startswith(COMMITS + "/")]
-    stale = [k for k in stale if k not in keep]
+    keep |= {p["path"] for t in manifest["tables"].values() for p in t["parts"]}
+    stale = [k for k in listing if k.split("/")[0] in ("shards", "long_shards", *TABLES) and k not in keep]
     for k in stale:
         store.delete(k)
     if stale:
@@ -103,11 +132,12 @@ def record_timings(store, seconds: dict, stages: dict, changed: int) -> None:
 def collect_garbage(store, *, dry_run: bool = False, log=print) -> tuple[int, int]:
     """Delete committed work a finished output no longer uses: stage results under
     ``_work/<stage>/<fingerprint>/`` whose fingerprint is not the manifest's (left by runs with
-    other settings; kept by ``run`` so that switching back reuses them), and shard commit
-    records of shards the manifest does not list. Holds the output's lock while it works.
+    other settings; kept by ``run`` so that switching back reuses them), records of partitions
+    the manifest does not list, and temporary files of interrupted writes. Holds the output's lock while it works.
     Returns (files, bytes) removed (or that would be, with ``dry_run``)."""
+    from pipeline.graph import STAGES
     from pipeline.lock import OutputLock
-    from pipeline.units import STAGES
+    from pipeline.writer import RECORDS
 
     try:
         manifest = json.loads(store.read("manifest.json"))
@@ -115,14 +145,14 @@ def collect_garbage(store, *, dry_run: bool = False, log=print) -> tuple[int, in
         raise SpecError(f"{store.uri()}: no committed output (manifest.json unreadable: {err}); gc only runs on a "
                         "finished output, whose manifest says which work is current") from None
     fps = manifest.get("fingerprints") or {}
-    listed = {s["path"] for folder in ("shards", "long_shards") for s in manifest.get(folder, [])}
+    current = {p["record"] for p in manifest.get("partitions", [])}
     with OutputLock(store, log):
         doomed = []
         for key, size in store.list("_work/"):
             parts = key.split("/")
             stale_stage = len(parts) >= 4 and parts[1] in STAGES and parts[2] != fps.get(parts[1])
-            stale_commit = key.startswith(COMMITS + "/") and key[len(COMMITS) + 1:].removesuffix(".json") not in listed
-            if stale_stage or stale_commit:
+            stale_record = key.startswith(RECORDS + "/") and key not in current
+            if stale_stage or stale_record or key.endswith(".tmp"):
                 doomed.append((key, size))
         for key, _ in doomed:
             if not dry_run:

@@ -14,10 +14,11 @@ import base64
 import html
 import io
 import json
-import math
 from collections import Counter, defaultdict
 
 import pyarrow.parquet as pq
+
+from pipeline.summary import BINS, SCALES, bin_edge, position
 
 KEPT, DROPPED = "#2f7d4f", "#c8553d"
 PALETTE = ["#c8553d", "#e09f3e", "#8e6c8a", "#3d5a80", "#7a9e7e", "#b56576", "#6d597a", "#457b9d", "#a98467",
@@ -67,45 +68,48 @@ def _bars(items: list[tuple[str, float, str]], width: int = 560, unit: str = "")
     return "".join(out)
 
 
-def _histogram(kept: list[float], dropped: list[float], title: str, lines: list[tuple[float, str]],
-               bins: int = 24, width: int = 340, height: int = 170) -> str:
-    """Stacked histogram (kept below, dropped above) with vertical threshold lines."""
-    values = kept + dropped
-    if not values:
+def _histogram(hist: dict, column: str, title: str, lines: list[tuple[float, str]], bins: int = 24,
+               width: int = 340, height: int = 170) -> str:
+    """Stacked histogram (kept below, dropped above) with vertical threshold lines, from the
+    merged fixed bins of pipeline.summary (neighbouring bins joined into at most ``bins`` bars)."""
+    kept = {int(k): v for k, v in hist["kept"].items()}
+    dropped = {int(k): v for k, v in hist["dropped"].items()}
+    used = set(kept) | set(dropped)
+    if not used:
         return f'<div class="card"><b>{_e(title)}</b><p>no values</p></div>'
-    lo, hi = min(values + [v for v, _ in lines]), max(values + [v for v, _ in lines])
-    if hi <= lo:
-        hi = lo + 1.0
-    step = (hi - lo) / bins
-
-    def counts(xs):
-        c = [0] * bins
-        for x in xs:
-            c[min(bins - 1, int((x - lo) / step))] += 1
-        return c
-
-    ck, cd = counts(kept), counts(dropped)
+    marks = [min(BINS - 1, max(0, int(position(column, v)))) for v, _ in lines]
+    i0, i1 = min(used | set(marks)), max(used | set(marks)) + 1
+    step = -(-(i1 - i0) // bins)
+    n = -(-(i1 - i0) // step)
+    ck, cd = [0] * n, [0] * n
+    for i, v in kept.items():
+        ck[(i - i0) // step] += v
+    for i, v in dropped.items():
+        cd[(i - i0) // step] += v
+    lo, hi = bin_edge(column, i0), bin_edge(column, i0 + n * step)
     top = max(a + b for a, b in zip(ck, cd)) or 1
     pl, pb, pw, ph = 34, 28, width - 44, height - 48
     out = [f'<div class="card"><b>{_e(title)}</b><br><svg width="{width}" height="{height}" role="img">',
            f'<line x1="{pl}" y1="{10 + ph}" x2="{pl + pw}" y2="{10 + ph}" stroke="#999"/>']
-    bw = pw / bins
+    bw = pw / n
     for i, (k, d) in enumerate(zip(ck, cd)):
         x = pl + i * bw
         hk, hd = ph * k / top, ph * d / top
         if k:
-            out.append(f'<rect x="{x:.1f}" y="{10 + ph - hk:.1f}" width="{bw - 1:.1f}" height="{hk:.1f}" fill="{KEPT}"/>')
+            out.append(f'<rect x="{x:.1f}" y="{10 + ph - hk:.1f}" width="{max(bw - 1, 0.5):.1f}" height="{hk:.1f}" '
+                       f'fill="{KEPT}"/>')
         if d:
-            out.append(f'<rect x="{x:.1f}" y="{10 + ph - hk - hd:.1f}" width="{bw - 1:.1f}" height="{hd:.1f}" '
-                       f'fill="{DROPPED}"/>')
+            out.append(f'<rect x="{x:.1f}" y="{10 + ph - hk - hd:.1f}" width="{max(bw - 1, 0.5):.1f}" '
+                       f'height="{hd:.1f}" fill="{DROPPED}"/>')
     for value, label in lines:
-        x = pl + pw * (value - lo) / (hi - lo)
+        x = pl + pw * min(1.0, max(0.0, (position(column, value) - i0) / (n * step)))
         right = x > pl + 0.7 * pw  # labels near the right edge go left of their line
         out.append(f'<line x1="{x:.1f}" y1="6" x2="{x:.1f}" y2="{10 + ph}" stroke="#222" stroke-dasharray="4 3"/>'
                    f'<text x="{x - 3 if right else x + 3:.1f}" y="16" text-anchor="{"end" if right else "start"}">'
                    f'{_e(label)}</text>')
+    scale = " (log scale)" if SCALES[column][2] else ""
     out.append(f'<text x="{pl}" y="{height - pb + 16}">{lo:.3g}</text>'
-               f'<text x="{pl + pw}" y="{height - pb + 16}" text-anchor="end">{hi:.3g}</text>'
+               f'<text x="{pl + pw}" y="{height - pb + 16}" text-anchor="end">{hi:.3g}{scale}</text>'
                f'<text x="4" y="16">{top}</text></svg></div>')
     return "".join(out)
 
@@ -147,12 +151,12 @@ def _timeline(video: dict, clips: list[dict], chapters: list[dict], windows: lis
     return "".join(out)
 
 
-def build_report(tables: dict[str, list[dict]], manifest: dict, thumbs: dict[str, bytes], per_reason: int = 8,
-                 max_videos: int = 20) -> str:
-    """The report's HTML from the output's tables (rows), its manifest and clip thumbnails."""
-    videos, clips, captions, chapters = (tables[k] for k in ("videos", "clips", "captions", "chapters"))
-    spec, counts = manifest["spec"], manifest["counts"]
-    reasons = Counter(c["reason"] for c in clips if c["status"] != "kept")
+def build_report(summary: dict, manifest: dict, detail: dict[str, list[dict]], thumbs: dict[str, bytes]) -> str:
+    """The report's HTML from the merged partition summaries (counts, reasons, histograms and
+    the sampled clips, videos and rejected inputs), the manifest, the table rows of the sampled
+    videos (``detail``) and clip thumbnails. Its cost does not grow with the output."""
+    spec, counts, stats, sample = manifest["spec"], manifest["counts"], summary["stats"], summary["sample"]
+    reasons = Counter(stats["clip_reasons"])
     colour = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(sorted(reasons))}
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>vidcurate report: {_e(manifest['name'])}"
              f"</title><style>{CSS}</style></head><body>",
@@ -160,14 +164,14 @@ def build_report(tables: dict[str, list[dict]], manifest: dict, thumbs: dict[str
     if manifest.get("tiny_random_models"):
         parts.append('<p class="note">Made with tiny random-weight models: CLIP similarities and captions are '
                      "meaningless here; shots, scores and the pipeline around them are real.</p>")
-    captioned = sum(1 for c in captions if c["level"] == "clip")
     funnel = [("videos in", counts["videos_in"]), ("videos accepted", counts["videos_ok"]),
               ("clips found", counts["clips"]), ("after shot rules", counts["clips_after_shots"]),
               ("after score filters", counts["clips_after_scores"]),
               ("after CLIP filter", counts["clips_after_clip_filter"]), ("kept", counts["clips_kept"]),
-              ("captioned", captioned), ("samples in shards", counts["samples"])]
+              ("captioned", counts["captions"].get("clip", 0)), ("samples in shards", counts["samples"])]
     parts += ["<h2>Funnel</h2>", _bars([(k, v, KEPT) for k, v in funnel])]
-    video_reasons = Counter(v["reason"] for v in videos if v["status"] != "ok")
+    video_reasons = Counter({k[len("dropped_"):]: v for k, v in stats["video_reasons"].items()
+                             if k.startswith("dropped_")})
     parts += ['<h2>Why inputs and clips were dropped</h2><div class="grid"><div class="card"><b>videos</b><br>',
               _bars([(r, n, DROPPED) for r, n in video_reasons.most_common()], width=460),
               '</div><div class="card"><b>clips</b><br>',
@@ -175,111 +179,113 @@ def build_report(tables: dict[str, list[dict]], manifest: dict, thumbs: dict[str
 
     parts.append('<h2>Scores</h2><p>Kept clips in green, dropped in red; dashed lines are the job\'s thresholds.</p>'
                  '<div class="grid">')
+    hists = summary["histograms"]
     for column, (title, section, low, high) in SCORES.items():
-        kept = [c[column] for c in clips if c["status"] == "kept" and _finite(c.get(column))]
-        dropped = [c[column] for c in clips if c["status"] != "kept" and _finite(c.get(column))]
         lines = [(spec[section][k], f"{k} {spec[section][k]:g}") for k in (low, high)
                  if k and spec[section].get(k) is not None]
-        parts.append(_histogram(kept, dropped, title, lines))
-    lengths_k = [c["duration_s"] for c in clips if c["status"] == "kept"]
-    lengths_d = [c["duration_s"] for c in clips if c["status"] != "kept"]
+        parts.append(_histogram(hists[column], column, title, lines))
     shots = spec["shots"]
-    parts.append(_histogram(lengths_k, lengths_d, "clip length (s)",
+    parts.append(_histogram(hists["duration_s"], "duration_s", "clip length (s)",
                             [(shots["min_clip_s"], f"min {shots['min_clip_s']:g}"),
                              (shots["max_clip_s"], f"max {shots['max_clip_s']:g}")]))
     parts.append("</div>")
 
     parts.append("<h2>Contact sheet</h2>")
-    groups = [("kept", [c for c in clips if c["status"] == "kept"])] + \
-        [(r, [c for c in clips if c["reason"] == r]) for r, _ in reasons.most_common()]
-    for name, members in groups:
-        parts.append(f"<h3>{_e(name)} ({len(members)})</h3><div class=sheet>")
-        for c in members[:per_reason]:
+    sizes = {"kept": counts["clips_kept"], **reasons}
+    for name in ["kept"] + [r for r, _ in reasons.most_common()]:
+        members = sample["groups"].get(name, [])
+        parts.append(f"<h3>{_e(name)} ({sizes.get(name, 0)})</h3><div class=sheet>")
+        for c in members:
             parts.append(f"<figure>{_thumb(thumbs.get(c['clip_id']))}<figcaption>"
                          f"{_e(c['uri'].rsplit('/', 1)[-1])} {c['start_s']:.1f}-{c['end_s']:.1f}s</figcaption></figure>")
         parts.append("</div>")
 
     parts.append("<h2>Videos</h2><p>Clips (green kept, other colours by reason; grey: transitions), chapters, "
                  "and dense window captions; hover for details.</p>")
-    by_video = defaultdict(list)
-    for c in clips:
+    by_video, chapters_of, windows_of, caption_of = (defaultdict(list) for _ in range(4))
+    for c in detail["clips"]:
         by_video[c["video_id"]].append(c)
-    chapters_of, windows_of = defaultdict(list), defaultdict(list)
-    for ch in chapters:
+    for ch in detail["chapters"]:
         chapters_of[ch["video_id"]].append(ch)
-    for cap in captions:
+    for cap in detail["captions"]:
         if cap["level"] == "window":
             windows_of[cap["video_id"]].append(cap)
-    accepted = [v for v in videos if v["status"] == "ok"]
-    shown = accepted[:max_videos]
+        elif cap["level"] == "video":
+            caption_of[cap["video_id"]].append(cap["text"])
+    shown = [v for v in detail["videos"] if v["status"] == "ok"]
     for v in shown:
-        video_caption = next((c["text"] for c in captions if c["level"] == "video" and c["video_id"] == v["video_id"]), "")
+        video_caption = (caption_of[v["video_id"]] or [""])[0]
         parts.append(f"<h3>{_e(v['uri'].rsplit('/', 1)[-1])} ({v['duration_s']:.1f} s, {v['width']}x{v['height']})</h3>"
                      + _timeline(v, by_video[v["video_id"]], chapters_of[v["video_id"]], windows_of[v["video_id"]],
                                  colour)
                      + (f"<p>{_e(video_caption[:500])}</p>" if video_caption else ""))
-    if len(accepted) > len(shown):
-        parts.append(f"<p>{len(accepted) - len(shown)} more accepted videos not drawn.</p>")
-    rejected = [v for v in videos if v["status"] != "ok"]
+    if counts["videos_ok"] > len(shown):
+        parts.append(f"<p>{counts['videos_ok'] - len(shown)} more accepted videos not drawn.</p>")
+    rejected = sample["rejected"]
     if rejected:
         parts.append("<h2>Rejected inputs</h2><table><tr><th>input</th><th>status</th><th>reason</th><th>message</th></tr>")
         for v in rejected:
             parts.append(f"<tr><td>{_e(v['uri'])}</td><td>{_e(v['status'])}</td><td>{_e(v['reason'])}</td>"
-                         f"<td>{_e((v.get('message') or '')[:200])}</td></tr>")
+                         f"<td>{_e(v['message'])}</td></tr>")
         parts.append("</table>")
+        more = counts["videos_in"] - counts["videos_ok"] - len(rejected)
+        if more > 0:
+            parts.append(f"<p>{more} more rejected inputs not listed (the videos table has every one).</p>")
     parts.append("</body></html>\n")
     return "".join(parts)
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+def thumbnails(store, fingerprint: str, refs: list[dict]) -> dict[str, bytes]:
+    """The first sampled frame of each pictured clip (``refs``: clip_id, unit_id), from the
+    committed analysis results of their units only."""
+    from pipeline.graph import work_key
+    from pipeline.units import decode_unit
 
-
-def thumbnails(store, fingerprint: str, units: list[str], clip_ids: set[str]) -> dict[str, bytes]:
-    """The first sampled frame of each wanted clip, from the committed analysis results of
-    ``units`` (read in order until every wanted clip is found)."""
-    from pipeline.units import decode_unit, work_key
-
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for r in refs:
+        wanted[r["unit_id"]].add(r["clip_id"])
     out = {}
-    for unit in units:
-        if len(out) == len(clip_ids):
-            break
+    for unit in sorted(wanted):
         try:
             _, table = decode_unit(store.read(work_key("analyze", fingerprint, unit)))
         except Exception:  # reports are best effort about images, never about numbers
             continue
         for cid, frames in zip(table.column("clip_id").to_pylist(), table.column("frames").to_pylist()):
-            if cid in clip_ids and frames:
+            if cid in wanted[unit] and frames:
                 out[cid] = frames[0]
     return out
 
 
-def report_for(store, manifest: dict, units: dict[str, str] | list[str]) -> bytes:
-    """report.html's bytes for a committed output in ``store``. ``units``: video_id -> unit_id
-    (only the videos of the pictured clips are read), or every unit to look through."""
-    tables = {name: pq.read_table(io.BytesIO(store.read(t["path"]))).to_pylist() for name, t in manifest["tables"].items()}
-    wanted, videos = set(), set()
-    per_group = defaultdict(int)
-    for c in tables["clips"]:
-        group = c["reason"] or "kept"
-        if per_group[group] < 8:
-            per_group[group] += 1
-            wanted.add(c["clip_id"])
-            videos.add(c["video_id"])
-    if isinstance(units, dict):
-        units = sorted({units[v] for v in videos if v in units})
-    thumbs = thumbnails(store, manifest["fingerprints"]["analyze"], units, wanted)
-    return build_report(tables, manifest, thumbs).encode()
+def sampled_rows(store, manifest: dict, videos: list[dict]) -> dict[str, list[dict]]:
+    """The table rows of the sampled videos, read from their partitions' parts only."""
+    wanted = {v["video_id"] for v in videos}
+    parts = {v["partition"] for v in videos}
+    index = {p["partition"]: i for i, p in enumerate(manifest["partitions"])}
+    out = {name: [] for name in manifest["tables"]}
+    for p in sorted(parts):
+        for name, t in manifest["tables"].items():
+            rows = pq.read_table(io.BytesIO(store.read(t["parts"][index[p]]["path"]))).to_pylist()
+            out[name] += [r for r in rows if r["video_id"] in wanted]
+    return out
+
+
+def report_for(store, manifest: dict, summary: dict) -> bytes:
+    """report.html's bytes for an output whose merged partition summary is ``summary``."""
+    sample = summary["sample"]
+    detail = sampled_rows(store, manifest, sample["videos"])
+    thumbs = thumbnails(store, manifest["fingerprints"]["analyze"], [r for g in sample["groups"].values() for r in g])
+    return build_report(summary, manifest, detail, thumbs).encode()
 
 
 def rebuild(output: str, storage=None) -> str:
-    """``vidcurate report OUTPUT``: rebuild report.html of a committed output; returns its location."""
+    """``vidcurate report OUTPUT``: rebuild report.html of a committed output from its partition
+    records; returns its location."""
     from pipeline.spec import Storage
     from pipeline.storage import open_store
+    from pipeline.summary import merge
 
     store = open_store(output, storage or Storage())
     manifest = json.loads(store.read("manifest.json"))
-    units = sorted({k.rsplit("/", 1)[-1].split(".")[0] for k, _ in store.list(
-        f"_work/analyze/{manifest['fingerprints']['analyze']}")})
-    store.write("report.html", report_for(store, manifest, units))
+    records = [json.loads(store.read(p["record"])) for p in manifest["partitions"]]
+    store.write("report.html", report_for(store, manifest, merge([r["summary"] for r in records])))
     return store.uri("report.html")

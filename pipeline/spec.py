@@ -37,6 +37,11 @@ class Inputs(_Section):
 class Output(_Section):
     uri: str = Field(description="Output directory: a local path, file:// URI or s3://bucket/prefix.")
     samples_per_shard: int = Field(64, ge=1)
+    videos_per_partition: int = Field(64, ge=1, description="Inputs are written in partitions of at most this many "
+                                      "videos: one Parquet part per table and its own shards each, written by a "
+                                      "worker as soon as its videos are done. A rerun with more inputs adds "
+                                      "partitions and leaves the existing ones untouched. Larger: fewer files; "
+                                      "smaller: writing starts sooner and overlaps more of the run.")
     overwrite: bool = Field(False, description="Delete a previous vidcurate output (and its committed work) and start "
                             "over. false: resume, reusing every committed result the spec still allows.")
     long_samples: Literal["none", "chapter"] = Field("none", description="chapter: also write long-video samples "
@@ -281,8 +286,13 @@ class RayOptions(_Section):
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of the embedded local Ray.")
     stream: Optional[bool] = Field(None, description="Run all stages as one streaming chain (model actors start "
                                    "while videos still decode); false: stage by stage; null: stream when the cluster's "
-                                   "CPUs cover every actor pool plus one analysis task (else the actors would hold the "
-                                   "CPUs decoding waits for).")
+                                   "CPUs, less its largest node's, cover every actor pool plus one task of each CPU "
+                                   "stage (else, once a node is lost, the actors could hold the CPUs decoding waits for).")
+    videos_per_block: Optional[int] = Field(None, ge=1, description="Videos per Ray Data block; null: four blocks "
+                                            "per CPU, at most 16 videos each.")
+    resource_wait_s: float = Field(600, gt=0, description="When the cluster stays this long without the CPUs or "
+                                   "GPUs a pass needs (nodes lost and not replaced), the run stops with an error "
+                                   "naming what is missing; a rerun reuses the committed work.")
     progress: Optional[bool] = Field(None, description="Ray Data's progress bars; null: on when stderr is a "
                                      "terminal and CI is not set (quiet in CI and in logs).")
 

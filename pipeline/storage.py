@@ -107,6 +107,13 @@ class LocalStore:
             return []
         return sorted((p.relative_to(self.root).as_posix(), p.stat().st_size) for p in base.rglob("*") if p.is_file())
 
+    def top(self) -> tuple[dict[str, int], set[str]]:
+        """The files directly in the root (name -> size) and the folders there."""
+        if not self.root.is_dir():
+            return {}, set()
+        entries = list(self.root.iterdir())
+        return ({p.name: p.stat().st_size for p in entries if p.is_file()}, {p.name for p in entries if p.is_dir()})
+
     def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
 
@@ -200,6 +207,17 @@ class S3Store:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
             out.extend((o["Key"][cut:], o["Size"]) for o in page.get("Contents", []))
         return sorted(out)
+
+    def top(self) -> tuple[dict[str, int], set[str]]:
+        """The objects directly under the prefix (name -> size) and the "folders" there."""
+        full = self._key("")
+        full = full if not full or full.endswith("/") else full + "/"
+        files, folders = {}, set()
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full,
+                                                                          Delimiter="/"):
+            files.update((o["Key"][len(full):], o["Size"]) for o in page.get("Contents", []))
+            folders.update(p["Prefix"][len(full):].rstrip("/") for p in page.get("CommonPrefixes", []))
+        return files, folders
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

@@ -1,0 +1,108 @@
+"""The stage graph, declared once.
+
+Each row is one per-video stage: its name, the stage it follows, the spec sections that shape
+its results (hashed into its fingerprint), the prompts it reads, the resources it runs with
+(``spec.resources.<name>``), whether it runs as Ray tasks or as an actor pool, and the class
+that does the work (``module:Class``, imported where it runs). Everything else is derived from
+this table: the order of the stages, the fingerprint chain, the keys of committed work, the
+reads of the previous stage's result, both run modes (one streaming chain or stage by stage)
+and what ``vidcurate gc`` may delete.
+
+Adding a per-video stage means one stage module, one row here and one spec section.
+
+Dataset-level stages (they need every video's results first, e.g. near-duplicate removal
+across the dataset) are rows of ``DATASET_STAGES``: they run as Ray tasks over the partitions
+after the per-video stages and before the partition writers (pipeline.plan).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One per-video stage. ``feeder``: a CPU task stage run right before this one that makes
+    its inputs (nothing committed; a lost row is made again). ``unit_batch``: the spec setting
+    holding how many videos one call receives (default one)."""
+
+    name: str
+    after: str | None
+    settings: tuple[str, ...]
+    kind: str  # "task" or "actor"
+    runner: str  # "module:Class"; constructed with (spec=, fps=, stage=)
+    prompts: tuple[str, ...] = ()  # prompt files it reads (their texts are hashed): a spec attribute
+    # naming one ("caption.prompt_name") or a fixed name without a dot
+    result: str = "parquet"  # how the committed result is stored: parquet (clip rows) or json
+    feeder: "Stage | None" = None
+    unit_batch: str | None = None
+
+    @property
+    def resources(self) -> str:
+        return self.name
+
+    def runner_class(self):
+        module, _, name = self.runner.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+GRAPH: tuple[Stage, ...] = (
+    Stage("analyze", None, ("probe", "analysis", "shots", "scores", "caption.window_s", "caption.subtitles",
+                            "models.transnetv2"), "task", "pipeline.units:AnalyzeUnits"),
+    Stage("clip", "analyze", ("models.clip", "clip_filter"), "actor", "pipeline.units:ClipUnits"),
+    Stage("caption", "clip", ("models.vlm", "caption"), "actor", "pipeline.units:CaptionUnits",
+          prompts=("caption.prompt_name",), unit_batch="caption.videos_per_batch",
+          feeder=Stage("prepare", "clip", (), "task", "pipeline.units:PrepareUnits")),
+    Stage("hierarchy", "caption", ("chapters",), "actor", "pipeline.units:HierarchyUnits",
+          prompts=("chapters.chapter_prompt", "chapters.video_prompt", "chapters.entity_prompt", "chapter_title_v1"),
+          result="json"),
+)
+
+# What shapes the written parts and shards beyond the per-video results.
+OUTPUT_SETTINGS = ("output.samples_per_shard", "output.long_samples")
+
+
+@dataclass(frozen=True)
+class DatasetStage:
+    """A stage over every partition's per-video results at once. ``runner`` (``module:function``)
+    is called as a Ray task with (spec, fps, partitions) and returns a JSON-able result that the
+    partition writers receive; it runs after the per-video stages, before any partition is written."""
+
+    name: str
+    settings: tuple[str, ...]
+    runner: str
+    enabled: str | None = None  # a spec setting that switches it on; None: always on
+    options: dict = field(default_factory=dict)
+
+
+# None is built in yet; near-duplicate removal across the dataset is planned for this slot.
+DATASET_STAGES: tuple[DatasetStage, ...] = ()
+
+STAGES: tuple[str, ...] = tuple(s.name for s in GRAPH)
+BY_NAME: dict[str, Stage] = {s.name: s for s in GRAPH}
+FINAL = GRAPH[-1].name
+
+
+def _check(graph: tuple[Stage, ...]) -> None:
+    """The rows form one chain in table order (each follows the row above it)."""
+    for prev, stage in zip((None,) + tuple(s.name for s in graph), graph):
+        if stage.after != prev:
+            raise ValueError(f"stage graph: {stage.name} follows {stage.after!r}, expected {prev!r}")
+        if stage.kind not in ("task", "actor"):
+            raise ValueError(f"stage graph: {stage.name}: kind must be task or actor")
+
+
+_check(GRAPH)
+
+
+def work_key(stage: str, fingerprint: str, unit: str) -> str:
+    """Where a unit's committed result of ``stage`` lives (the file is the commit)."""
+    return f"_work/{stage}/{fingerprint}/{unit}.{BY_NAME[stage].result}"
+
+
+def setting(doc, dotted: str):
+    """``doc.a.b`` (attributes) or ``doc["a"]["b"]`` (mappings) for ``"a.b"``."""
+    for part in dotted.split("."):
+        doc = doc[part] if isinstance(doc, dict) else getattr(doc, part)
+    return doc

@@ -1,0 +1,125 @@
+"""Partitions: inputs fall into deterministic groups of at most ``output.videos_per_partition``
+videos; each is written by one worker task (pipeline.writer) and committed by one record.
+
+Planning reads one record per partition (``_work/partitions/part-NNNNNN.json``), never the
+per-video files. A committed partition keeps its members for good: rerunning with more inputs
+appends new partitions (numbered after the highest one) and leaves every existing part and
+shard untouched. Inputs that belong to no partition are taken in sorted order, so the same
+sequence of runs always gives the same partitions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+from pipeline.writer import RECORDS
+
+
+def read_records(store, listing: dict[str, int]) -> dict[int, dict]:
+    """The partition records the output holds ({partition: record}); an unreadable one counts as
+    absent (its partition is written again)."""
+    keys = sorted(k for k in listing if k.startswith(RECORDS + "/") and k.endswith(".json"))
+
+    def read(key: str):
+        try:
+            return json.loads(store.read(key))
+        except (OSError, ValueError):
+            return None
+
+    with ThreadPoolExecutor(8) as pool:
+        records = [r for r in pool.map(read, keys) if r is not None]
+    return {r["partition"]: r for r in sorted(records, key=lambda r: r["partition"])}
+
+
+def assign(inputs: list[dict], records: dict[int, dict], per: int) -> list[dict]:
+    """[{partition, units}] in partition order: inputs named by a record stay in its partition
+    (the lowest, should two records name one input); the others, in input order, fill new
+    partitions of ``per`` numbered after every recorded one. Partitions left without inputs drop out."""
+    home: dict[str, int] = {}
+    for p in sorted(records):
+        for unit in records[p]["units"]:
+            home.setdefault(unit, p)
+    members: dict[int, list[dict]] = {}
+    new = []
+    for row in inputs:
+        p = home.get(row["unit_id"])
+        if p is None:
+            new.append(row)
+        else:
+            members.setdefault(p, []).append(row)
+    first = max(records, default=-1) + 1
+    for i in range(0, len(new), per):
+        members[first + i // per] = new[i:i + per]
+    return [{"partition": p, "units": members[p]} for p in sorted(members)]
+
+
+def content_key(fps: dict[str, str], units: list[dict]) -> str:
+    """What a partition's files are made from: every stage's fingerprint, the output settings'
+    and its inputs (with what came with them in a manifest)."""
+    doc = [fps, [[u["unit_id"], u["uri"], u.get("description"), u.get("subtitles")] for u in units]]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def files_of(record: dict) -> list[dict]:
+    return [*record["tables"].values(), *record["shards"], *record["long_shards"]]
+
+
+def is_current(record: dict | None, content: str, listing: dict[str, int]) -> bool:
+    """The record commits exactly this content, and every file it names is there at its size."""
+    return record is not None and record.get("content") == content and \
+        all(listing.get(f["path"]) == f["bytes"] for f in files_of(record))
+
+
+class Writers:
+    """Starts each pending partition's writer task (at most ``resources.write.concurrency`` at
+    once) as soon as its last unit is done, while the other units are still in the stages."""
+
+    def __init__(self, spec, fps: dict[str, str], partitions: list[dict], log, early: bool = True):
+        import ray
+
+        from pipeline.writer import write_partition
+
+        self.spec, self.fps, self.log, self.early = spec, fps, log, early
+        self.partitions = {p["partition"]: p for p in partitions}
+        self.left = {p["partition"]: len(p["units"]) for p in partitions}
+        self.ready: list[int] = []
+        self.running: dict = {}  # object ref -> partition
+        self.records: dict[int, dict] = {}
+        res = spec.resources.write
+        self.task = ray.remote(write_partition).options(num_cpus=res.num_cpus, max_retries=3)
+        self.concurrency = res.concurrency
+        self.spec_ref = ray.put(spec)
+
+    def unit_done(self, row: dict) -> None:
+        p = row["partition"]
+        self.left[p] -= 1
+        if self.left[p] == 0 and self.early:
+            self.ready.append(p)
+        self._pump(block=False)
+
+    def _pump(self, block: bool) -> None:
+        import ray
+
+        while True:
+            if self.running:
+                done, _ = ray.wait(list(self.running), num_returns=1, timeout=None if block else 0)
+                for ref in done:
+                    record = ray.get(ref)
+                    self.records[self.running.pop(ref)] = record
+                    for item in record["left_out"][:10]:
+                        self.log(f"[write] {'chapter sample' if item['long'] else 'clip'} {item['key']}"
+                                 f"{' of ' + item['uri'] if item['uri'] else ''} left out: {item['error']}")
+            while self.ready and len(self.running) < self.concurrency:
+                p = self.ready.pop(0)
+                self.running[self.task.remote(self.spec_ref, self.fps, self.partitions[p])] = p
+            if not block or not self.running:
+                return
+
+    def finish(self) -> list[dict]:
+        """Start what has not started, wait for every writer; the records in partition order."""
+        self.ready += [p for p in sorted(self.partitions) if p not in self.ready and p not in self.records
+                       and p not in self.running.values()]
+        self._pump(block=True)
+        return [self.records[p] for p in sorted(self.partitions)]

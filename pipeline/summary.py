@@ -1,0 +1,133 @@
+"""Per-partition statistics that merge exactly: counts, drop reasons, caption checks, score
+histograms on fixed bins, and a bounded, deterministic sample of what the report pictures.
+
+Each partition writer summarises its own rows; the driver merges the summaries (in partition
+order) into stats.json and the report, never reading the tables themselves. Histogram bins
+are fixed per score (not fitted to the data), so merging is adding counts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+from pipeline.assemble import run_stats
+
+BINS = 512
+# score column -> (low, high, log scale): the range of its fixed bins; values outside fall in the end bins
+SCALES = {
+    "motion": (1e-3, 100.0, True),
+    "sharpness": (1.0, 1e5, True),
+    "brightness": (0.0, 255.0, False),
+    "contrast": (0.0, 128.0, False),
+    "black_fraction": (0.0, 1.0, False),
+    "frozen_fraction": (0.0, 1.0, False),
+    "letterbox": (0.0, 1.0, False),
+    "dynamic_degree": (0.0, 1.0, False),
+    "clip_keep_sim": (-1.0, 1.0, False),
+    "duration_s": (0.01, 3600.0, True),
+}
+PER_GROUP = 8  # contact-sheet clips per group (kept, or a drop reason)
+VIDEOS = 20  # videos drawn as timelines
+REJECTED = 50  # rejected inputs listed by name
+
+
+def position(column: str, x: float) -> float:
+    """Where ``x`` falls on the column's bins, in bins from the low end (fractional)."""
+    lo, hi, log = SCALES[column]
+    if log:
+        lo, hi, x = math.log10(lo), math.log10(hi), math.log10(max(x, lo))
+    return (x - lo) / (hi - lo) * BINS
+
+
+def bin_of(column: str, x: float) -> int:
+    return min(BINS - 1, max(0, int(position(column, x))))
+
+
+def bin_edge(column: str, i: int) -> float:
+    """The value at the lower edge of bin ``i`` (``BINS``: the upper end)."""
+    lo, hi, log = SCALES[column]
+    if log:
+        return 10 ** (math.log10(lo) + (math.log10(hi) - math.log10(lo)) * i / BINS)
+    return lo + (hi - lo) * i / BINS
+
+
+def histograms(clips: list[dict]) -> dict:
+    """{column: {"kept": {bin: n}, "dropped": {bin: n}}} over the finite values (sparse)."""
+    out = {}
+    for column in SCALES:
+        h = {"kept": {}, "dropped": {}}
+        for c in clips:
+            x = c.get(column)
+            if isinstance(x, (int, float)) and math.isfinite(x):
+                side = h["kept" if c["status"] == "kept" else "dropped"]
+                b = str(bin_of(column, x))
+                side[b] = side.get(b, 0) + 1
+        out[column] = h
+    return out
+
+
+def _ref(c: dict) -> dict:
+    return {k: c[k] for k in ("clip_id", "video_id", "uri", "start_s", "end_s")}
+
+
+def partition_summary(partition: int, units: dict[str, str], tables: dict[str, list[dict]], shards: list[dict],
+                      checks: dict, entities: dict) -> dict:
+    """What the driver needs of one partition: merged counts and a bounded sample.
+    ``units``: video_id -> unit_id of the partition's videos."""
+    videos, clips = tables["videos"], tables["clips"]
+    stats = run_stats(videos, clips, tables["captions"], shards)
+    stats["caption_checks"] = checks
+    stats["entity_naming"] = {}
+    for e in entities.values():
+        stats["entity_naming"][e["status"]] = stats["entity_naming"].get(e["status"], 0) + 1
+    groups: dict[str, list[dict]] = {}
+    for c in clips:
+        group = groups.setdefault("kept" if c["status"] == "kept" else c["reason"], [])
+        if len(group) < PER_GROUP:
+            group.append({**_ref(c), "unit_id": units[c["video_id"]], "partition": partition})
+    accepted = [v for v in videos if v["status"] == "ok"][:VIDEOS]
+    rejected = [v for v in videos if v["status"] != "ok"]
+    sample = {
+        "groups": groups,
+        "videos": [{"video_id": v["video_id"], "unit_id": units[v["video_id"]], "partition": partition}
+                   for v in accepted],
+        "rejected": [{"uri": v["uri"], "status": v["status"], "reason": v["reason"],
+                      "message": (v.get("message") or "")[:200]} for v in rejected[:REJECTED]],
+    }
+    return {"stats": stats, "histograms": histograms(clips), "sample": sample}
+
+
+def _add(a, b):
+    """Counts add; mappings merge key by key; lists concatenate; other values keep the first."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a + b
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = _add(out[k], v) if k in out else v
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        return a + b
+    return a
+
+
+def merge(summaries: list[dict]) -> dict:
+    """The summaries of every partition (in partition order) as one; samples cut to their bounds."""
+    out: dict = {}
+    for s in summaries:
+        out = _add(out, s) if out else copy.deepcopy(s)
+    if not out:
+        out = {"stats": run_stats([], [], [], []), "histograms": histograms([]),
+               "sample": {"groups": {}, "videos": [], "rejected": []}}
+        out["stats"].update(caption_checks={"captions_checked": 0, "violations": 0, "examples": []}, entity_naming={})
+    out["stats"]["caption_checks"]["examples"] = out["stats"]["caption_checks"]["examples"][:10]
+    sample = out["sample"]
+    sample["groups"] = {g: refs[:PER_GROUP] for g, refs in sample["groups"].items()}
+    sample["videos"] = sample["videos"][:VIDEOS]
+    sample["rejected"] = sample["rejected"][:REJECTED]
+    for name in ("entity_naming", "clip_reasons"):
+        out["stats"][name] = dict(sorted(out["stats"][name].items()))
+    return out
