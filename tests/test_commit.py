@@ -164,15 +164,16 @@ def test_killed_driver_resumes_to_identical_output(baseline, demo):
         return lambda: any(work.glob(pattern))
 
     points = [committed("analyze/*/*.parquet"), committed("caption/*/*.parquet"),
-              committed("commits/shards/*.json")]
+              committed("partitions/*.json")]
     for when in points:
         rc, text = _run(_job(demo, str(out)), kill_when=when)
         assert rc == -signal.SIGKILL, f"the job ended before the kill point: {text[-2000:]}"
         assert not (out / "manifest.json").exists()
     # leftovers of a crash: a half-written shard and a temporary file
     (out / "shards").mkdir(exist_ok=True)
-    (out / "shards" / "shard-000099.tar").write_bytes(b"partial")
-    (out / "shards" / "shard-000000.tar.tmp").write_bytes(b"partial")
+    (out / "shards" / "part-000099-000000.tar").write_bytes(b"partial")
+    (out / "shards" / "part-000000-000000.tar.tmp").write_bytes(b"partial")
+    (out / "clips" / "part-000000.parquet.tmp").write_bytes(b"partial")
     rc, text = _run(_job(demo, str(out)))
     assert rc == 0, text[-3000:]
     assert "[resume] committed results reused" in text
@@ -316,7 +317,8 @@ def test_job_reads_and_writes_s3_and_keeps_secrets(s3, demo):
         assert hashlib.sha256(objects[s["path"]]).hexdigest() == s["sha256"]
         with tarfile.open(fileobj=io.BytesIO(objects[s["path"]])) as tar:
             assert any(m.name.endswith(".mp4") and m.size > 0 for m in tar.getmembers())
-    videos = pq.read_table(io.BytesIO(objects[manifest["tables"]["videos"]["path"]])).to_pylist()
+    videos = [r for part in manifest["tables"]["videos"]["parts"]
+              for r in pq.read_table(io.BytesIO(objects[part["path"]])).to_pylist()]
     assert {v["uri"] for v in videos} == {"s3://raw/in/videos/synthetic_cuts.mp4", "s3://raw/in/videos/bikes.mp4",
                                           "s3://raw/in/bad/random_bytes.mp4"}
     bikes = next(v for v in videos if v["uri"].endswith("bikes.mp4"))

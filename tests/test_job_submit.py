@@ -114,4 +114,4 @@ def test_ray_job_submit_runs_the_demo(ray_head, demo, tmp_path):
     assert (out / "manifest.json").is_file()
     videos = pq.read_table(out / "videos").to_pylist()
     assert len(videos) == len(demo["videos"]) + len(demo["bad"])
-    assert len(list((out / "shards").glob("shard-*.tar"))) >= 1
+    assert len(list((out / "shards").glob("part-*.tar"))) >= 1

@@ -106,25 +106,29 @@ def test_raw_elementary_stream_is_analyzed_and_extracted(tmp_path):
 
 
 def test_shard_writer_leaves_out_clips_it_cannot_extract(demo, tmp_path):
-    import pyarrow as pa
+    import hashlib
+
     import webdataset as wds
 
-    from pipeline.sinks import ShardWriterStage
-    from pipeline.spec import Storage
+    from pipeline.spec import load_spec
+    from pipeline.storage import LocalStore
+    from pipeline.writer import write_shards
 
     clip = {"start_s": 1.2, "end_s": 3.04, "start_frame": 30, "end_frame": 76, "keyframe_aligned": False,
             "pts_timing": True}
     good = {"key": "aa11", "uri": str(demo["root"] / "videos" / "bikes.mp4"), "clip": clip,
             "json": {"clip_id": "aa11"}, "txt": "a caption"}
     bad = {**good, "key": "bb22", "uri": str(demo["root"] / "bad" / "random_bytes.mp4"), "json": {"clip_id": "bb22"}}
-    writer = ShardWriterStage(output_uri=str(tmp_path), storage=Storage())
-    out = writer(pa.Table.from_pylist([{"shard": "shard-000000.tar", "folder": "shards", "content": "c0",
-                                        "samples_json": json.dumps([good, bad])}])).to_pylist()[0]
-    assert out["samples"] == 1 and list(json.loads(out["failed_json"])) == ["bb22"]
-    keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "shards" / "shard-000000.tar"), shardshuffle=False)]
-    assert keys == ["aa11"]
-    record = json.loads((tmp_path / "_work" / "commits" / "shards" / "shard-000000.tar.json").read_text())
-    assert record["content"] == "c0" and record["sha256"] == out["sha256"] and record["samples"] == 1
+    later = {**good, "key": "cc33", "json": {"clip_id": "cc33"}}
+    spec = load_spec(Path(__file__).resolve().parent.parent / "jobs" / "demo.yaml", [f"output.uri={tmp_path}"])
+    shards, methods, failed = write_shards(LocalStore(tmp_path), "shards", [good, bad, later], 2, "part-000007", spec)
+    assert [s["shard"] for s in shards] == ["part-000007-000000.tar", "part-000007-000001.tar"]
+    assert [s["samples"] for s in shards] == [1, 1] and list(failed) == ["bb22"]
+    assert methods == {"aa11": "encode", "cc33": "encode"}
+    first = tmp_path / "shards" / "part-000007-000000.tar"
+    assert [s["__key__"] for s in wds.WebDataset(str(first), shardshuffle=False)] == ["aa11"]
+    assert shards[0]["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert shards[0]["path"] == "shards/part-000007-000000.tar" and shards[0]["bytes"] == first.stat().st_size
 
 
 def test_stage_tables_follow_schemas(demo):

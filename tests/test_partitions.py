@@ -1,0 +1,235 @@
+"""The scale-out pieces on plain rows, without Ray: the stage graph, partition planning, the
+assembly steps of a partition writer, merged summaries, and the run-mode and resource rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline import assemble, graph, partitions, summary
+from pipeline.runner import ResourceWatch, needs, stream_all, videos_per_block
+from pipeline.spec import parse_spec
+
+SPEC = parse_spec({"inputs": {"paths": ["x.mp4"]}, "output": {"uri": "/tmp/vidcurate-test-out"}})
+
+
+def _inputs(n: int, start: int = 0) -> list[dict]:
+    return [{"uri": f"/v/{i:04d}.mp4", "unit_id": f"u{i:04d}", "video_id": f"v{i:04d}"} for i in range(start, start + n)]
+
+
+# --- the stage graph --------------------------------------------------------------------------
+
+def test_graph_is_one_chain_and_derives_keys_and_fingerprints():
+    assert graph.STAGES == ("analyze", "clip", "caption", "hierarchy")
+    assert [s.after for s in graph.GRAPH] == [None, "analyze", "clip", "caption"]
+    assert graph.work_key("hierarchy", "f", "u") == "_work/hierarchy/f/u.json"
+    assert graph.work_key("clip", "f", "u") == "_work/clip/f/u.parquet"
+    fps = SPEC.fingerprints()
+    assert list(fps) == [*graph.STAGES, "output"]
+    # a stage's settings move its fingerprint and every later one, never an earlier one
+    other = parse_spec({**SPEC.model_dump(mode="json"), "caption": {"max_new_tokens": 7}}).fingerprints()
+    assert [fps[s] == other[s] for s in fps] == [True, True, False, False, False]
+    with pytest.raises(ValueError, match="follows"):
+        graph._check((graph.GRAPH[1], graph.GRAPH[0]))
+    for stage in graph.GRAPH:  # every runner named by the table exists
+        assert callable(stage.runner_class())
+
+
+# --- partition planning -----------------------------------------------------------------------
+
+def test_new_inputs_fill_partitions_in_input_order():
+    plan = partitions.assign(_inputs(5), {}, 2)
+    assert [(p["partition"], [u["unit_id"] for u in p["units"]]) for p in plan] == [
+        (0, ["u0000", "u0001"]), (1, ["u0002", "u0003"]), (2, ["u0004"])]
+
+
+def test_recorded_partitions_keep_their_members_and_new_inputs_append():
+    records = {0: {"units": ["u0000", "u0001"]}, 1: {"units": ["u0002"]}}
+    # more inputs, one of them sorting before the recorded ones
+    inputs = sorted(_inputs(3) + _inputs(3, start=10) + [{"uri": "/a.mp4", "unit_id": "a", "video_id": "a"}],
+                    key=lambda r: r["uri"])
+    plan = partitions.assign(inputs, records, 2)
+    assert [(p["partition"], [u["unit_id"] for u in p["units"]]) for p in plan] == [
+        (0, ["u0000", "u0001"]), (1, ["u0002"]), (2, ["a", "u0010"]), (3, ["u0011", "u0012"])]
+    # an input gone from the job leaves its partition; an emptied partition drops out
+    plan = partitions.assign([r for r in inputs if r["unit_id"] not in ("u0001", "u0002")], records, 2)
+    assert [p["partition"] for p in plan] == [0, 2, 3] and [u["unit_id"] for u in plan[0]["units"]] == ["u0000"]
+
+
+def test_content_key_and_currency():
+    fps = SPEC.fingerprints()
+    units = _inputs(2)
+    key = partitions.content_key(fps, units)
+    assert key == partitions.content_key(dict(fps), [dict(u) for u in units])
+    assert key != partitions.content_key({**fps, "output": "x"}, units)
+    assert key != partitions.content_key(fps, units[:1])
+    assert key != partitions.content_key(fps, [{**units[0], "description": "00:00 Intro"}, units[1]])
+    record = {"content": key, "tables": {"videos": {"path": "videos/part-000000.parquet", "bytes": 10}},
+              "shards": [{"path": "shards/part-000000-000000.tar", "bytes": 20}], "long_shards": []}
+    listing = {"videos/part-000000.parquet": 10, "shards/part-000000-000000.tar": 20}
+    assert partitions.is_current(record, key, listing)
+    assert not partitions.is_current(record, "other", listing)
+    assert not partitions.is_current(record, key, {**listing, "shards/part-000000-000000.tar": 19})
+    assert not partitions.is_current(None, key, listing)
+
+
+# --- the partition writer's assembly steps ----------------------------------------------------
+
+def _clip(cid: str, vid: str, start: float, end: float, status: str = "kept", **extra) -> dict:
+    row = {"clip_id": cid, "video_id": vid, "uri": f"/v/{vid}.mp4", "start_s": start, "end_s": end,
+           "duration_s": end - start, "start_frame": int(start * 25), "end_frame": int(end * 25), "status": status,
+           "reason": None if status == "kept" else "low_motion", "keyframe_aligned": False, "pts_timing": True,
+           "caption_text": None, "windows": None}
+    for k in ("motion", "sharpness", "brightness", "contrast", "black_fraction", "frozen_fraction", "letterbox",
+              "dynamic_degree", "camera_motion", "clip_keep_sim", "clip_reject_sim"):
+        row[k] = 0.5
+    row.update(extra)
+    return row
+
+
+def _captioned(cid, vid, start, end, text, windows=None):
+    return _clip(cid, vid, start, end, caption_text=text, caption_model="m", caption_prompt_version="p1",
+                 caption_generation="g", caption_fields=json.dumps({"summary": text}), windows=windows)
+
+
+def _partition_rows():
+    video = {"video_id": "v1", "uri": "/v/v1.mp4", "status": "ok", "duration_s": 10.0}
+    clips = [_captioned("c2", "v1", 5.0, 9.0, "Bob walks", windows=[
+                 {"start_frame": 125, "end_frame": 175, "start_s": 5.0, "end_s": 7.0, "caption_text": "Bob steps",
+                  "caption_fields": None},
+                 {"start_frame": 175, "end_frame": 225, "start_s": 7.0, "end_s": 9.0, "caption_text": "Bob stops",
+                  "caption_fields": None}]),
+             _captioned("c1", "v1", 0.0, 4.0, "Bob sits"), _clip("c0", "v1", 4.0, 5.0, status="rejected")]
+    hierarchy = {"chapters": [{"chapter_id": "ch1", "video_id": "v1", "index": 0, "start_s": 0.0, "end_s": 9.0,
+                               "clip_ids": ["c1", "c2"], "caption_id": "cap-ch1", "title": "t", "summary": "s",
+                               "source": "automatic", "duration_s": 9.0}],
+                 "captions": [{"caption_id": "cap-v1", "video_id": "v1", "level": "video", "start_s": 0.0,
+                               "end_s": 9.0, "text": "v", "parent_id": None},
+                              {"caption_id": "cap-ch1", "video_id": "v1", "level": "chapter", "start_s": 0.0,
+                               "end_s": 9.0, "text": "c", "parent_id": "cap-v1"}],
+                 "entities": {"status": "ok", "entities": [{"name": "the man", "mentions": ["Bob"]}]}}
+    return assemble.join_results([(video, clips, hierarchy)])
+
+
+def test_join_and_link_build_every_caption_level():
+    rows = _partition_rows()
+    assert [c["clip_id"] for c in rows["clips"]] == ["c1", "c0", "c2"]  # in (uri, start_frame) order
+    assert [c["clip_id"] for c in rows["kept"]] == ["c1", "c2"] and rows["clips"][0]["caption_id"]
+    assemble.link_hierarchy(rows)
+    assert rows["videos"][0]["caption_id"] == "cap-v1"
+    assert {c["chapter_id"] for c in rows["kept"]} == {"ch1"}
+    levels = [c["level"] for c in rows["captions"]]
+    assert levels.count("clip") == 2 and levels.count("window") == 2
+    clip_caps = {c["clip_id"]: c for c in rows["captions"] if c["level"] == "clip"}
+    assert all(c["parent_id"] == "cap-ch1" for c in clip_caps.values())
+    assert all(c["parent_id"] == clip_caps["c2"]["caption_id"] for c in rows["captions"] if c["level"] == "window")
+    tables = assemble.sorted_tables(rows)
+    assert [c["level"] for c in tables["captions"]] == ["video", "chapter", "clip", "clip", "window", "window"]
+
+
+def test_entity_names_reach_captions_and_shard_texts():
+    from stages.entities import renamer
+
+    rows = _partition_rows()
+    assemble.link_hierarchy(rows)
+    expected, _ = renamer(rows["entities"]["v1"]["entities"])("Bob walks")
+    assemble.apply_entity_names(rows)
+    clip_caps = {c["clip_id"]: c for c in rows["captions"] if c["level"] == "clip"}
+    assert clip_caps["c2"]["text"] == expected and next(c for c in rows["kept"] if c["clip_id"] == "c2")["caption_text"] \
+        == expected
+    assert all(c["duration_s"] == c["end_s"] - c["start_s"] for c in rows["captions"])
+
+
+def test_shard_assignment_and_extraction_failures():
+    rows = _partition_rows()
+    assemble.link_hierarchy(rows)
+    samples = assemble.shard_samples(rows, 1, lambda n: f"part-000004-{n:06d}.tar")
+    assert [s["key"] for s in samples] == ["c1", "c2"]
+    assert [c["shard"] for c in rows["kept"]] == ["part-000004-000000.tar", "part-000004-000001.tar"]
+    assert samples[1]["json"]["chapter"]["chapter_id"] == "ch1" and len(samples[1]["json"]["dense_captions"]) == 2
+    assemble.apply_extraction(rows, {"c1": "copy"}, {"c2": "exception: boom"})
+    c1, c2 = rows["kept"]
+    assert (c1["extract_method"], c1["status"]) == ("copy", "kept")
+    assert (c2["status"], c2["reason"], c2["shard"], c2["key"]) == ("rejected", "extract_error", None, None)
+
+
+# --- merged summaries -------------------------------------------------------------------------
+
+def test_summaries_merge_exactly():
+    videos = [{"video_id": f"v{i}", "uri": f"/v/{i}.mp4", "status": "ok" if i % 3 else "rejected",
+               "reason": None if i % 3 else "not_a_video", "message": "x" * 500} for i in range(9)]
+    clips = [_clip(f"c{i}", f"v{i % 9}", 0.0, 1.0 + i, status="kept" if i % 2 else "rejected", motion=0.01 * i)
+             for i in range(30)]
+    units = {v["video_id"]: "u" + v["video_id"] for v in videos}
+    checks = {"captions_checked": 0, "violations": 0, "examples": []}
+
+    def part(p, vs, cs):
+        tables = {"videos": vs, "clips": cs, "captions": [], "chapters": []}
+        return summary.partition_summary(p, units, tables, [], checks, {})
+
+    whole = summary.merge([part(0, videos, clips)])
+    split = summary.merge([part(0, videos[:4], [c for c in clips if c["video_id"] in ("v0", "v1", "v2", "v3")]),
+                           part(1, videos[4:], [c for c in clips if c["video_id"] not in ("v0", "v1", "v2", "v3")])])
+    assert split["stats"] == whole["stats"] and split["histograms"] == whole["histograms"]
+    assert whole["stats"]["counts"]["videos_in"] == 9 and whole["stats"]["counts"]["clips_kept"] == 15
+    motion = whole["histograms"]["motion"]
+    assert sum(motion["kept"].values()) == 15 and sum(motion["dropped"].values()) == 15
+    sample = split["sample"]
+    assert len(sample["groups"]["kept"]) == summary.PER_GROUP
+    assert all(len(r["message"]) <= 200 for r in sample["rejected"])
+    assert summary.merge([])["stats"]["counts"]["videos_in"] == 0
+
+
+def test_fixed_bins_cover_their_range():
+    assert summary.bin_of("brightness", 0) == 0 and summary.bin_of("brightness", 255) == summary.BINS - 1
+    assert summary.bin_of("brightness", 1e9) == summary.BINS - 1 and summary.bin_of("motion", -1) == 0
+    assert summary.bin_edge("motion", 0) == pytest.approx(1e-3) and summary.bin_edge("motion", summary.BINS) == \
+        pytest.approx(100.0)
+    for column in summary.SCALES:
+        edges = [summary.bin_edge(column, i) for i in range(summary.BINS + 1)]
+        assert edges == sorted(edges)
+        assert summary.bin_of(column, (edges[10] + edges[11]) / 2) == 10
+
+
+# --- run modes and resources ------------------------------------------------------------------
+
+def test_streaming_needs_room_for_every_pool_after_losing_the_largest_node():
+    need = needs(SPEC, list(graph.GRAPH), 0.0)["CPU"]  # 3 actor pools + analyze + prepare tasks
+    assert need == 5
+    assert stream_all(SPEC, [6.0]) and not stream_all(SPEC, [4.0])
+    assert not stream_all(SPEC, [1.0, 2.0, 2.0])  # 5 CPUs, but 3 once a worker node is gone
+    assert stream_all(SPEC, [1.0, 2.0, 2.0, 2.0, 2.0])
+    forced = parse_spec({**SPEC.model_dump(mode="json"), "ray": {"stream": True}})
+    assert stream_all(forced, [1.0])
+    assert needs(SPEC, [graph.GRAPH[1]], 2.0) == {"CPU": 1.0, "GPU": 1.0}  # num_gpus: auto on a GPU cluster
+
+
+def test_blocks_hold_a_bounded_number_of_videos():
+    assert videos_per_block(SPEC, 8, 2) == 1
+    assert videos_per_block(SPEC, 1000, 2) == 16 and videos_per_block(SPEC, 100, 2) == 12
+    fixed = parse_spec({**SPEC.model_dump(mode="json"), "ray": {"videos_per_block": 3}})
+    assert videos_per_block(fixed, 1000, 2) == 3
+
+
+def test_resource_watch_stops_a_pass_that_cannot_run(monkeypatch):
+    import os
+    import signal
+
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    have = {"CPU": 3.0}
+    lines = []
+    with ResourceWatch({"CPU": 5.0, "GPU": 0.0}, wait_s=0.2, log=lines.append, period_s=0.05,
+                       resources=lambda: have) as watch:
+        import time
+
+        deadline = time.time() + 5
+        while not sent and time.time() < deadline:
+            time.sleep(0.05)
+    assert sent == [(os.getpid(), signal.SIGINT)]
+    assert "it needs CPU 5 (the cluster has 3)" in watch.reason and "ray.resource_wait_s" in lines[0]
+    sent.clear()
+    with ResourceWatch({"CPU": 2.0}, wait_s=0.1, log=lines.append, period_s=0.02, resources=lambda: have) as watch:
+        time.sleep(0.3)
+    assert not sent and watch.reason is None
