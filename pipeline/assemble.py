@@ -36,6 +36,14 @@ def join_results(results: list[tuple[dict, list[dict], dict]]) -> dict:
             "chapters": chapters, "captions": captions, "entities": entities}
 
 
+def apply_drops(rows: dict, drops: dict[str, str]) -> None:
+    """Clips a dataset-level stage dropped ({clip_id: reason}) are rejected with that reason."""
+    for c in rows["clips"]:
+        if c["status"] == "kept" and c["clip_id"] in drops:
+            c.update(status="rejected", reason=drops[c["clip_id"]])
+    rows["kept"] = [c for c in rows["clips"] if c["status"] == "kept"]
+
+
 def link_hierarchy(rows: dict) -> None:
     """Each kept clip gets its chapter id, each video its video caption id, and the clip and
     window caption rows join the chapter and video captions (children point at parents)."""

@@ -12,13 +12,14 @@ Adding a per-video stage means one stage module, one row here and one spec secti
 
 Dataset-level stages (they need every video's results first, e.g. near-duplicate removal
 across the dataset) are rows of ``DATASET_STAGES``: they run as Ray tasks over the partitions
-after the per-video stages and before the partition writers (pipeline.plan).
+after the per-video stages and before the partition writers (pipeline.plan), and tell the
+writers which clips to drop.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -65,15 +66,20 @@ OUTPUT_SETTINGS = ("output.samples_per_shard", "output.long_samples")
 
 @dataclass(frozen=True)
 class DatasetStage:
-    """A stage over every partition's per-video results at once. ``runner`` (``module:function``)
-    is called as a Ray task with (spec, fps, partitions) and returns a JSON-able result that the
-    partition writers receive; it runs after the per-video stages, before any partition is written."""
+    """A stage over every partition's per-video results at once, as map and reduce Ray tasks:
+    ``map`` (``module:function``) gets (spec, fps, partition) for each partition, ``reduce``
+    gets (spec, fps, [map results in partition order]) and returns the clips to drop,
+    ``{partition: {clip_id: reason}}``. The partition writers reject those clips with that
+    reason. ``enabled``: a spec setting that switches it on (None: always on)."""
 
     name: str
-    settings: tuple[str, ...]
-    runner: str
-    enabled: str | None = None  # a spec setting that switches it on; None: always on
-    options: dict = field(default_factory=dict)
+    map: str
+    reduce: str
+    enabled: str | None = None
+
+    def function(self, which: str):
+        module, _, name = getattr(self, which).partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
 # None is built in yet; near-duplicate removal across the dataset is planned for this slot.

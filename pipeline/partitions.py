@@ -55,10 +55,13 @@ def assign(inputs: list[dict], records: dict[int, dict], per: int) -> list[dict]
     return [{"partition": p, "units": members[p]} for p in sorted(members)]
 
 
-def content_key(fps: dict[str, str], units: list[dict]) -> str:
-    """What a partition's files are made from: every stage's fingerprint, the output settings'
-    and its inputs (with what came with them in a manifest)."""
+def content_key(fps: dict[str, str], units: list[dict], drops: list[str] = ()) -> str:
+    """What a partition's files are made from: every stage's fingerprint, the output settings',
+    its inputs (with what came with them in a manifest) and the dataset-level stages' drops
+    (files named by a hash of their content)."""
     doc = [fps, [[u["unit_id"], u["uri"], u.get("description"), u.get("subtitles")] for u in units]]
+    if drops:
+        doc.append(list(drops))
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -87,6 +90,7 @@ class Writers:
         self.ready: list[int] = []
         self.running: dict = {}  # object ref -> partition
         self.records: dict[int, dict] = {}
+        self.seconds = 0.0  # summed worker seconds of the writer tasks
         res = spec.resources.write
         self.task = ray.remote(write_partition).options(num_cpus=res.num_cpus, max_retries=3)
         self.concurrency = res.concurrency
@@ -107,6 +111,7 @@ class Writers:
                 done, _ = ray.wait(list(self.running), num_returns=1, timeout=None if block else 0)
                 for ref in done:
                     record = ray.get(ref)
+                    self.seconds += record.pop("seconds")
                     self.records[self.running.pop(ref)] = record
                     for item in record["left_out"][:10]:
                         self.log(f"[write] {'chapter sample' if item['long'] else 'clip'} {item['key']}"
@@ -123,3 +128,42 @@ class Writers:
                        and p not in self.running.values()]
         self._pump(block=True)
         return [self.records[p] for p in sorted(self.partitions)]
+
+
+def run_dataset_stages(spec, fps: dict[str, str], plan: list[dict], stages, log) -> dict[int, list[str]]:
+    """Each dataset-level stage as Ray tasks: its map over every partition, then its reduce, which
+    commits each partition's drops to its own file. Returns {partition: [drop files]}; the
+    driver holds file names, never the clips."""
+    import ray
+
+    spec_ref = ray.put(spec)
+    files: dict[int, list[str]] = {}
+    for stage in stages:
+        mapper = ray.remote(_map).options(num_cpus=1)
+        partials = [mapper.remote(stage, spec_ref, fps, {"partition": p["partition"], "units": p["units"]})
+                    for p in plan]
+        written = ray.get(ray.remote(_reduce).options(num_cpus=1).remote(stage, spec_ref, fps, *partials))
+        for p, (key, n) in sorted(written.items()):
+            files.setdefault(p, []).append(key)
+        log(f"[{stage.name}] {sum(n for _, n in written.values())} clips dropped across {len(plan)} partition(s)")
+    return files
+
+
+def _map(stage, spec, fps, partition):
+    return stage.function("map")(spec, fps, partition)
+
+
+def _reduce(stage, spec, fps, *partials) -> dict[int, tuple[str, int]]:
+    """Run the stage's reduce and commit each partition's drops ({clip_id: reason}) under a name
+    that hashes them; returns {partition: (key, number of drops)}."""
+    from pipeline.sinks import json_bytes
+    from pipeline.storage import open_store
+
+    store = open_store(spec.output.uri, spec.storage)
+    out = {}
+    for p, drops in stage.function("reduce")(spec, fps, list(partials)).items():
+        data = json_bytes(dict(sorted(drops.items())))
+        key = f"_work/dataset/{stage.name}/part-{int(p):06d}-{hashlib.sha256(data).hexdigest()[:16]}.json"
+        store.write(key, data)
+        out[int(p)] = (key, len(drops))
+    return out

@@ -20,7 +20,8 @@ from pipeline.lock import KEY as LOCK_KEY
 from pipeline.lock import OutputLock
 from pipeline.output import (clean, finished, output_dir, prepare_output, record_timings, remove_orphans,
                              run_key)
-from pipeline.partitions import Writers, assign, content_key, is_current, read_records
+from pipeline.graph import setting
+from pipeline.partitions import Writers, assign, content_key, is_current, read_records, run_dataset_stages
 from pipeline.preflight import check_inputs
 from pipeline.report import report_for
 from pipeline.runner import run_units
@@ -138,18 +139,32 @@ def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, sess
     for part in plan:
         part["content"] = content_key(fps, part["units"])
     pending = [p for p in plan if not is_current(records.get(p["partition"]), p["content"], listing)]
+    dataset_stages = [d for d in DATASET_STAGES if d.enabled is None or setting(spec, d.enabled)]
+    if dataset_stages:  # then a partition's files also depend on what those stages drop
+        pending = [p for p in plan if records.get(p["partition"], {}).get("base") != p["content"]]
     log(f"vidcurate: {len(inputs)} input video(s) in {len(plan)} partition(s)"
         + (f", {len(plan) - len(pending)} already written" if len(pending) < len(plan) else "") + f" -> {store.uri()}")
     stage_stats, written = {}, {}
     t = time.perf_counter()
-    if pending:
+    if pending or dataset_stages:
         session.ensure()
-        writers = Writers(spec, fps, pending, log, early=not DATASET_STAGES)
+    if pending:  # the per-video stages; without dataset stages, each partition is written as soon as it is done
+        writers = Writers(spec, fps, pending, log, early=not dataset_stages)
         units = [_unit_row(u, p["partition"]) for p in pending for u in p["units"]]
         stage_stats = run_units(spec, units, fps, log, on_done=writers.unit_done)
-        if DATASET_STAGES:  # they need every video's results: they run before any partition is written
-            raise NotImplementedError("dataset-level stages are declared but none is built in")
-        written = {r["partition"]: r for r in writers.finish()}
+        if not dataset_stages:
+            written = {r["partition"]: r for r in writers.finish()}
+            stage_stats["write"] = {"partitions": len(written), "worker_seconds": writers.seconds}
+    if dataset_stages:  # they need every video's results: they run before any partition is written
+        drops = run_dataset_stages(spec, fps, plan, dataset_stages, log)
+        for part in plan:
+            part["base"], part["drops"] = part["content"], drops.get(part["partition"], [])
+            part["content"] = content_key(fps, part["units"], part["drops"])
+        rewrite = [p for p in plan if not is_current(records.get(p["partition"]), p["content"], listing)]
+        if rewrite:
+            writers = Writers(spec, fps, rewrite, log, early=False)
+            written = {r["partition"]: r for r in writers.finish()}
+            stage_stats["write"] = {"partitions": len(written), "worker_seconds": writers.seconds}
     seconds["stages_and_writes"] = time.perf_counter() - t
     parts = [written.get(p["partition"]) or records[p["partition"]] for p in plan]
     t = time.perf_counter()

@@ -14,11 +14,12 @@ process per source video and shard (each video's container is opened once for al
 from __future__ import annotations
 
 import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import schemas
-from pipeline.assemble import (apply_entity_names, apply_extraction, chapter_samples, join_results, link_hierarchy,
-                               shard_samples, sorted_tables)
+from pipeline.assemble import (apply_drops, apply_entity_names, apply_extraction, chapter_samples, join_results,
+                               link_hierarchy, shard_samples, sorted_tables)
 from pipeline.checks import check_caption_times
 from pipeline.sinks import json_bytes, parquet_bytes, write_tar
 from pipeline.storage import open_store
@@ -87,8 +88,6 @@ def write_shards(store, folder: str, samples: list[dict], per: int, prefix: str,
                  ) -> tuple[list[dict], dict[str, str], dict[str, str]]:
     """Samples, in order, into shards ``folder/<prefix>-NNNNNN.tar`` of ``per`` samples each.
     Returns (shard entries for the manifest, {key: method}, {key: error of clips left out})."""
-    import json
-
     shards, methods, failed = [], {}, {}
     for n in range(0, len(samples), per):
         chunk = samples[n:n + per]
@@ -107,7 +106,11 @@ def write_shards(store, folder: str, samples: list[dict], per: int, prefix: str,
 
 
 def write_partition(spec, fps: dict[str, str], partition: dict) -> dict:
-    """Write one partition ({partition, content, units}) and commit it; returns its record."""
+    """Write one partition ({partition, content, units, drops}) and commit it; returns its record
+    (plus the task's ``seconds``)."""
+    import time
+
+    started = time.perf_counter()
     fault_point("write")
     store = open_store(spec.output.uri, spec.storage)
     p, units = partition["partition"], partition["units"]
@@ -115,6 +118,8 @@ def write_partition(spec, fps: dict[str, str], partition: dict) -> dict:
     with ThreadPoolExecutor(8) as pool:  # S3 round trips overlap; local reads barely notice
         results = list(pool.map(lambda u: read_unit(store, fps, u["unit_id"]), units))
     rows = join_results(results)
+    for key in partition.get("drops") or []:  # clips dropped by dataset-level stages
+        apply_drops(rows, json.loads(store.read(key)))
     link_hierarchy(rows)
     apply_entity_names(rows)
     per = spec.output.samples_per_shard
@@ -136,7 +141,8 @@ def write_partition(spec, fps: dict[str, str], partition: dict) -> dict:
                         "sha256": hashlib.sha256(data).hexdigest()}
     uri_of = {c["clip_id"]: c["uri"] for c in rows["clips"]}
     record = {
-        "partition": p, "content": partition["content"], "units": [u["unit_id"] for u in units],
+        "partition": p, "content": partition["content"], "base": partition.get("base", partition["content"]),
+        "units": [u["unit_id"] for u in units], "drops": partition.get("drops") or [],
         "tables": parts, "shards": shards, "long_shards": long_shards,
         "left_out": [{"key": k, "uri": uri_of.get(k), "error": e, "long": False} for k, e in sorted(failed.items())]
         + [{"key": k, "uri": None, "error": e, "long": True} for k, e in sorted(long_failed.items())],
@@ -144,4 +150,4 @@ def write_partition(spec, fps: dict[str, str], partition: dict) -> dict:
                                      rows["entities"]),
     }
     store.write(record_key(p), json_bytes(record))  # the commit
-    return record
+    return {**record, "seconds": time.perf_counter() - started}  # timings stay out of the record's bytes

@@ -86,3 +86,51 @@ def test_more_inputs_append_partitions_and_leave_the_old_ones_alone(demo, ray_lo
     for p in two["partitions"]:
         mine, theirs = (json.loads((o / p["record"]).read_text()) for o in (again, out))
         assert mine["units"] == theirs["units"] and mine["content"] == theirs["content"]
+
+
+# A dataset-level stage for the test: drop the single longest kept clip of the whole dataset.
+def longest_map(spec, fps, partition: dict) -> dict:
+    from pipeline.storage import open_store
+    from pipeline.units import read_unit
+
+    store = open_store(spec.output.uri, spec.storage)
+    clips = []
+    for unit in partition["units"]:
+        _, rows, _ = read_unit(store, fps, unit["unit_id"])
+        clips += [(c["duration_s"], c["clip_id"]) for c in rows if c["status"] == "kept"]
+    return {"partition": partition["partition"], "clips": clips}
+
+
+def longest_reduce(spec, fps, partials: list[dict]) -> dict:
+    _, clip, p = max((d, c, part["partition"]) for part in partials for d, c in part["clips"])
+    return {p: {clip: "dataset_longest"}}
+
+
+def test_dataset_level_stage_runs_over_every_partition_before_the_writers(demo_run, demo, tmp_path, monkeypatch):
+    import pipeline.plan
+    from pipeline.graph import DatasetStage
+
+    done, _, _ = demo_run
+    out = tmp_path / "dataset"
+    (out / "_work").mkdir(parents=True)
+    for stage in ("analyze", "clip", "caption", "hierarchy"):  # the same per-video results: only the new part runs
+        shutil.copytree(done / "_work" / stage, out / "_work" / stage)
+    stage = DatasetStage("longest", map="tests.test_append:longest_map", reduce="tests.test_append:longest_reduce")
+    monkeypatch.setattr(pipeline.plan, "DATASET_STAGES", (stage,))
+    paths = [str(demo["root"] / "videos" / "*.mp4")]
+    manifest = _run(demo, out, paths)
+    assert len(manifest["partitions"]) == 3
+    clips = pq.read_table(out / "clips").to_pylist()
+    longest = max((c for c in pq.read_table(done / "clips").to_pylist() if c["status"] == "kept"),
+                  key=lambda c: c["duration_s"])
+    dropped = [c for c in clips if c["reason"] == "dataset_longest"]
+    assert [c["clip_id"] for c in dropped] == [longest["clip_id"]] and dropped[0]["shard"] is None
+    assert manifest["counts"]["clips_kept"] == sum(c["status"] == "kept" for c in clips)
+    assert json.loads((out / "stats.json").read_text())["clip_reasons"]["dataset_longest"] == 1
+    lines = []
+    from pipeline.plan import run_job
+    from pipeline.spec import load_spec
+
+    again = run_job(load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out) + [
+        f"inputs.paths=[{paths[0]}]", "output.videos_per_partition=2", "output.samples_per_shard=2"]), log=lines.append)
+    assert again == manifest and "nothing to do" in lines[-1]
