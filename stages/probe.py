@@ -19,7 +19,7 @@ def open_video(path: str, limits, storage=None) -> tuple:
     """
     import av
 
-    from pipeline.storage import input_size, is_s3, open_input
+    from stages.inputs import input_size, is_s3, open_input
 
     size = input_size(path, storage)
     if size is None:
@@ -91,7 +91,7 @@ _INDIRECTIONS = (b"#EXTM3U", b"ffconcat", b"[playlist]", b"<?xml", b"<MPD", b"<s
 
 def sniff_reason(path: str, storage=None) -> str:
     """Why a file did not open: a playlist or other indirection is unsupported_format."""
-    from pipeline.storage import open_input
+    from stages.inputs import open_input
 
     try:
         source = open_input(path, storage)

@@ -45,7 +45,7 @@ def parse_subtitles(text: str) -> list[tuple[float, float, str]]:
 def sidecar(video_path: str, storage=None) -> Path | str | None:
     """A subtitle file next to the video with the same stem (any language suffix; on S3 only the
     exact ``.srt`` / ``.vtt`` names are tried)."""
-    from pipeline.storage import input_size, is_s3
+    from stages.inputs import input_size, is_s3
 
     if is_s3(video_path):
         stem = video_path.rsplit(".", 1)[0] if "." in video_path.rsplit("/", 1)[-1] else video_path
@@ -63,7 +63,7 @@ def sidecar(video_path: str, storage=None) -> Path | str | None:
 
 
 def read_file(path: str | Path, storage=None) -> list[tuple[float, float, str]]:
-    from pipeline.storage import input_size, read_input_bytes
+    from stages.inputs import input_size, read_input_bytes
 
     if (input_size(str(path), storage) or 0) > MAX_BYTES:
         raise ValueError(f"{path}: subtitle file over {MAX_BYTES} bytes")
