@@ -152,8 +152,10 @@ def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, sess
         writers = Writers(spec, fps, pending, log, early=not dataset_stages)
         units = [_unit_row(u, p["partition"]) for p in pending for u in p["units"]]
         stage_stats = run_units(spec, units, fps, log, on_done=writers.unit_done)
+        seconds["stages"] = time.perf_counter() - t
         if not dataset_stages:
             written = {r["partition"]: r for r in writers.finish()}
+            seconds["writes_after_stages"] = time.perf_counter() - t - seconds["stages"]
             stage_stats["write"] = {"partitions": len(written), "worker_seconds": writers.seconds}
     if dataset_stages:  # they need every video's results: they run before any partition is written
         drops = run_dataset_stages(spec, fps, plan, dataset_stages, log)
