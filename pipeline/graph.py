@@ -107,6 +107,26 @@ def work_key(stage: str, fingerprint: str, unit: str) -> str:
     return f"_work/{stage}/{fingerprint}/{unit}.{BY_NAME[stage].result}"
 
 
+def settings_view(spec, keys: tuple[str, ...], extra: tuple[str, ...] = ("storage",)):
+    """Only the spec settings ``keys`` (dotted) as nested attributes, plus ``extra`` (how to reach
+    inputs, which never shapes a result): what a stage receives, so that reading anything its
+    fingerprint does not hash fails at once."""
+    from types import SimpleNamespace
+
+    root: dict = {}
+    for dotted in (*keys, *extra):
+        *path, last = dotted.split(".")
+        node = root
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = setting(spec, dotted)
+
+    def build(node: dict):
+        return SimpleNamespace(**{k: build(v) if isinstance(v, dict) else v for k, v in node.items()})
+
+    return build(root)
+
+
 def setting(doc, dotted: str):
     """``doc.a.b`` (attributes) or ``doc["a"]["b"]`` (mappings) for ``"a.b"``."""
     for part in dotted.split("."):

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.sinks import json_bytes, parquet_bytes
-from pipeline.graph import GRAPH, work_key
+from pipeline.graph import GRAPH, settings_view, work_key
 from pipeline.storage import open_store
 
 UNIT = pa.schema([("unit_id", pa.string()), ("uri", pa.string()), ("video_id", pa.string()),
@@ -116,7 +116,9 @@ class AnalyzeUnits(_UnitStage):
         from stages.analyze import analyze_video
 
         video = {k: row[k] for k in ("uri", "video_id", "size_bytes", "subtitles")}
-        analyzed = analyze_video({**video, "fingerprint": self.fps["analyze"]}, self.spec)
+        # the analysis receives only the settings its fingerprint hashes (and where inputs live)
+        analyzed = analyze_video({**video, "fingerprint": self.fps["analyze"]},
+                                 settings_view(self.spec, self.stage.settings))
         analyzed.pop("analysis_s")
         row["num_frames"] = analyzed.get("num_frames") or 0
         clips = schemas.work_table(analyzed.pop("clips") or [])

@@ -233,3 +233,27 @@ def test_resource_watch_stops_a_pass_that_cannot_run(monkeypatch):
     with ResourceWatch({"CPU": 2.0}, wait_s=0.1, log=lines.append, period_s=0.02, resources=lambda: have) as watch:
         time.sleep(0.3)
     assert not sent and watch.reason is None
+
+
+def test_a_stage_reads_only_what_its_fingerprint_hashes():
+    view = graph.settings_view(SPEC, graph.BY_NAME["analyze"].settings)
+    assert view.shots == SPEC.shots and view.caption.window_s == SPEC.caption.window_s
+    assert view.models.transnetv2 == SPEC.models.transnetv2 and view.storage == SPEC.storage
+    with pytest.raises(AttributeError):
+        view.caption.max_new_tokens  # a caption setting the analysis must not depend on
+    with pytest.raises(AttributeError):
+        view.clip_filter
+    import pickle
+
+    assert pickle.loads(pickle.dumps(view)).probe == SPEC.probe  # it travels to the guarded child
+
+
+def test_stages_never_import_the_pipeline():
+    import ast
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parent.parent / "stages").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "pipeline" or n.startswith("pipeline.") for n in names), f"{path.name} imports {names}"
