@@ -61,7 +61,7 @@ GRAPH: tuple[Stage, ...] = (
 )
 
 # What shapes the written parts and shards beyond the per-video results.
-OUTPUT_SETTINGS = ("output.samples_per_shard", "output.long_samples")
+OUTPUT_SETTINGS = ("output.samples_per_shard", "output.long_samples", "output.smart_cut")
 
 
 @dataclass(frozen=True)

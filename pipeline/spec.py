@@ -44,6 +44,10 @@ class Output(_Section):
                                       "smaller: writing starts sooner and overlaps more of the run.")
     overwrite: bool = Field(False, description="Delete a previous vidcurate output (and its committed work) and start "
                             "over. false: resume, reusing every committed result the spec still allows.")
+    smart_cut: bool = Field(False, description="Clips that do not start on a keyframe: re-encode only up to the "
+                            "first keyframe inside them and copy the rest (H.264 yuv420p sources; each copied "
+                            "keyframe carries its parameter sets in-band, sample entry avc3, which some hardware "
+                            "and browser decoders do not take). false: re-encode such clips whole.")
     long_samples: Literal["none", "chapter"] = Field("none", description="chapter: also write long-video samples "
                                                      "(LVD-2M style) to long_shards/, one per chapter: its whole span "
                                                      "with every clip and window caption inside it. For long takes, "

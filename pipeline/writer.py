@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import schemas
 from pipeline.assemble import (apply_drops, apply_entity_names, apply_extraction, chapter_samples, join_results,
@@ -38,41 +39,29 @@ def record_key(partition: int) -> str:
     return f"{RECORDS}/{part_name(partition)}.json"
 
 
-def extract_each(uri: str, clips: list[dict], storage) -> list[tuple[str, bytes | str, str | None]]:
-    """Every clip of one source video cut to MP4 bytes: per clip ("ok", bytes, method) or
-    ("error", message, None); one clip's failure leaves the others alone."""
-    from stages.extract import extract_clip
-
-    out = []
-    for clip in clips:  # TEMPORARY until stages.extract.extract_clips
-        try:
-            data, method = extract_clip(uri, clip, storage)
-            out.append(("ok", data, method))
-        except Exception as err:
-            out.append(("error", f"{type(err).__name__}: {err}", None))
-    return out
-
-
 def cut_samples(samples: list[dict], spec) -> tuple[dict[str, tuple[bytes, str]], dict[str, str]]:
     """The MP4 bytes of ``samples`` (key, uri, clip), one guarded child per source video; when a
     whole video's child fails (a timeout, a crash), its clips are cut one child each, so only
     the clip that fails is lost. Returns ({key: (bytes, method)}, {key: error})."""
-    from stages.extract import extract_clip
+    from stages.extract import extract_clip, extract_clips
     from stages.guard import GuardFailure, run_guarded
 
     limits = {"timeout_s": spec.probe.timeout_s, "memory_mb": spec.probe.max_memory_mb}
+    smart = spec.output.smart_cut
     by_uri: dict[str, list[dict]] = {}
     for s in samples:
         by_uri.setdefault(s["uri"], []).append(s)
     done, failed = {}, {}
     for uri, group in by_uri.items():
         try:
-            results = run_guarded(extract_each, (uri, [s["clip"] for s in group], spec.storage), **limits)
+            results = run_guarded(partial(extract_clips, smart_cut=smart), (uri, [s["clip"] for s in group],
+                                                                             spec.storage), **limits)
         except GuardFailure:
             results = []
             for s in group:
                 try:
-                    data, method = run_guarded(extract_clip, (uri, s["clip"], spec.storage), **limits)
+                    data, method = run_guarded(partial(extract_clip, smart_cut=smart), (uri, s["clip"], spec.storage),
+                                               **limits)
                     results.append(("ok", data, method))
                 except GuardFailure as err:
                     results.append(("error", f"{err.reason}: {err.message.splitlines()[0]}", None))
