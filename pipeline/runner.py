@@ -44,13 +44,14 @@ def add_stage(ds, stage: Stage, spec, fps: dict, gpus: float):
     return ds.map_batches(cls(spec=spec, fps=fps, stage=stage), **args)
 
 
-def needs(spec, stages: list[Stage], gpus: float) -> dict[str, float]:
-    """Resources a chain of ``stages`` needs to make progress: every actor pool, plus one task of
-    each task stage."""
+def needs(spec, stages: list[Stage], gpus: float, *, least: bool = False) -> dict[str, float]:
+    """Resources a chain of ``stages`` holds at once: every actor of every pool, plus one task of
+    each task stage; with ``least``, what it needs to make any progress at all (one actor of
+    each pool and one task of each task stage)."""
     cpu = gpu = 0.0
     for stage in _steps(stages):
         res = getattr(spec.resources, stage.resources)
-        n = res.concurrency if stage.kind == "actor" else 1
+        n = res.concurrency if stage.kind == "actor" and not least else 1
         cpu += n * res.num_cpus
         per_gpu = (1.0 if gpus > 0 else 0.0) if res.num_gpus == "auto" else float(res.num_gpus)
         gpu += n * per_gpu
@@ -177,7 +178,7 @@ def run_units(spec, units: list[dict], fps: dict, log, on_done=None) -> dict:
             ds = add_stage(ds, stage, spec, fps, gpus)
         ds = ds.drop_columns(["prepared"])
         done = 0
-        watch = ResourceWatch(needs(spec, stages, gpus), spec.ray.resource_wait_s, log)
+        watch = ResourceWatch(needs(spec, stages, gpus, least=True), spec.ray.resource_wait_s, log)
         try:
             with watch:
                 for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

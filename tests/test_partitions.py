@@ -203,6 +203,9 @@ def test_streaming_needs_room_for_every_pool_after_losing_the_largest_node():
     forced = parse_spec({**SPEC.model_dump(mode="json"), "ray": {"stream": True}})
     assert stream_all(forced, [1.0])
     assert needs(SPEC, [graph.GRAPH[1]], 2.0) == {"CPU": 1.0, "GPU": 1.0}  # num_gpus: auto on a GPU cluster
+    wide = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"caption": {"concurrency": 4, "num_gpus": 1}}})
+    assert needs(wide, [graph.BY_NAME["caption"]], 4.0) == {"CPU": 5.0, "GPU": 4.0}  # prepare task + 4 actors
+    assert needs(wide, [graph.BY_NAME["caption"]], 4.0, least=True) == {"CPU": 2.0, "GPU": 1.0}
 
 
 def test_blocks_hold_a_bounded_number_of_videos():
