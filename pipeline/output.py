@@ -133,7 +133,7 @@ def collect_garbage(store, *, dry_run: bool = False, log=print) -> tuple[int, in
     """Delete committed work a finished output no longer uses: stage results under
     ``_work/<stage>/<fingerprint>/`` whose fingerprint is not the manifest's (left by runs with
     other settings; kept by ``run`` so that switching back reuses them), records of partitions
-    the manifest does not list, and temporary files of interrupted writes. Holds the output's lock while it works.
+    the manifest does not list, dataset-level stages' drop files no listed partition uses, and temporary files of interrupted writes. Holds the output's lock while it works.
     Returns (files, bytes) removed (or that would be, with ``dry_run``)."""
     from pipeline.graph import STAGES
     from pipeline.lock import OutputLock
@@ -146,13 +146,15 @@ def collect_garbage(store, *, dry_run: bool = False, log=print) -> tuple[int, in
                         "finished output, whose manifest says which work is current") from None
     fps = manifest.get("fingerprints") or {}
     current = {p["record"] for p in manifest.get("partitions", [])}
+    drops = {key for p in manifest.get("partitions", []) for key in p.get("drops", [])}
     with OutputLock(store, log):
         doomed = []
         for key, size in store.list("_work/"):
             parts = key.split("/")
             stale_stage = len(parts) >= 4 and parts[1] in STAGES and parts[2] != fps.get(parts[1])
             stale_record = key.startswith(RECORDS + "/") and key not in current
-            if stale_stage or stale_record or key.endswith(".tmp"):
+            stale_drops = key.startswith("_work/dataset/") and key not in drops  # dataset-level stages' drops
+            if stale_stage or stale_record or stale_drops or key.endswith(".tmp"):
                 doomed.append((key, size))
         for key, _ in doomed:
             if not dry_run:

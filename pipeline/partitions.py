@@ -82,6 +82,7 @@ class Writers:
     def __init__(self, spec, fps: dict[str, str], partitions: list[dict], log, early: bool = True):
         import ray
 
+        from pipeline.resources import task_limit
         from pipeline.writer import write_partition
 
         self.spec, self.fps, self.log, self.early = spec, fps, log, early
@@ -93,7 +94,7 @@ class Writers:
         self.seconds = 0.0  # summed worker seconds of the writer tasks
         res = spec.resources.write
         self.task = ray.remote(write_partition).options(num_cpus=res.num_cpus, max_retries=3)
-        self.concurrency = res.concurrency
+        self.concurrency = task_limit(res) or max(1, int(ray.cluster_resources().get("CPU", 1) // max(res.num_cpus, 1e-3)))
         self.spec_ref = ray.put(spec)
 
     def unit_done(self, row: dict) -> None:

@@ -25,7 +25,7 @@ import threading
 import time
 
 from pipeline.graph import GRAPH, Stage, setting
-from pipeline.resources import cluster_gpus, ray_args
+from pipeline.resources import cluster_gpus, gpus_per_worker, pool_size, ray_args
 
 
 def _steps(stages: list[Stage]) -> list[Stage]:
@@ -33,15 +33,40 @@ def _steps(stages: list[Stage]) -> list[Stage]:
     return [s for stage in stages for s in ((stage.feeder,) if stage.feeder else ()) + (stage,)]
 
 
-def add_stage(ds, stage: Stage, spec, fps: dict, gpus: float):
-    """``ds`` followed by one stage, with the resources declared for it in the spec."""
+def add_stage(ds, stage: Stage, spec, fps: dict, gpus: float, size: int | None = None):
+    """``ds`` followed by one stage, with the resources declared for it in the spec (``size``:
+    the actor pool's size, from pool_sizes)."""
     res = getattr(spec.resources, stage.resources)
-    args = ray_args(res, actor=stage.kind == "actor", gpus_in_cluster=gpus)
+    args = ray_args(res, actor=stage.kind == "actor", gpus_in_cluster=gpus, size=size)
     args["batch_size"] = setting(spec, stage.unit_batch) if stage.unit_batch else 1  # model batches form inside
     cls = stage.runner_class()
     if stage.kind == "actor":
         return ds.map_batches(cls, fn_constructor_kwargs={"spec": spec, "fps": fps, "stage": stage}, **args)
     return ds.map_batches(cls(spec=spec, fps=fps, stage=stage), **args)
+
+
+def usable_cpus(cpus: list[float]) -> float:
+    """The cluster's CPUs less its largest node's when it has several: what is left after
+    losing any one node."""
+    return sum(cpus) - (max(cpus) if len(cpus) > 1 else 0.0)
+
+
+def pool_sizes(spec, stages: list[Stage], cpus: list[float], gpus: float) -> dict[str, int]:
+    """The actor pool size of each model stage of a chain (pipeline.resources.pool_size). A
+    stage alone in its pass fills the cluster, less one task of its feeder; with a feeder,
+    only from the CPUs that survive the loss of a node, so that restarted actors can never
+    take the CPU the feeder's tasks wait for."""
+    alone = len(stages) == 1
+    sizes = {}
+    for stage in stages:
+        if stage.kind != "actor":
+            continue
+        res = getattr(spec.resources, stage.resources)
+        feeder = getattr(spec.resources, stage.feeder.resources) if stage.feeder else None
+        room = usable_cpus(cpus) if feeder else sum(cpus)
+        sizes[stage.name] = pool_size(res, alone=alone, cpus=room, gpus=gpus,
+                                      reserved_cpus=feeder.num_cpus if feeder else 0.0)
+    return sizes
 
 
 def needs(spec, stages: list[Stage], gpus: float, *, least: bool = False) -> dict[str, float]:
@@ -51,10 +76,9 @@ def needs(spec, stages: list[Stage], gpus: float, *, least: bool = False) -> dic
     cpu = gpu = 0.0
     for stage in _steps(stages):
         res = getattr(spec.resources, stage.resources)
-        n = res.concurrency if stage.kind == "actor" and not least else 1
+        n = res.concurrency if stage.kind == "actor" and not least and res.concurrency != "auto" else 1
         cpu += n * res.num_cpus
-        per_gpu = (1.0 if gpus > 0 else 0.0) if res.num_gpus == "auto" else float(res.num_gpus)
-        gpu += n * per_gpu
+        gpu += n * gpus_per_worker(res, gpus)
     return {"CPU": cpu, "GPU": gpu}
 
 
@@ -72,8 +96,7 @@ def stream_all(spec, cpus: list[float] | None = None) -> bool:
     if spec.ray.stream is not None:
         return spec.ray.stream
     cpus = node_cpus() if cpus is None else cpus
-    usable = sum(cpus) - (max(cpus) if len(cpus) > 1 else 0.0)
-    return usable >= needs(spec, list(GRAPH), 0.0)["CPU"]
+    return usable_cpus(cpus) >= needs(spec, list(GRAPH), 0.0)["CPU"]
 
 
 def videos_per_block(spec, units: int, cpus: float) -> int:
@@ -174,8 +197,9 @@ def run_units(spec, units: list[dict], fps: dict, log, on_done=None) -> dict:
         before = {k: dict(v) for k, v in tally.stages.items()}
         t = time.perf_counter()
         ds = ray.data.from_items(units, override_num_blocks=max(1, math.ceil(len(units) / per_block)))
+        sizes = pool_sizes(spec, stages, node_cpus(), cluster_gpus())  # the cluster as it is now
         for stage in _steps(stages):
-            ds = add_stage(ds, stage, spec, fps, gpus)
+            ds = add_stage(ds, stage, spec, fps, gpus, sizes.get(stage.name))
         ds = ds.drop_columns(["prepared"])
         done = 0
         watch = ResourceWatch(needs(spec, stages, gpus, least=True), spec.ray.resource_wait_s, log)
@@ -198,7 +222,9 @@ def run_units(spec, units: list[dict], fps: dict, log, on_done=None) -> dict:
         busy = ", ".join(f"{s} {v['worker_seconds'] - before.get(s, {}).get('worker_seconds', 0.0):.1f}s"
                          for s, v in tally.stages.items()
                          if v["worker_seconds"] > before.get(s, {}).get("worker_seconds", 0.0))
-        log(f"[{name}] {done} videos in {wall:.1f}s ({done / wall:.2f} videos/s{rate}; worker time: {busy or 'none'})")
+        pools = "".join(f"; {s} actors: {n}" for s, n in sizes.items())
+        log(f"[{name}] {done} videos in {wall:.1f}s ({done / wall:.2f} videos/s{rate}; worker time: {busy or 'none'}"
+            f"{pools})")
     if tally.reused:
         log("[resume] committed results reused: " + ", ".join(f"{s.name} {tally.reused[s.name]}" for s in GRAPH
                                                                if tally.reused.get(s.name)))

@@ -262,27 +262,46 @@ class Models(_Section):
 
 
 class StageResources(_Section):
-    concurrency: int = Field(1, ge=1)
+    concurrency: Union[int, Literal["auto"]] = Field(1, description="Actors (model stages) or tasks at once. "
+                                                     "'auto' (model stages): in a pass of the stage alone, as many "
+                                                     "actors as the cluster holds (one per num_gpus GPUs it asks "
+                                                     "for, else per num_cpus CPUs, less one task of its feeder); "
+                                                     "in a streaming chain, one.")
     batch_size: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: Union[float, Literal["auto"]] = Field(0.0, description="'auto': 1 when the cluster has GPUs.")
 
-    @field_validator("num_gpus")
+    @field_validator("concurrency", "num_gpus")
     @classmethod
-    def _gpus(cls, v):
-        if v != "auto" and v < 0:
-            raise ValueError("must be >= 0 or 'auto'")
+    def _number_or_auto(cls, v, info):
+        least = 1 if info.field_name == "concurrency" else 0
+        if v != "auto" and v < least:
+            raise ValueError(f"must be >= {least} or 'auto'")
         return v
 
 
 class Resources(_Section):
     analyze: StageResources = StageResources(concurrency=2)
-    clip: StageResources = StageResources(batch_size=16, num_gpus="auto")
-    caption: StageResources = StageResources(batch_size=4, num_gpus="auto")
+    clip: StageResources = StageResources(concurrency="auto", batch_size=16, num_gpus="auto")
+    caption: StageResources = StageResources(concurrency="auto", batch_size=4, num_gpus="auto")
     prepare: StageResources = Field(StageResources(concurrency=2), description="CPU tasks making the captioner's "
                                     "inputs (frames, prompts, processor) ahead of the caption actors.")
-    hierarchy: StageResources = StageResources(batch_size=4, num_gpus="auto")
+    hierarchy: StageResources = StageResources(concurrency="auto", batch_size=4, num_gpus="auto")
     write: StageResources = StageResources(concurrency=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_defaults(cls, data):
+        """A stage's keys override that stage's defaults: ``caption: {num_gpus: 1}`` keeps its
+        batch size and pool size."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, given in data.items():
+            field = cls.model_fields.get(name)
+            if field is not None and isinstance(given, dict) and isinstance(field.default, StageResources):
+                merged[name] = {**field.default.model_dump(), **given}
+        return merged
 
 
 class RayOptions(_Section):

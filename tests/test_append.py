@@ -134,3 +134,13 @@ def test_dataset_level_stage_runs_over_every_partition_before_the_writers(demo_r
     again = run_job(load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out) + [
         f"inputs.paths=[{paths[0]}]", "output.videos_per_partition=2", "output.samples_per_shard=2"]), log=lines.append)
     assert again == manifest and "nothing to do" in lines[-1]
+    # gc keeps the drops the manifest's partitions use and removes those of earlier runs
+    from pipeline.output import collect_garbage
+    from pipeline.storage import open_store
+
+    used = {key for p in manifest["partitions"] for key in p.get("drops", [])}
+    assert len(used) == 1 and (out / next(iter(used))).exists()
+    stale = out / "_work" / "dataset" / "longest" / "part-000000-0123456789abcdef.json"
+    stale.write_text("{}")
+    files, _ = collect_garbage(open_store(str(out), load_spec(ROOT / "jobs" / "demo.yaml").storage), log=lines.append)
+    assert files == 1 and not stale.exists() and all((out / key).exists() for key in used)

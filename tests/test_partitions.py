@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipeline import assemble, graph, partitions, summary
-from pipeline.runner import ResourceWatch, needs, stream_all, videos_per_block
+from pipeline.runner import ResourceWatch, needs, pool_sizes, stream_all, videos_per_block
 from pipeline.spec import parse_spec
 
 SPEC = parse_spec({"inputs": {"paths": ["x.mp4"]}, "output": {"uri": "/tmp/vidcurate-test-out"}})
@@ -206,6 +206,24 @@ def test_streaming_needs_room_for_every_pool_after_losing_the_largest_node():
     wide = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"caption": {"concurrency": 4, "num_gpus": 1}}})
     assert needs(wide, [graph.BY_NAME["caption"]], 4.0) == {"CPU": 5.0, "GPU": 4.0}  # prepare task + 4 actors
     assert needs(wide, [graph.BY_NAME["caption"]], 4.0, least=True) == {"CPU": 2.0, "GPU": 1.0}
+
+
+def test_auto_pools_fill_the_cluster_in_a_pass_and_never_take_the_feeders_cpu():
+    clip, caption, hierarchy = (graph.BY_NAME[n] for n in ("clip", "caption", "hierarchy"))
+    assert SPEC.resources.caption.concurrency == "auto"  # the default of every model stage
+    assert pool_sizes(SPEC, [clip], [2.0], 0.0) == {"clip": 2}
+    assert pool_sizes(SPEC, [caption], [2.0], 0.0) == {"caption": 1}  # one CPU stays with a prepare task
+    # with a feeder, from what survives losing the largest node: 5 CPUs, 3 after a loss, 2 actors
+    assert pool_sizes(SPEC, [caption], [1.0, 2.0, 2.0], 0.0) == {"caption": 2}
+    assert pool_sizes(SPEC, [hierarchy], [1.0, 2.0, 2.0], 0.0) == {"hierarchy": 5}
+    assert pool_sizes(SPEC, [caption], [16.0], 4.0) == {"caption": 4}  # one per GPU (num_gpus: auto)
+    assert pool_sizes(SPEC, list(graph.GRAPH), [64.0], 0.0) == {"clip": 1, "caption": 1, "hierarchy": 1}  # a chain
+    fixed = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"clip": {"concurrency": 3}}})
+    assert pool_sizes(fixed, [clip], [16.0], 0.0) == {"clip": 3}
+    halves = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"hierarchy": {"num_gpus": 0.5}}})
+    assert pool_sizes(halves, [hierarchy], [8.0], 2.0) == {"hierarchy": 4}
+    with pytest.raises(ValueError, match="concurrency"):
+        parse_spec({**SPEC.model_dump(mode="json"), "resources": {"clip": {"concurrency": 0}}})
 
 
 def test_blocks_hold_a_bounded_number_of_videos():
