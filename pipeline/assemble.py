@@ -136,9 +136,16 @@ def absolute_events(events: list[dict] | None, start_s: float) -> list[dict]:
     return [{"start_s": start_s + e["t"], "text": e["text"]} for e in events or []]
 
 
+# How chapter samples get their bytes (hashed into the output fingerprint): a chapter of one
+# clip spans exactly that clip, so its sample takes the clip sample's bytes (``from_clip``)
+# instead of a second cut from the source.
+CHAPTER_BYTES = "one-clip chapters reuse the clip sample's bytes"
+
+
 def chapter_samples(chapters: list[dict], kept: list[dict], captions: list[dict], video_caption: dict) -> list[dict]:
     """Long-video samples (LVD-2M style): one per chapter, its whole span as one mp4, with every
-    clip and window caption inside it (times relative to the chapter start)."""
+    clip and window caption inside it (times relative to the chapter start). A chapter of one
+    clip names it in ``from_clip``: its span is that clip's, and so are its bytes."""
     clip_of = {c["clip_id"]: c for c in kept}
     by_clip = defaultdict(list)
     for cap in captions:
@@ -165,7 +172,8 @@ def chapter_samples(chapters: list[dict], kept: list[dict], captions: list[dict]
                                                "end_s": cap["end_s"] - ch["start_s"], "text": cap["text"]}
                                               for cap in inner],
                                  "video_caption_id": video_caption.get(ch["video_id"])},
-                        "txt": ch["summary"] or ""})
+                        "txt": ch["summary"] or "",
+                        **({"from_clip": first["clip_id"]} if len(members) == 1 else {})})
     return samples
 
 

@@ -22,6 +22,7 @@ def fingerprints(spec) -> dict[str, str]:
     parts and shards); prompt texts are hashed, not their names."""
     import schemas
     from pipeline import __version__
+    from pipeline.assemble import CHAPTER_BYTES
     from stages.extract import ENCODER
     from stages.models import load_prompt
 
@@ -36,7 +37,7 @@ def fingerprints(spec) -> dict[str, str]:
                 picked[section] = {n: v for n, v in picked[section].items() if n != name}
         picked["prompts"] = [load_prompt(setting(spec, p) if "." in p else p) for p in prompts]
         if stage == "output":
-            picked["encoder"] = ENCODER
+            picked["encoder"], picked["chapter_bytes"] = ENCODER, CHAPTER_BYTES
         blob = json.dumps([prev, stage, picked], sort_keys=True).encode()
         out[stage] = prev = hashlib.sha256(blob).hexdigest()[:16]
     return out

@@ -73,15 +73,61 @@ def cut_samples(samples: list[dict], spec) -> tuple[dict[str, tuple[bytes, str]]
     return done, failed
 
 
-def write_shards(store, folder: str, samples: list[dict], per: int, prefix: str, spec
+class SpilledBytes:
+    """Sample bytes kept for a second use within one writer task, in a temporary folder (not in
+    memory: a partition's clips can weigh gigabytes). ``add`` keeps only the keys asked for."""
+
+    def __init__(self, wanted: set[str]):
+        import tempfile
+
+        self.wanted, self.methods = wanted, {}
+        self._dir = tempfile.TemporaryDirectory(prefix="vidcurate-samples-")
+
+    def _path(self, key: str) -> str:
+        return f"{self._dir.name}/{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def add(self, key: str, data: bytes, method: str) -> None:
+        if key in self.wanted:
+            with open(self._path(key), "wb") as f:
+                f.write(data)
+            self.methods[key] = method
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        if key not in self.methods:
+            return None
+        with open(self._path(key), "rb") as f:
+            return f.read(), self.methods[key]
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+
+def _cut_or_reuse(chunk: list[dict], spec, reuse: SpilledBytes | None) -> tuple[dict, dict]:
+    """The bytes of a chunk of samples: a sample naming a clip whose bytes were kept (``from_clip``)
+    takes them; the others are cut from their source."""
+    found = {}
+    for s in chunk:
+        got = reuse.get(s["from_clip"]) if reuse is not None and s.get("from_clip") else None
+        if got is not None:
+            found[s["key"]] = got
+    cut, lost = cut_samples([s for s in chunk if s["key"] not in found], spec)
+    return {**found, **cut}, lost
+
+
+def write_shards(store, folder: str, samples: list[dict], per: int, prefix: str, spec, *,
+                 keep: SpilledBytes | None = None, reuse: SpilledBytes | None = None
                  ) -> tuple[list[dict], dict[str, str], dict[str, str]]:
-    """Samples, in order, into shards ``folder/<prefix>-NNNNNN.tar`` of ``per`` samples each.
+    """Samples, in order, into shards ``folder/<prefix>-NNNNNN.tar`` of ``per`` samples each;
+    the bytes of the keys ``keep`` wants are kept there, those ``reuse`` holds are not cut again.
     Returns (shard entries for the manifest, {key: method}, {key: error of clips left out})."""
     shards, methods, failed = [], {}, {}
     for n in range(0, len(samples), per):
         chunk = samples[n:n + per]
-        cut, lost = cut_samples(chunk, spec)
+        cut, lost = _cut_or_reuse(chunk, spec, reuse)
         failed.update(lost)
+        if keep is not None:
+            for key, (data, method) in cut.items():
+                keep.add(key, data, method)
         members = []
         for s in chunk:
             if s["key"] in cut:
@@ -112,13 +158,17 @@ def write_partition(spec, fps: dict[str, str], partition: dict) -> dict:
     link_hierarchy(rows)
     apply_entity_names(rows)
     per = spec.output.samples_per_shard
-    shards, methods, failed = write_shards(store, "shards", shard_samples(rows, per, lambda n: f"{name}-{n:06d}.tar"),
-                                           per, name, spec)
-    apply_extraction(rows, methods, failed)
-    long_shards, long_failed = [], {}
+    samples = shard_samples(rows, per, lambda n: f"{name}-{n:06d}.tar")
+    long = []
     if spec.output.long_samples == "chapter":
         long = chapter_samples(rows["chapters"], rows["kept"], rows["captions"], rows["video_caption"])
-        long_shards, _, long_failed = write_shards(store, "long_shards", long, per, name, spec)
+    spilled = SpilledBytes({s["from_clip"] for s in long if s.get("from_clip")})
+    try:
+        shards, methods, failed = write_shards(store, "shards", samples, per, name, spec, keep=spilled)
+        apply_extraction(rows, methods, failed)
+        long_shards, _, long_failed = write_shards(store, "long_shards", long, per, name, spec, reuse=spilled)
+    finally:
+        spilled.close()
     tables = sorted_tables(rows)
     checks = check_caption_times(tables["captions"], rows["kept"], rows["videos"], rows["chapters"])
     parts = {}

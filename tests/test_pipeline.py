@@ -143,6 +143,13 @@ def test_chapter_long_video_samples(demo_run):
         first, last = (next(x for x in _tables(out)["clips"].to_pylist() if x["clip_id"] == cid)
                        for cid in (ch["clip_ids"][0], ch["clip_ids"][-1]))
         assert n == last["end_frame"] - first["start_frame"]
+    clip_mp4 = {}
+    for shard in manifest["shards"]:
+        with tarfile.open(out / shard["path"]) as tar:
+            clip_mp4 |= {m.name[:-4]: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".mp4")}
+    single = [cid for cid, ch in chapters.items() if len(ch["clip_ids"]) == 1]
+    assert single and all(seen[cid][1] == clip_mp4[chapters[cid]["clip_ids"][0]] for cid in single), \
+        "a chapter of one clip takes that clip's bytes, not a second cut"
 
 
 def test_container_chapter_marks_become_snapped_chapters(demo_run):
