@@ -20,15 +20,33 @@ import sys
 import time
 import traceback
 
-_PRELOAD = ["numpy", "cv2", "av", "scenedetect", "stages.analyze", "stages.extract"]
+# Imported once by the forkserver, so a guarded call never pays for them (numpy.ma: numpy's
+# median imports it on first use; the modules the analysis imports lazily).
+_PRELOAD = ["numpy", "numpy.ma", "cv2", "av", "av.subtitles", "scenedetect", "stages.analyze", "stages.decode",
+            "stages.marks", "stages.subtitles", "stages.extract"]
 _ctx = None
 
 
-def _context():
+def _modules_of(values) -> list[str]:
+    """The modules defining the classes of ``values`` (and of their fields, one level down):
+    unpickling them in a child would import them there, on every call (a settings object's
+    module imports its validation library: about 0.13 s a call)."""
+    found = []
+    for v in values:
+        for obj in (v, *getattr(v, "__dict__", {}).values()):
+            module = type(obj).__module__
+            if module not in ("builtins", "__main__") and module not in found:
+                found.append(module)
+    return found
+
+
+def _context(args: tuple = ()):
+    """The forkserver context; started on first use, preloading the decoding modules and those
+    of the first call's arguments."""
     global _ctx
     if _ctx is None:
         _ctx = mp.get_context("forkserver")
-        _ctx.set_forkserver_preload(_PRELOAD)
+        _ctx.set_forkserver_preload(_PRELOAD + [m for m in _modules_of(args) if m not in _PRELOAD])
     return _ctx
 
 
@@ -120,7 +138,7 @@ def run_guarded(fn, args: tuple, *, timeout_s: float, memory_mb: float | None):
     turns them into results itself. A dict result that failed (``status`` not "ok", or marked
     ``suspect``) because FFmpeg could not start threads under the limit is memory_limit.
     """
-    ctx = _context()
+    ctx = _context(args)
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child, fn, args, memory_mb), daemon=True)
     try:
