@@ -5,9 +5,12 @@ the decode in a child process turns each of those into a reason on one ``videos`
 (``timeout``, ``memory_limit``, ``decoder_crash``) while the Ray task that asked survives, so
 Ray never retries a poisoned video forever.
 
-Children come from a ``forkserver`` that has already imported the decoding modules, so each
-guarded call costs a fork (milliseconds), not a Python start-up; the server lives as long as
-the Ray worker process and serves every task that worker runs.
+Children come from a ``forkserver`` that has already imported the decoding modules; the
+server lives as long as the Ray worker process and serves every task that worker runs. One
+child then serves call after call (no fork, and none of a fresh process's first-call costs:
+about half the guarded cost of a short video). It is replaced after a call that did not end
+cleanly, and whatever fails in a child that served earlier calls is run again in a child of
+its own, whose verdict counts: a reason never depends on what an earlier file left behind.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -71,36 +75,64 @@ def _is_oom(err: BaseException) -> bool:
     return "Insufficient memory" in text or "Failed to allocate" in text or "failed to map" in text
 
 
-def _child(conn, fn, args, memory_mb):
+def _limit(memory_mb) -> None:
     import resource
-
-    _die_with_parent()
 
     if memory_mb:  # a budget on top of what the process already maps (libraries, thread stacks)
         limit = _address_space_bytes() + int(memory_mb * 1024 * 1024)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _outcome(fn, args, memory_mb) -> tuple[str, object]:
+    """(status, payload) of one call in the child: ok and the value, or why not."""
     try:
         value = fn(*args)
-        result = ("ok", value)
         failed = isinstance(value, dict) and (value.get("status") != "ok" or value.get("suspect"))
         message = str(value.get("message") or "") if failed else ""
         if memory_mb and failed and "[Errno 11]" in message:
             # FFmpeg cannot start its decoding threads (EAGAIN) once the address space is used up
-            result = ("memory_limit", f"the decoder hit its memory budget of {memory_mb} MB: {message}")
+            return "memory_limit", f"the decoder hit its memory budget of {memory_mb} MB: {message}"
+        return "ok", value
     except MemoryError as err:
-        result = ("memory_limit", f"the decoder ran out of its memory budget of {memory_mb} MB ({err})")
+        return "memory_limit", f"the decoder ran out of its memory budget of {memory_mb} MB ({err})"
     except BaseException as err:  # reported to the parent, which decides the row
         # lazy imports that cannot map their library, OpenCV's allocation errors: the budget
         kind = "memory_limit" if memory_mb and _is_oom(err) else "exception"
-        result = (kind, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=4)}")
+        return kind, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=4)}"
+
+
+def _send(conn, result) -> None:
     try:
         conn.send(result)
     except MemoryError:
         conn.send(("memory_limit", "result too large for the memory limit"))
     except Exception as err:  # e.g. an unpicklable result: a bug, reported as such
         conn.send(("exception", f"cannot return the result: {type(err).__name__}: {err}"))
+
+
+def _child(conn, fn, args, memory_mb):
+    _die_with_parent()
+    _limit(memory_mb)
+    try:
+        _send(conn, _outcome(fn, args, memory_mb))
     finally:
         conn.close()
+
+
+def _serve(conn, memory_mb):
+    """A reusable child: after its memory budget is set, it says how much address space it maps,
+    then runs call after call ((fn, args) in, (status, payload) out) until told to stop."""
+    _die_with_parent()
+    _limit(memory_mb)
+    conn.send(("ready", _address_space_bytes()))
+    while True:
+        try:
+            call = conn.recv()
+        except (EOFError, OSError):
+            return
+        if call is None:
+            return
+        _send(conn, _outcome(*call, memory_mb))
 
 
 @contextlib.contextmanager
@@ -131,58 +163,198 @@ class GuardFailure(Exception):
         self.message = message
 
 
-def run_guarded(fn, args: tuple, *, timeout_s: float, memory_mb: float | None):
-    """Run ``fn(*args)`` in a child process; return its result or raise GuardFailure.
-
-    Exceptions raised by ``fn`` come back as GuardFailure("exception", message) unless ``fn``
-    turns them into results itself. A dict result that failed (``status`` not "ok", or marked
-    ``suspect``) because FFmpeg could not start threads under the limit is memory_limit.
-    """
-    ctx = _context(args)
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, fn, args, memory_mb), daemon=True)
+def _start(ctx, target, args: tuple, parent):
+    """A started child process; GuardFailure (with ``parent`` closed) when it cannot start."""
+    proc = ctx.Process(target=target, args=args, daemon=True)
     try:
         with _main_hidden():
             proc.start()
     except Exception as err:  # out of descriptors, an argument that cannot be pickled, ...
         parent.close()
         raise GuardFailure("exception", f"cannot start the guarded process: {type(err).__name__}: {err}") from None
+    return proc
+
+
+def _await(proc, conn, timeout_s: float):
+    """The child's next (status, payload), or None when it died without sending one; raises
+    GuardFailure("timeout") after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise GuardFailure("timeout", f"no result after {timeout_s:g}s; decoder process killed")
+        if conn.poll(min(left, 0.5)):
+            try:
+                return conn.recv()
+            except (EOFError, OSError):
+                return None
+        if not proc.is_alive() and not conn.poll(0):
+            return None
+
+
+def _death(proc) -> GuardFailure:
+    """Why a child ended without a result (its exit code or signal)."""
+    proc.join(5)
+    code = proc.exitcode
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:  # real-time signals have no name
+            name = f"signal {-code}"
+        if -code == signal.SIGKILL:  # the kernel's OOM killer, or another hard kill
+            return GuardFailure("memory_limit", f"decoder process killed ({name})")
+        return GuardFailure("decoder_crash", f"decoder process died with {name}")
+    return GuardFailure("decoder_crash", f"decoder process exited with code {code} and no result")
+
+
+def _kill(proc) -> None:
+    if proc.is_alive():
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # it ended on its own meanwhile
+            pass
+        proc.join(5)
+
+
+def _result(got, proc):
+    """The value of a (status, payload), or the GuardFailure it stands for."""
+    if got is None:
+        raise _death(proc)
+    status, payload = got
+    if status == "ok":
+        return payload
+    if status in ("memory_limit", "exception"):
+        raise GuardFailure(status, payload)
+    raise _death(proc)
+
+
+def _once(fn, args: tuple, timeout_s: float, memory_mb):
+    """``fn(*args)`` in a child of its own."""
+    ctx = _context(args)
+    parent, child = ctx.Pipe(duplex=False)
+    try:
+        proc = _start(ctx, _child, (child, fn, args, memory_mb), parent)
     finally:
         child.close()
-    deadline = time.monotonic() + timeout_s
     try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise GuardFailure("timeout", f"no result after {timeout_s:g}s; decoder process killed")
-            if parent.poll(min(left, 0.5)):
-                try:
-                    status, payload = parent.recv()
-                except (EOFError, OSError):
-                    status, payload = None, None
-                if status == "ok":
-                    return payload
-                if status in ("memory_limit", "exception"):
-                    raise GuardFailure(status, payload)
-                break
-            if not proc.is_alive():
-                break
-        proc.join(5)
-        code = proc.exitcode
-        if code is not None and code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:  # real-time signals have no name
-                name = f"signal {-code}"
-            if -code == signal.SIGKILL:  # the kernel's OOM killer, or another hard kill
-                raise GuardFailure("memory_limit", f"decoder process killed ({name})")
-            raise GuardFailure("decoder_crash", f"decoder process died with {name}")
-        raise GuardFailure("decoder_crash", f"decoder process exited with code {code} and no result")
+        return _result(_await(proc, parent, timeout_s), proc)
     finally:
-        if proc.is_alive():
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:  # it ended on its own meanwhile
-                pass
-            proc.join(5)
+        _kill(proc)
         parent.close()
+
+
+class _Server:
+    """A guarded child reused call after call (no fork, no warm-up per call). It is replaced
+    after ``MAX_CALLS`` calls, once its address space grew by a quarter of its memory budget
+    (so every call keeps most of the budget), and after any call that did not end cleanly."""
+
+    MAX_CALLS = 256
+    GROWTH = 0.25
+
+    def __init__(self, args: tuple, memory_mb):
+        ctx = _context(args)
+        self.conn, child = ctx.Pipe(duplex=True)
+        try:
+            self.proc = _start(ctx, _serve, (child, memory_mb), self.conn)
+        finally:
+            child.close()
+        self.memory_mb, self.calls = memory_mb, 0
+        try:
+            got = _await(self.proc, self.conn, 60.0)
+        except GuardFailure:
+            got = None
+        if not got or got[0] != "ready":
+            self.close()
+            raise GuardFailure("exception", "the guarded process did not start")
+        self.baseline = got[1]
+
+    def worn(self) -> bool:
+        if self.calls >= self.MAX_CALLS or not self.proc.is_alive():
+            return True
+        if not self.memory_mb:
+            return False
+        try:
+            with open(f"/proc/{self.proc.pid}/statm") as f:
+                mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return True
+        return mapped - self.baseline > self.GROWTH * self.memory_mb * 1024 * 1024
+
+    def call(self, fn, args: tuple, timeout_s: float):
+        """(status, payload) of one call, or None when the child died; the child is closed
+        unless the call came back."""
+        self.calls += 1
+        try:
+            self.conn.send((fn, args))
+            got = _await(self.proc, self.conn, timeout_s)
+        except GuardFailure:
+            self.close()
+            raise
+        except Exception as err:  # an argument that cannot be pickled, a broken pipe
+            self.close()
+            raise GuardFailure("exception", f"cannot reach the guarded process: {type(err).__name__}: {err}") from None
+        if got is None:
+            failure = _death(self.proc)
+            self.close()
+            raise failure
+        return got
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except Exception:  # it is gone already
+            pass
+        _kill(self.proc)
+        self.conn.close()
+
+
+_server: _Server | None = None
+_server_lock = threading.Lock()
+
+
+def _clean(status: str, payload) -> bool:
+    return status == "ok" and not (isinstance(payload, dict) and (payload.get("status") != "ok"
+                                                                  or payload.get("suspect")))
+
+
+def _reused(fn, args: tuple, timeout_s: float, memory_mb):
+    """``fn(*args)`` in the reusable child. Whatever fails there after it served other calls is
+    run again in a child of its own, which decides: a verdict never depends on an earlier file."""
+    global _server
+    if _server is not None and (_server.memory_mb != memory_mb or _server.worn()):
+        _server.close()
+        _server = None
+    if _server is None:
+        _server = _Server(args, memory_mb)
+    server, fresh = _server, _server.calls == 0
+    try:
+        status, payload = server.call(fn, args, timeout_s)
+    except GuardFailure as fail:
+        _server = None
+        if fresh or fail.reason == "timeout":
+            raise
+        return _once(fn, args, timeout_s, memory_mb)
+    if _clean(status, payload):
+        return payload
+    server.close()  # it met a bad file: the next call gets a new child
+    _server = None
+    if fresh or status == "ok":
+        return _result((status, payload), server.proc)
+    return _once(fn, args, timeout_s, memory_mb)
+
+
+def run_guarded(fn, args: tuple, *, timeout_s: float, memory_mb: float | None, reuse: bool = True):
+    """Run ``fn(*args)`` in a child process; return its result or raise GuardFailure.
+
+    Exceptions raised by ``fn`` come back as GuardFailure("exception", message) unless ``fn``
+    turns them into results itself. A dict result that failed (``status`` not "ok", or marked
+    ``suspect``) because FFmpeg could not start threads under the limit is memory_limit.
+    With ``reuse`` (and no other thread of this process in a guarded call), the child is one
+    that lives on between calls (_Server); else a child of its own.
+    """
+    if reuse and _server_lock.acquire(blocking=False):
+        try:
+            return _reused(fn, args, timeout_s, memory_mb)
+        finally:
+            _server_lock.release()
+    return _once(fn, args, timeout_s, memory_mb)

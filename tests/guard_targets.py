@@ -24,3 +24,32 @@ def hog():
 
 def boom():
     raise ValueError("bad input")
+
+
+_tainted = []  # state a call leaves behind in a child that lives on
+
+
+def pid():
+    import os
+
+    return os.getpid()
+
+
+def taint():
+    _tainted.append(1)
+    return "tainted"
+
+
+def crash_if_tainted():
+    if _tainted:
+        ctypes.string_at(0)
+    return "clean"
+
+
+def leak(mb):
+    _tainted.append(bytearray(mb * 1024 * 1024))
+    return len(_tainted)
+
+
+def rejected():
+    return {"status": "rejected", "reason": "bad_file"}
