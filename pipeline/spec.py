@@ -112,8 +112,9 @@ class Analysis(_Section):
     skip_loop_filter: bool = Field(True, description="Skip the decoder's deblocking filter (faster; "
                                    "invisible at analysis and thumbnail sizes).")
     decode_workers: int = Field(0, ge=0, description="Decoders working on separate GOP chunks of one video at "
-                                "once, one thread each; 0: the CPUs the process may use, at most 4; 1: one "
-                                "decoder with FFmpeg's frame threads (decoder_threads).")
+                                "once, one thread each; 0: the CPUs the process may use, at most 4, for videos "
+                                "of 30 s or more (shorter ones: one decoder); 1: one decoder with FFmpeg's frame "
+                                "threads (decoder_threads).")
     decoder_threads: int = Field(0, ge=0, description="Frame threads of the single decoder (decode_workers: 1, "
                                  "or streams whose GOPs are open); 0: FFmpeg's auto (cores + 1).")
 

@@ -30,6 +30,9 @@ from stages.signals import FrameSignals, clip_summary
 from stages.shots import assemble_clips, boundary_detector, shot_starts, shots_from_boundaries
 
 MIN_COVERAGE = 0.9  # decoded span / container duration below this -> truncated
+# Shorter videos (or of unknown duration) get one decoder: they hold a GOP or two, and each
+# chunk decoder opens the file again and starts its own thread.
+CHUNKED_MIN_S = 30.0
 
 
 def _even(x: float) -> int:
@@ -72,7 +75,7 @@ def decode_pass(path: str, spec) -> tuple[dict, dict]:
     workers = decode_workers(spec.analysis)
     if workers > 1:
         try:
-            return _decode_pass(path, spec, workers)
+            return _decode_pass(path, spec, workers, auto=not spec.analysis.decode_workers)
         except ChunkMismatch:
             pass
     return _decode_pass(path, spec, 1)
@@ -86,13 +89,16 @@ def _decoder_options(stream, spec, threads: int | None) -> None:
         stream.codec_context.options = {"skip_loop_filter": "all"}
 
 
-def _decode_pass(path: str, spec, workers: int) -> tuple[dict, dict]:
+def _decode_pass(path: str, spec, workers: int, auto: bool = False) -> tuple[dict, dict]:
+    """The pass with ``workers`` chunk decoders (``auto``: one for videos under CHUNKED_MIN_S)."""
     import av
     import cv2
 
     from stages.decode import ChunkedSource, ChunkMismatch, SequentialSource
 
     container, stream, meta = open_video(path, spec.probe, spec.storage)
+    if auto and (meta["duration_s"] or 0.0) < CHUNKED_MIN_S:
+        workers = 1
     extra = []  # the chunk decoders' own containers
     # The decoders already use every core; OpenCV's own pool on top of them only adds
     # contention (measured: ~15% more CPU for the same work).
@@ -177,8 +183,8 @@ def _decode_pass(path: str, spec, workers: int) -> tuple[dict, dict]:
                                "end_s": times[min(b["end"], last)] - times[0]} for b in boundaries]
         cuts = shot_starts(boundaries)
         return meta, {"times": times, "signals": recorder.arrays(cuts), "cuts": cuts, "thumbs": thumbs,
-                      "boundaries": boundaries,
-                      "keyframes": keyframes}
+                      "boundaries": boundaries, "keyframes": keyframes,
+                      "subtitle_streams": len(container.streams.subtitles)}
     finally:
         for c in extra:
             c.close()
@@ -300,7 +306,7 @@ def analysis_job(video: dict, spec) -> dict:
             from stages.subtitles import load_cues
 
             try:
-                cues, source = load_cues(video, spec.storage)
+                cues, source = load_cues(video, spec.storage, streams=analysis["subtitle_streams"] > 0)
                 meta["subtitles"] = source
             except Exception as err:  # unreadable subtitles cost the speech hints, not the video
                 meta["message"] = (meta.get("message", "") + f" subtitles not read: {err}").strip()

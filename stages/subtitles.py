@@ -54,12 +54,40 @@ def sidecar(video_path: str, storage=None) -> Path | str | None:
                 return stem + ext
         return None
     p = Path(video_path)
+    names = _names_in(str(p.parent))
     for ext in (".srt", ".vtt"):
-        exact = p.with_suffix(ext)
-        if exact.is_file():
-            return exact
-    matches = sorted(p.parent.glob(f"{p.stem}.*.srt")) + sorted(p.parent.glob(f"{p.stem}.*.vtt"))
-    return matches[0] if matches else None
+        if p.with_suffix(ext).name in names and p.with_suffix(ext).is_file():
+            return p.with_suffix(ext)
+    for ext in (".srt", ".vtt"):
+        matches = sorted(n for n in names if n.startswith(p.stem + ".") and n.endswith(ext)
+                         and n != p.stem + ext and (p.parent / n).is_file())
+        if matches:
+            return p.parent / matches[0]
+    return None
+
+
+_listings: dict[str, tuple[int, frozenset]] = {}
+
+
+def _names_in(folder: str) -> frozenset:
+    """The file names of a folder, listed once per change of the folder (its mtime): a folder of
+    a million videos is not listed again for each of them."""
+    import os
+
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except OSError:
+        return frozenset()
+    cached = _listings.get(folder)
+    if cached is None or cached[0] != mtime:
+        try:
+            cached = (mtime, frozenset(os.listdir(folder)))
+        except OSError:
+            return frozenset()
+        if len(_listings) > 64:
+            _listings.clear()
+        _listings[folder] = cached
+    return cached[1]
 
 
 def read_file(path: str | Path, storage=None) -> list[tuple[float, float, str]]:
@@ -104,13 +132,16 @@ def embedded(path: str, storage=None) -> list[tuple[float, float, str]]:
         return sorted(cues)
 
 
-def load_cues(video: dict, storage=None) -> tuple[list[tuple[float, float, str]], str | None]:
-    """(cues, source) for one input row: manifest path, sidecar, or embedded stream."""
+def load_cues(video: dict, storage=None, *, streams: bool = True) -> tuple[list[tuple[float, float, str]], str | None]:
+    """(cues, source) for one input row: manifest path, sidecar, or embedded stream (looked for
+    only when the container has subtitle ``streams``)."""
     if video.get("subtitles"):
         return read_file(video["subtitles"], storage), "manifest"
     found = sidecar(video["uri"], storage)
     if found is not None:
         return read_file(found, storage), "sidecar"
+    if not streams:
+        return [], None
     cues = embedded(video["uri"], storage)
     return cues, ("embedded" if cues else None)
 

@@ -74,6 +74,20 @@ def test_sidecar_subtitles_become_clip_speech(tmp_path):
     assert speech == [(0, "Hello there!"), (50, "Ride down the trail.")]  # the cut is at 2.0 s
 
 
+def test_sidecars_are_found_in_a_folder_listed_once_per_change(tmp_path):
+    videos = [tmp_path / f"v{i}.mp4" for i in range(3)]
+    for v in videos:
+        v.write_bytes(b"")
+    (tmp_path / "v1.srt").write_text(SRT)
+    (tmp_path / "v2.de.vtt").write_text(SRT)
+    assert [sidecar(str(v)) for v in videos] == [None, tmp_path / "v1.srt", tmp_path / "v2.de.vtt"]
+    import os
+
+    (tmp_path / "v0.en.srt").write_text(SRT)  # a file added later is seen (the folder changed)
+    os.utime(tmp_path, ns=(0, os.stat(tmp_path).st_mtime_ns + 1))
+    assert sidecar(str(videos[0])) == tmp_path / "v0.en.srt"
+
+
 def test_embedded_subtitle_stream(tmp_path):
     srt = tmp_path / "s.srt"
     srt.write_text(SRT)
