@@ -95,29 +95,83 @@ def cmd_shots(args) -> int:
     return 0
 
 
-def cmd_probe(args) -> int:
-    """One JSON line per input, through the same guarded path the pipeline uses."""
-    import os
-
-    from pipeline.spec import load_spec, parse_spec
-    from stages.guard import GuardFailure, run_guarded
-    from stages.probe import probe_file
+def _probe_spec(args):
+    from pipeline.spec import apply_overrides, load_spec, parse_spec
 
     if args.job:
         spec = load_spec(args.job, args.set)
     else:
-        spec = parse_spec({"inputs": {"paths": args.paths}, "output": {"uri": "unused"}})
-    limits = spec.probe.model_copy(update={"timeout_s": args.timeout}) if args.timeout else spec.probe
+        spec = parse_spec(apply_overrides({"inputs": {"paths": args.paths}, "output": {"uri": "unused"}}, args.set))
+    if args.timeout:
+        spec = spec.model_copy(update={"probe": spec.probe.model_copy(update={"timeout_s": args.timeout})})
+    return spec
+
+
+def _probe_metadata(uri: str, spec) -> dict:
+    """Container and stream metadata of one input (stages.probe.probe_file, guarded), or why none."""
+    from stages.guard import GuardFailure, run_guarded
+    from stages.probe import probe_file
+
+    try:
+        return run_guarded(probe_file, (uri, spec.probe, spec.storage), timeout_s=spec.probe.timeout_s,
+                           memory_mb=spec.probe.max_memory_mb)
+    except GuardFailure as fail:
+        failed = fail.reason == "exception"
+        return {"status": "error" if failed else "rejected", "reason": "decode_error" if failed else fail.reason,
+                "message": fail.message}
+
+
+_VERDICT = ("status", "reason", "message")
+# The guard stopped the decoder: reading the metadata would likely wait or fail the same way.
+_GUARD_STOPS = ("timeout", "memory_limit", "decoder_crash")
+
+
+def _decode_check(video: dict, spec, fingerprint: str) -> tuple[dict, dict]:
+    """(status, reason and message, what the decode found) of one input: the pipeline's own
+    decision (pipeline.units.analyze_input, the analyze stage's guarded decode). Frames, seconds
+    and clips are null where the decode did not run to its end."""
+    from pipeline.units import analyze_input
+
+    row = analyze_input(video, spec, fingerprint)
+    found = {"checked": True, "frames": row.get("num_frames"), "decoded_s": row.get("duration_s"),
+             "clips": row.get("num_clips"), "clips_kept": row.get("num_clips_kept")}
+    return {k: row.get(k) for k in _VERDICT}, found
+
+
+def _probe_line(video: dict, spec, fingerprint: str | None) -> dict:
+    """One output line of ``probe``: the status and reason the pipeline gives the input (from the
+    metadata alone when ``fingerprint`` is None: --metadata-only), its declared metadata, and
+    what the decode check found."""
+    uri = video["uri"]
+    if fingerprint is None:
+        meta = _probe_metadata(uri, spec)
+        verdict, decode = {k: meta.pop(k, None) for k in _VERDICT}, {"checked": False}
+    else:
+        verdict, decode = _decode_check(video, spec, fingerprint)
+        meta = {} if verdict["reason"] in _GUARD_STOPS else _probe_metadata(uri, spec)
+        for k in _VERDICT:
+            meta.pop(k, None)
+    return {"uri": uri, **verdict, **meta, "decode": decode}
+
+
+def cmd_probe(args) -> int:
+    """One JSON line per input (as pipeline.discover finds them under each PATH): what the
+    pipeline decides for it, or with --metadata-only what its metadata alone says."""
+    from pipeline.discover import discover
+    from pipeline.spec import Inputs
+
+    spec = _probe_spec(args)
+    fingerprint = None if args.metadata_only else spec.fingerprints()["analyze"]
     worst = 0
     for path in args.paths:
-        try:
-            row = run_guarded(probe_file, (path, limits, spec.storage), timeout_s=limits.timeout_s,
-                              memory_mb=limits.max_memory_mb)
-        except GuardFailure as fail:
-            row = {"status": "error" if fail.reason == "exception" else "rejected",
-                   "reason": "decode_error" if fail.reason == "exception" else fail.reason, "message": fail.message}
-        print(json.dumps({"uri": path if "://" in path else os.path.abspath(path), **row}), flush=True)
-        worst = max(worst, 0 if row["status"] == "ok" else 1)
+        videos = discover(Inputs(paths=[path]), spec.storage)
+        if not videos:
+            print(f"probe: {path}: no input files there", file=sys.stderr)
+            worst = 1
+        for video in videos:
+            line = _probe_line(video, spec, fingerprint)
+            print(json.dumps(line), flush=True)
+            worst = max(worst, 0 if line["status"] == "ok" else 1)
     return worst
 
 
@@ -233,11 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     shots.add_argument("--job", help="take analysis and shot settings from this spec")
     shots.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     shots.set_defaults(func=cmd_shots)
-    probe = sub.add_parser("probe", help="print container metadata or the rejection reason of inputs, one JSON line each")
+    probe = sub.add_parser("probe", help="print the status and reason the pipeline gives each input (its guarded "
+                           "decode check) with the input's metadata, one JSON line each")
     probe.add_argument("paths", nargs="+", metavar="PATH")
-    probe.add_argument("--job", help="take probe limits from this spec")
+    probe.add_argument("--job", help="take probe, analysis and shot settings from this spec")
     probe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     probe.add_argument("--timeout", type=float, help="seconds per input (default: probe.timeout_s)")
+    probe.add_argument("--metadata-only", action="store_true",
+                       help="read metadata only, no decode check: faster, but truncated and corrupt streams pass")
     probe.set_defaults(func=cmd_probe)
     inspect = sub.add_parser("inspect", help="print counts, schema versions, tables and a few samples of an output")
     inspect.add_argument("output", help="output directory or s3://bucket/prefix")

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.sinks import json_bytes, parquet_bytes
-from pipeline.graph import GRAPH, settings_view, work_key
+from pipeline.graph import BY_NAME, GRAPH, settings_view, work_key
 from pipeline.storage import open_store
 
 UNIT = pa.schema([("unit_id", pa.string()), ("uri", pa.string()), ("video_id", pa.string()),
@@ -109,16 +109,22 @@ class _UnitStage(abc.ABC):
         return pa.Table.from_pylist(rows, schema=UNIT)
 
 
+def analyze_input(row: dict, spec, fingerprint: str) -> dict:
+    """The analyze stage's row for one input (a unit row or a pipeline.discover row): its
+    ``status`` and ``reason`` are what the pipeline decides for the video. The analysis receives
+    only the input's uri, ids and subtitles, and only the settings its fingerprint hashes (and
+    where inputs live). ``vidcurate probe`` asks this too, so the two cannot disagree."""
+    from stages.analyze import analyze_video
+
+    video = {k: row.get(k) for k in ("uri", "video_id", "size_bytes", "subtitles")}
+    return analyze_video({**video, "fingerprint": fingerprint}, settings_view(spec, BY_NAME["analyze"].settings))
+
+
 class AnalyzeUnits(_UnitStage):
-    """Ray task stage: the analysis pass of each unit that needs it, committed per video."""
+    """Ray task stage: the analysis pass of each unit that needs it (analyze_input), committed per video."""
 
     def work(self, store, row: dict) -> bytes:
-        from stages.analyze import analyze_video
-
-        video = {k: row[k] for k in ("uri", "video_id", "size_bytes", "subtitles")}
-        # the analysis receives only the settings its fingerprint hashes (and where inputs live)
-        analyzed = analyze_video({**video, "fingerprint": self.fps["analyze"]},
-                                 settings_view(self.spec, self.stage.settings))
+        analyzed = analyze_input(row, self.spec, self.fps["analyze"])
         analyzed.pop("analysis_s")
         row["num_frames"] = analyzed.get("num_frames") or 0
         clips = schemas.work_table(analyzed.pop("clips") or [])

@@ -53,7 +53,7 @@ def stream_metadata(container, limits) -> dict:
     stream = container.streams.video[0]
     ctx = stream.codec_context
     if ctx is None or not ctx.name:
-        raise Rejected("unsupported_codec", "no decoder for the video stream")
+        raise _no_decoder(container, stream)
     width, height = int(ctx.width or 0), int(ctx.height or 0)
     if min(width, height) < limits.min_side or max(width, height) > limits.max_side:
         raise Rejected("resolution_out_of_bounds", f"{width}x{height} outside "
@@ -83,6 +83,29 @@ def stream_metadata(container, limits) -> dict:
         "duration_s": duration,
     }
 
+
+def _no_decoder(container, stream) -> Rejected:
+    """Why the video stream has no decoder. A file cut off before its first frame's data names no
+    codec where the codec is given in each frame (FLV, right after a frame's tag header): that
+    file is truncated; a stream whose packets carry data the decoders do not know is unsupported."""
+    if _ends_before_data(container, stream):
+        return Rejected("truncated", "the file ends before the data of the video stream's first frame, "
+                        "so its codec is unknown")
+    return Rejected("unsupported_codec", "no decoder for the video stream")
+
+
+def _ends_before_data(container, stream, max_packets: int = 64) -> bool:
+    """Whether demuxing reaches the end of the file before a packet of ``stream`` holding data;
+    looks at ``max_packets`` packets at most (a stream with other packets first is not cut off)."""
+    import av
+
+    try:
+        for seen, packet in enumerate(container.demux()):
+            if (packet.stream.index == stream.index and packet.size) or seen >= max_packets:
+                return False
+    except av.error.FFmpegError:  # damaged, not cut off
+        return False
+    return True
 
 
 # Text indirections FFmpeg could follow to other files (playlists, concat lists, manifests).

@@ -70,6 +70,36 @@ def _corrupt(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _cut_after_first_frame_header(src: Path, dst: Path) -> Path:
+    """Keep an FLV file up to the end of its first video tag's header: the frame's data, where FLV
+    names the codec, is cut off."""
+    data = src.read_bytes()
+    assert data[:3] == b"FLV", "expects an FLV file"
+    offset = int.from_bytes(data[5:9], "big") + 4  # the file header, then the first tag's back-pointer
+    while data[offset] != 9:  # 9: a video tag; skip the others (script data: onMetaData)
+        offset += 11 + int.from_bytes(data[offset + 1:offset + 4], "big") + 4
+    dst.write_bytes(data[:offset + 11])
+    return dst
+
+
+def decode_check_files(root: Path) -> dict[str, tuple[str, str | None]]:
+    """The corpus files whose status a look at the metadata alone got wrong (cut off at 50%,
+    corrupted packets mid-file, cut right after the first frame's header) and a good one: write
+    them into ``root``; return file name -> (expected status, expected reason)."""
+    root.mkdir(parents=True, exist_ok=True)
+    expect = {"truncated_index_front.mp4": ("rejected", "truncated"),
+              "corrupted_packets.mp4": ("rejected", "corrupt_stream"),
+              "cut_after_frame_header.flv": ("rejected", "truncated"), "good.mp4": ("ok", None)}
+    front = encode(root / "_front.mp4", 200, options={"movflags": "faststart"})
+    _cut(front, root / "truncated_index_front.mp4", 0.5)
+    _corrupt(encode(root / "_clean.mp4", 200), root / "corrupted_packets.mp4")
+    _cut_after_first_frame_header(encode(root / "_flv.flv", 50, codec="flv"), root / "cut_after_frame_header.flv")
+    encode(root / "good.mp4", 50)
+    for made in ("_front.mp4", "_clean.mp4", "_flv.flv"):
+        (root / made).unlink()
+    return expect
+
+
 def build_corpus(root: Path) -> dict[str, tuple[str, str | None]]:
     """Write the corpus into ``root``; return file name -> (expected status, expected reason)."""
     from PIL import Image
@@ -89,11 +119,10 @@ def build_corpus(root: Path) -> dict[str, tuple[str, str | None]]:
     Image.fromarray(_pattern(1, 0, 90, 160)).save(root / "gif.gif")
     os.replace(root / "gif.gif", add("gif_renamed.mp4", "rejected", "not_a_video"))
     _audio_only(add("audio_only.m4a", "rejected", "no_video_stream"))
-    full = encode(root / "_front.mp4", 200, options={"movflags": "faststart"})
-    _cut(full, add("truncated_index_front.mp4", "rejected", "truncated"), 0.5)
+    expect.update(decode_check_files(root))
     tail = encode(root / "_tail.mp4", 200)
     _cut(tail, add("truncated_index_end.mp4", "rejected", "not_a_video"), 0.5)
-    full.unlink(), tail.unlink()
+    tail.unlink()
     encode(add("raw_stream.h264", "ok"), 60, fmt="h264")
     encode(add("tiny_16x16.mp4", "rejected", "resolution_out_of_bounds"), 10, size=(16, 16))
     encode(add("wide_8448x64.mp4", "rejected", "resolution_out_of_bounds"), 2, size=(8448, 64))
@@ -108,8 +137,6 @@ def build_corpus(root: Path) -> dict[str, tuple[str, str | None]]:
     encode(add("rotated_90.mp4", "ok"), 40, size=(90, 160), rotation=90)
     encode(add("mpegts.ts", "ok"), 60, fmt="mpegts")
     encode(add("long_12s.mp4", "rejected", "too_long"), 300)
-    _corrupt(encode(root / "_clean.mp4", 200), add("corrupted_packets.mp4", "rejected", "corrupt_stream"))
-    (root / "_clean.mp4").unlink()
     (root / "playlist.m3u8").write_text(f"#EXTM3U\n#EXTINF:2,\n{root / 'mpegts.ts'}\n#EXT-X-ENDLIST\n")
     expect["playlist.m3u8"] = ("rejected", "unsupported_format")
     (root / "concat.txt").write_text(f"ffconcat version 1.0\nfile '{root / 'mpegts.ts'}'\n")
