@@ -173,7 +173,7 @@ def _decode_pass(path: str, spec, workers: int, auto: bool = False) -> tuple[dic
         span = frame_time(times, len(times), fps)
         if meta["duration_s"] and span < MIN_COVERAGE * meta["duration_s"]:
             raise Rejected("corrupt_stream" if decode_error else "truncated",
-                           f"decoded {span:.2f}s of {meta['duration_s']:.2f}s " + meta.get("message", ""))
+                           f"decoded {span:.2f}s of {meta['duration_s']:.2f}s {meta.get('message', '')}".strip())
         meta["num_frames"] = len(times)
         meta["duration_s"] = span  # what was decoded: every clip and caption time lies inside it
         boundaries = detector.finish()
