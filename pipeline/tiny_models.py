@@ -87,7 +87,9 @@ QWEN2_VL_2B = {
 def build_tiny_vlm(directory: str | Path, sizes: str = "tiny") -> dict:
     """Save a Qwen2-VL with random weights and its processor to a local directory: ``tiny``
     (tests, the demo) or ``qwen2-vl-2b`` (Qwen2-VL-2B's layer sizes, for benchmarks; the small
-    offline tokenizer only uses the first ids of its 151,936-entry vocabulary)."""
+    offline tokenizer only uses the first ids of its 151,936-entry vocabulary). The tiny text
+    model's attention heads are 32 wide (2 query heads, 1 key/value head), the narrowest vLLM's
+    CPU attention runs, so both ``models.vlm.backend`` values run it."""
     import torch
 
     from stages.torchvision_cpu_guard import ensure_torchvision
@@ -117,7 +119,7 @@ def build_tiny_vlm(directory: str | Path, sizes: str = "tiny") -> dict:
     )
     text = dict(QWEN2_VL_2B["text"]) if big else {
         "vocab_size": raw.get_vocab_size(), "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "mrope_section": [2, 3, 3]}
+        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "mrope_section": [4, 6, 6]}
     vision = dict(QWEN2_VL_2B["vision"]) if big else {"depth": 2, "embed_dim": 32, "hidden_size": 64,
                                                        "num_heads": 2, "mlp_ratio": 2}
     mrope = text.pop("mrope_section")

@@ -76,7 +76,8 @@ class CaptionStage(ModelStage):
         self._runner = VlmRunner(self.model_cfg.name_or_path, self.model_cfg.dtype, self.model_cfg.backend,
                                  max_images=self.settings.frames)
         self._inputs = self._runner.inputs
-        self._generation = json.dumps({"max_new_tokens": self.settings.max_new_tokens,
+        self._generation = json.dumps({"backend": self.model_cfg.backend,
+                                       "max_new_tokens": self.settings.max_new_tokens,
                                        "temperature": self.settings.temperature,
                                        "frames": self.settings.frames, "format": self.settings.format,
                                        "hints": self.settings.hints, "retries": self.settings.retries},

