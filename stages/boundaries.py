@@ -97,9 +97,18 @@ class BoundaryDetector:
     ``flat_contrast``: the dark or white middle of a fade), form regions; a region of at least
     ``gradual_min_frames`` whose surroundings differ by ``gradual_region_change`` is a
     transition, unless the pass's optical flow explains all but ``gradual_motion_residual`` of
-    its change (a moving object is locally a wipe). It is typed fade when it holds flat frames,
-    dissolve when most changing cells are caught half-way at its middle, wipe otherwise. A
-    region holding a hard cut is that cut, unless it is a fade.
+    its change (a moving object is locally a wipe). Frames whose contrast dips below ``DIP`` of
+    the highest within ``DIP_SPAN`` frames on both sides (the dim bottom of a fade with short
+    ramps and no held frames, which never gets flat) join regions too, and make them fades
+    unless the optical flow explains the region. A region is typed fade when it holds flat (or
+    such dip) frames, dissolve when most changing cells are caught half-way at its middle, wipe
+    otherwise. A region holding a hard cut is that cut, unless it is a fade; a fade takes every
+    cut within its range +-1 frame (hue and layout of dim ramp frames jump from frame to frame:
+    a burst of cuts around the darkest frames is the fade), and a flat region too short or too
+    small a change to be a transition keeps only the first of its cuts. A dissolve's or wipe's
+    range stops at a hard cut next to it.
+
+    Cuts on frames at most ``BURST`` apart are one boundary: the first is kept.
 
     Stitching (``stitch_similarity``, off by default): a hard cut whose frames either side have
     similar appearance embeddings (``thumb_embedding``) is dropped, as Panda-70M merges
@@ -111,6 +120,8 @@ class BoundaryDetector:
 
     SCALES = (4, 8, 14)
     MERGE_GAP = 3
+    BURST = 2  # a cut this few frames after the previous one is the same boundary
+    DIP, DIP_SPAN = 0.35, 8  # contrast dips below this share of both sides' within the span: a fade's bottom
     RING = 128  # thumbnails kept (~0.9 MB): transitions up to ~90 frames get exact ranges
 
     def __init__(self, params):
@@ -134,9 +145,10 @@ class BoundaryDetector:
         self._cand = bytearray()         # window centre passed the gradual test
         self._flat = bytearray()
         self._pending: list[tuple[int, np.ndarray, float]] = []  # cuts awaiting the flash test
+        self._fades: list[tuple[int, int]] = []  # the last fades' ranges (+-1): cuts there are theirs
         self.cuts: list[int] = []
         self.boundaries: list[dict] = []
-        self._region = None              # [start, last candidate, thumbnail before, flat?]
+        self._region = None              # [start, last candidate, thumbnail before, flat?, dip?]
         self._done = 0                   # frames whose region membership is final
         self.n = 0
 
@@ -188,6 +200,10 @@ class BoundaryDetector:
             if index > t and _distance(self._thumb(0), before) / jump <= self.flash_return:
                 continue  # the picture came back: a flash
             if index >= t + 3:
+                if self.cuts and t - self.cuts[-1] <= self.BURST:
+                    continue  # cuts on (nearly) consecutive frames: one boundary, not a 1-frame shot
+                if any(lo <= t <= hi for lo, hi in self._fades):
+                    continue  # inside a fade already found
                 if self.stitch is not None and float(thumb_embedding(before) @ thumb_embedding(self._thumb(1))) >= self.stitch:
                     self.stitched.append(t)  # the same scene either side: an over-split shot
                     continue
@@ -217,37 +233,59 @@ class BoundaryDetector:
 
     def _advance(self, m: int) -> None:
         """Region bookkeeping for frame m, now final (all windows centred on it are done)."""
-        hit = self._cand[m] or self._flat[m]
+        flat = bool(self._flat[m])
+        dip = not flat and self._dip(m)
+        hit = self._cand[m] or flat or dip
         r = self._region
         if hit:
             if r is None:
                 before = self._thumb(min(len(self._ring) - 1, self.n - 1 - max(0, m - 2)))
-                self._region = [m, m, before.copy(), bool(self._flat[m])]
+                self._region = [m, m, before.copy(), flat, dip]
                 r = self._region
             r[1] = m
-            r[3] = r[3] or bool(self._flat[m])
+            r[3], r[4] = r[3] or flat, r[4] or dip
         elif r is not None and m - r[1] > self.MERGE_GAP:
             self._close(self._thumb(self.n - 1 - min(self.n - 1, r[1] + 2)))
 
+    def _dip(self, m: int) -> bool:
+        """Frame m is the dim bottom of a fade that never gets flat (short ramps, no held
+        frames): its contrast is below DIP of the highest within DIP_SPAN frames on either side."""
+        c = self._contrast
+        if m < 1 or m + 1 >= len(c):
+            return False
+        limit = c[m] / self.DIP
+        return max(c[max(0, m - self.DIP_SPAN):m]) > limit and max(c[m + 1:m + 1 + self.DIP_SPAN]) > limit
+
     def _close(self, after: np.ndarray) -> None:
-        a, b, before, flat = self._region
+        a, b, before, flat, dip = self._region
         self._region = None
         inside = [c for c in self.cuts if a - 2 <= c <= b + 2] + [t for t, _, _ in self._pending if a - 2 <= t <= b + 2]
         if b - a + 1 < self.gradual_min_frames or _distance(before, after) < self.gradual_region_change:
-            return
-        if inside and not flat:
+            if flat and len(inside) > 1:  # cuts into and out of the same flat frames: one boundary
+                self.cuts = [c for c in self.cuts if c not in inside[1:]]
+                self._pending = [p for p in self._pending if p[0] not in inside[1:]]
             return
         residual = np.asarray(self._residual[a:b + 1])
         residual = residual[~np.isnan(residual)]
-        if not flat and residual.size and float(np.median(residual)) < self.gradual_motion_residual:
+        moved = bool(residual.size) and float(np.median(residual)) < self.gradual_motion_residual
+        flat = flat or (dip and not moved)  # a contrast dip the optical flow explains is a pan
+        if inside and not flat:
+            return
+        if not flat and moved:
             return  # the optical flow explains the change: something moved (an object is a local wipe)
         self.cuts = [c for c in self.cuts if c not in inside]
         if flat:
             kind, (start, end) = "fade", self._fade_range(a, b)
+            start, end = min(a, start), max(b, end)
+            # the dim frames of a fade's ramps change hue and layout from frame to frame: cuts
+            # found there (a burst around the darkest frames) are the fade
+            self.cuts = [c for c in self.cuts if not start - 1 <= c <= end + 1]
+            self._fades = self._fades[-3:] + [(start - 1, end + 1)]
         else:
             start, end, blended = self._blend_range(a, b)
             kind = "dissolve" if blended >= 0.5 else "wipe"
-        self.boundaries.append({"type": kind, "start": min(a, start), "end": max(b, end)})
+            start, end = min(a, start), max(b, end)
+        self.boundaries.append({"type": kind, "start": start, "end": end})
 
     def _frame(self, t: int):
         back = self.n - 1 - t
@@ -260,6 +298,9 @@ class BoundaryDetector:
         the middle of the transition, the share of changing cells caught half-way (a dissolve
         blends every cell at once, a wipe switches them one after another)."""
         lo, hi = max(0, a - self.lag), min(self.n - 1, b + self.lag)
+        # not across a hard cut next to it: the other side of a cut is another shot
+        lo = max([lo] + [c for c in self.cuts if lo < c <= a])
+        hi = min([hi] + [c - 1 for c in self.cuts + [t for t, _, _ in self._pending] if b < c <= hi])
         before, after = self._frame(lo), self._frame(hi)
         if before is None or after is None:
             return a, b, 1.0
@@ -297,7 +338,8 @@ class BoundaryDetector:
 
     def finish(self) -> list[dict]:
         for t, _, _ in self._pending:  # too close to the end for the flash test: keep
-            self.cuts.append(t)
+            if not (self.cuts and t - self.cuts[-1] <= self.BURST):
+                self.cuts.append(t)
         self._pending = []
         while self._done < self.n:
             self._advance(self._done)

@@ -194,3 +194,48 @@ def test_long_take_job_spec_is_valid():
     assert spec.shots.long_take and spec.shots.long_take_min_s == 10.0
     with pytest.raises(SpecError, match="max_clip_s must be >= long_take_min_s"):
         load_spec(ROOT / "jobs" / "long_take.yaml", ["shots.max_clip_s=5"])
+
+
+def _found_once(found, truth):
+    """Every true boundary is found by exactly one detected boundary, and nothing else is."""
+    assert len(found) == len(truth), (found, truth)
+    for b, t in zip(found, truth):
+        assert b["start"] <= t["end"] + 2 and b["end"] >= t["start"] - 2, (b, t)
+
+
+def test_short_fades_through_black_are_one_boundary(footage_shots, tmp_path):
+    """Fades with short ramps, with and without held black frames, grainy: found once each, not
+    as a fade plus a burst of hard cuts around the darkest frames."""
+    pieces = [_by_name(footage_shots, "bigbuckbunny.mp4[0:132]")[:40],
+              _by_name(footage_shots, "carphone_pristine.mp4[0:120]")[:40],
+              _by_name(footage_shots, "bikes.mp4[189:240]:left")[:40],
+              _by_name(footage_shots, "bigbuckbunny.mp4[0:132]:right")[:40],
+              _by_name(footage_shots, "carphone_pristine.mp4[0:120]:left")[:40]]
+    fades = [{"out_n": 4, "hold": 0, "in_n": 2, "grain": 3.0}, {"out_n": 3, "hold": 0, "in_n": 3, "grain": 0.0},
+             {"out_n": 3, "hold": 6, "in_n": 4, "grain": 4.0}, {"out_n": 2, "hold": 0, "in_n": 3, "grain": 2.0}]
+    rng = np.random.default_rng(5)
+    out, truth = list(pieces[0]), []
+    for piece, lengths in zip(pieces[1:], fades):
+        kept, mid, rest = splice._transition("fade_black", out, list(piece), rng, lengths)
+        truth.append({"start": len(kept), "end": len(kept) + len(mid) - 1})
+        out = kept + mid + rest
+    splice._encode(tmp_path / "f.mp4", out)
+    _, analysis = decode_pass(str(tmp_path / "f.mp4"), _spec())
+    _found_once(analysis["boundaries"], truth)
+
+
+def test_exposure_steps_next_to_cuts_are_not_cuts(footage_shots, tmp_path):
+    """Exposure steps (gain, gamma, white balance; one frame or a 2-frame ramp) a few frames
+    after and before real cuts: only the cuts are found."""
+    rng = np.random.default_rng(11)
+    shots = [list(_by_name(footage_shots, n)[:36]) for n in
+             ("carphone_pristine.mp4[0:120]", "bigbuckbunny.mp4[0:132]", "bikes.mp4[139:185]", "carphone_pristine.mp4[0:120]:right")]
+    for k, at in ((1, 2), (2, 3), (0, 31), (3, 33)):  # 2-3 frames after a cut, 3-5 before one
+        frames = shots[k]
+        shots[k] = frames[:at] + [splice._gain(f, np.array([1.5, 1.45, 1.35]) if k % 2 else 0.6, 0.9 if k == 2 else 1.0)
+                                  for f in frames[at:]]
+    shots[1][2] = splice._gain(shots[1][2], 1.25)  # the step over two frames
+    frames = [f for s in shots for f in s]
+    splice._encode(tmp_path / "e.mp4", frames)
+    _, analysis = decode_pass(str(tmp_path / "e.mp4"), _spec())
+    assert [(b["type"], b["start"]) for b in analysis["boundaries"]] == [("cut", 36), ("cut", 72), ("cut", 108)]
