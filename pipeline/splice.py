@@ -210,7 +210,7 @@ def _transition(kind: str, a: list, b: list, rng, lengths: dict | None = None) -
     raise ValueError(kind)
 
 
-def _gain(frame: np.ndarray, gain: "float | np.ndarray", gamma: float = 1.0) -> np.ndarray:
+def _gain(frame: np.ndarray, gain: float | np.ndarray, gamma: float = 1.0) -> np.ndarray:
     x = frame.astype(np.float32) / 255.0
     return (np.clip((x ** gamma) * gain, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 

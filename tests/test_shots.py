@@ -227,7 +227,6 @@ def test_short_fades_through_black_are_one_boundary(footage_shots, tmp_path):
 def test_exposure_steps_next_to_cuts_are_not_cuts(footage_shots, tmp_path):
     """Exposure steps (gain, gamma, white balance; one frame or a 2-frame ramp) a few frames
     after and before real cuts: only the cuts are found."""
-    rng = np.random.default_rng(11)
     shots = [list(_by_name(footage_shots, n)[:36]) for n in
              ("carphone_pristine.mp4[0:120]", "bigbuckbunny.mp4[0:132]", "bikes.mp4[139:185]", "carphone_pristine.mp4[0:120]:right")]
     for k, at in ((1, 2), (2, 3), (0, 31), (3, 33)):  # 2-3 frames after a cut, 3-5 before one
