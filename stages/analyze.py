@@ -157,23 +157,7 @@ def _decode_pass(path: str, spec, workers: int, auto: bool = False) -> tuple[dic
             raise
         finally:
             frames.close()
-        if not times:
-            raise Rejected("no_frames", "the video stream decoded to no frames")
-        if missing_pts and not meta["fps"]:
-            raise Rejected("missing_timestamps", f"{missing_pts} of {len(times)} frames have no timestamp "
-                           "and the stream declares no frame rate")
-        meta["timing"] = "rate" if missing_pts else "pts"
-        if missing_pts:
-            meta["message"] = (meta.get("message", "") + f" {missing_pts} frames without timestamps; "
-                               "times from the frame rate").strip()
-        if any(b <= a for a, b in zip(times, times[1:])):  # PTS not increasing: fall back to the rate
-            times = [times[0] + i / fps for i in range(len(times))]
-            meta["timing"] = "rate"
-            meta["message"] = (meta.get("message", "") + " timestamps not increasing; times from frame rate").strip()
-        span = frame_time(times, len(times), fps)
-        if meta["duration_s"] and span < MIN_COVERAGE * meta["duration_s"]:
-            raise Rejected("corrupt_stream" if decode_error else "truncated",
-                           f"decoded {span:.2f}s of {meta['duration_s']:.2f}s {meta.get('message', '')}".strip())
+        times, span = _checked_times(times, meta, fps, missing_pts, decode_error)
         meta["num_frames"] = len(times)
         meta["duration_s"] = span  # what was decoded: every clip and caption time lies inside it
         boundaries = detector.finish()
@@ -190,6 +174,30 @@ def _decode_pass(path: str, spec, workers: int, auto: bool = False) -> tuple[dic
             c.close()
         container.close()
         cv2.setNumThreads(cv_threads)
+
+
+def _checked_times(times, meta: dict, fps: float, missing_pts: int, decode_error: str | None):
+    """The decoded frames' times, checked: rejects a stream that decoded to nothing, to frames
+    without times and no rate, or to too little of its duration; falls back to the frame rate
+    where timestamps are missing or not increasing (noted in ``meta``)."""
+    if not times:
+        raise Rejected("no_frames", "the video stream decoded to no frames")
+    if missing_pts and not meta["fps"]:
+        raise Rejected("missing_timestamps", f"{missing_pts} of {len(times)} frames have no timestamp "
+                       "and the stream declares no frame rate")
+    meta["timing"] = "rate" if missing_pts else "pts"
+    if missing_pts:
+        meta["message"] = (meta.get("message", "") + f" {missing_pts} frames without timestamps; "
+                           "times from the frame rate").strip()
+    if any(b <= a for a, b in zip(times, times[1:])):  # PTS not increasing: fall back to the rate
+        times = [times[0] + i / fps for i in range(len(times))]
+        meta["timing"] = "rate"
+        meta["message"] = (meta.get("message", "") + " timestamps not increasing; times from frame rate").strip()
+    span = frame_time(times, len(times), fps)
+    if meta["duration_s"] and span < MIN_COVERAGE * meta["duration_s"]:
+        raise Rejected("corrupt_stream" if decode_error else "truncated",
+                       f"decoded {span:.2f}s of {meta['duration_s']:.2f}s {meta.get('message', '')}".strip())
+    return times, span
 
 
 def frame_time(times, frame: int, fps: float) -> float:
