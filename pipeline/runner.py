@@ -28,20 +28,34 @@ from pipeline.graph import GRAPH, Stage, setting
 from pipeline.resources import cluster_gpus, gpus_per_worker, pool_size, ray_args
 
 
-def _steps(stages: list[Stage]) -> list[Stage]:
-    """The stages with their feeders, in execution order."""
-    return [s for stage in stages for s in ((stage.feeder,) if stage.feeder else ()) + (stage,)]
+def fed(spec, stage: Stage, gpus: float) -> bool:
+    """Whether ``stage``'s feeder runs as CPU tasks ahead of its actors (``ray.feeder_tasks``; null:
+    when the actors get GPUs). Otherwise the actors make their own inputs: on CPUs the feeder's
+    tasks would share the model's cores and keep one from the pool, for a hand-over that costs a
+    serialisation."""
+    if stage.feeder is None:
+        return False
+    if spec.ray.feeder_tasks is not None:
+        return spec.ray.feeder_tasks
+    return gpus_per_worker(getattr(spec.resources, stage.resources), gpus) > 0
+
+
+def _steps(spec, stages: list[Stage], gpus: float) -> list[Stage]:
+    """The stages with the feeders that run as tasks, in execution order."""
+    return [s for stage in stages for s in ((stage.feeder,) if fed(spec, stage, gpus) else ()) + (stage,)]
 
 
 def add_stage(ds, stage: Stage, spec, fps: dict, gpus: float, size: int | None = None):
     """``ds`` followed by one stage, with the resources declared for it in the spec (``size``:
-    the actor pool's size, from pool_sizes)."""
+    the actor pool's size, from pool_sizes). A model stage with a feeder is told whether the
+    feeder's tasks run ahead of it (``fed``)."""
     res = getattr(spec.resources, stage.resources)
     args = ray_args(res, actor=stage.kind == "actor", gpus_in_cluster=gpus, size=size)
     args["batch_size"] = setting(spec, stage.unit_batch) if stage.unit_batch else 1  # model batches form inside
     cls = stage.runner_class()
     if stage.kind == "actor":
-        return ds.map_batches(cls, fn_constructor_kwargs={"spec": spec, "fps": fps, "stage": stage}, **args)
+        kwargs = {"spec": spec, "fps": fps, "stage": stage} | ({"fed": fed(spec, stage, gpus)} if stage.feeder else {})
+        return ds.map_batches(cls, fn_constructor_kwargs=kwargs, **args)
     return ds.map_batches(cls(spec=spec, fps=fps, stage=stage), **args)
 
 
@@ -53,16 +67,16 @@ def usable_cpus(cpus: list[float]) -> float:
 
 def pool_sizes(spec, stages: list[Stage], cpus: list[float], gpus: float) -> dict[str, int]:
     """The actor pool size of each model stage of a chain (pipeline.resources.pool_size). A
-    stage alone in its pass fills the cluster, less one task of its feeder; with a feeder,
-    only from the CPUs that survive the loss of a node, so that restarted actors can never
-    take the CPU the feeder's tasks wait for."""
+    stage alone in its pass fills the cluster, less one task of its feeder where that runs
+    (``fed``); with a feeder, only from the CPUs that survive the loss of a node, so that
+    restarted actors can never take the CPU the feeder's tasks wait for."""
     alone = len(stages) == 1
     sizes = {}
     for stage in stages:
         if stage.kind != "actor":
             continue
         res = getattr(spec.resources, stage.resources)
-        feeder = getattr(spec.resources, stage.feeder.resources) if stage.feeder else None
+        feeder = getattr(spec.resources, stage.feeder.resources) if fed(spec, stage, gpus) else None
         room = usable_cpus(cpus) if feeder else sum(cpus)
         sizes[stage.name] = pool_size(res, alone=alone, cpus=room, gpus=gpus,
                                       reserved_cpus=feeder.num_cpus if feeder else 0.0)
@@ -74,7 +88,7 @@ def needs(spec, stages: list[Stage], gpus: float, *, least: bool = False) -> dic
     each task stage; with ``least``, what it needs to make any progress at all (one actor of
     each pool and one task of each task stage)."""
     cpu = gpu = 0.0
-    for stage in _steps(stages):
+    for stage in _steps(spec, stages, gpus):
         res = getattr(spec.resources, stage.resources)
         n = res.concurrency if stage.kind == "actor" and not least and res.concurrency != "auto" else 1
         cpu += n * res.num_cpus
@@ -89,14 +103,14 @@ def node_cpus() -> list[float]:
     return [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
 
 
-def stream_all(spec, cpus: list[float] | None = None) -> bool:
+def stream_all(spec, cpus: list[float] | None = None, gpus: float = 0.0) -> bool:
     """Whether all stages stream in one chain: ``ray.stream``, or (null) when the cluster's CPUs,
     less its largest node's when it has several, cover every actor pool plus one task of each
     task stage."""
     if spec.ray.stream is not None:
         return spec.ray.stream
     cpus = node_cpus() if cpus is None else cpus
-    return usable_cpus(cpus) >= needs(spec, list(GRAPH), 0.0)["CPU"]
+    return usable_cpus(cpus) >= needs(spec, list(GRAPH), gpus)["CPU"]
 
 
 def videos_per_block(spec, units: int, cpus: float) -> int:
@@ -190,7 +204,7 @@ def run_units(spec, units: list[dict], fps: dict, log, on_done=None) -> dict:
     gpus = cluster_gpus()
     cpus = node_cpus()
     per_block = videos_per_block(spec, len(units), sum(cpus))
-    passes = [("all stages", list(GRAPH))] if stream_all(spec, cpus) else [(s.name, [s]) for s in GRAPH]
+    passes = [("all stages", list(GRAPH))] if stream_all(spec, cpus, gpus) else [(s.name, [s]) for s in GRAPH]
     tally = Tally()
     for n, (name, stages) in enumerate(passes):
         last = n == len(passes) - 1
@@ -198,7 +212,7 @@ def run_units(spec, units: list[dict], fps: dict, log, on_done=None) -> dict:
         t = time.perf_counter()
         ds = ray.data.from_items(units, override_num_blocks=max(1, math.ceil(len(units) / per_block)))
         sizes = pool_sizes(spec, stages, node_cpus(), cluster_gpus())  # the cluster as it is now
-        for stage in _steps(stages):
+        for stage in _steps(spec, stages, gpus):
             ds = add_stage(ds, stage, spec, fps, gpus, sizes.get(stage.name))
         ds = ds.drop_columns(["prepared"])
         done = 0

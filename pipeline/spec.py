@@ -267,7 +267,8 @@ class StageResources(_Section):
     concurrency: Union[int, Literal["auto"]] = Field(1, description="Actors (model stages) or tasks at once. "
                                                      "'auto' (model stages): in a pass of the stage alone, as many "
                                                      "actors as the cluster holds (one per num_gpus GPUs it asks "
-                                                     "for, else per num_cpus CPUs, less one task of its feeder); "
+                                                     "for, else per num_cpus CPUs, less one task of its feeder when "
+                                                     "ray.feeder_tasks runs one); "
                                                      "in a streaming chain, one.")
     batch_size: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)
@@ -315,6 +316,11 @@ class RayOptions(_Section):
                                    "stage (else, once a node is lost, the actors could hold the CPUs decoding waits for).")
     videos_per_block: Optional[int] = Field(None, ge=1, description="Videos per Ray Data block; null: four blocks "
                                             "per CPU, at most 16 videos each.")
+    feeder_tasks: Optional[bool] = Field(None, description="Make a model stage's inputs in CPU tasks ahead of its "
+                                         "actors (the caption stage's prepare: frames, prompts, processor arrays, "
+                                         "with resources.prepare); false: inside the actors; null: as tasks when the "
+                                         "actors get GPUs (on CPUs both would share the same cores, and the tasks "
+                                         "would keep CPUs from the model).")
     resource_wait_s: float = Field(600, gt=0, description="When the cluster stays this long without the CPUs or "
                                    "GPUs a pass needs (nodes lost and not replaced), the run stops with an error "
                                    "naming what is missing; a rerun reuses the committed work.")

@@ -187,36 +187,58 @@ class PrepareUnits(_UnitStage):
 
 
 class CaptionUnits(_UnitStage):
-    """Ray actor stage after ``PrepareUnits``: captions the units of each call from the inputs
-    made there, their clips and windows pooled into model batches of
-    ``resources.caption.batch_size`` (a call holds ``caption.videos_per_batch`` units);
-    committed per video."""
+    """Ray actor stage: captions the units of each call, their clips and windows pooled into
+    model batches of ``resources.caption.batch_size`` (a call holds ``caption.videos_per_batch``
+    units); committed per video. ``fed``: the inputs were made by ``PrepareUnits`` tasks and
+    travel in the rows; otherwise (pipeline.runner.fed) the actor reads each unit's clip-stage
+    result and makes them itself."""
 
-    def __init__(self, *, spec, fps: dict[str, str], stage):
+    def __init__(self, *, spec, fps: dict[str, str], stage, fed: bool = True):
         from stages.caption import CaptionStage
 
         super().__init__(spec=spec, fps=fps, stage=stage)
+        self.fed = fed
         self.model_stage = CaptionStage(model=spec.models.vlm, settings=spec.caption,
                                         batch_size=spec.resources.caption.batch_size)
 
     def work(self, store, row: dict) -> bytes:
         raise TypeError("captions are made for a whole call at once (CaptionUnits.__call__)")
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def _inputs(self, store, row: dict) -> tuple[dict, list[dict], list[dict]] | None:
+        """(videos row, clip rows, model inputs) of a unit to caption; None when its captions are
+        committed (then the row says so in ``reused``)."""
         import pickle
 
+        if self.fed:
+            if row["prepared"] is None:  # committed: PrepareUnits passed it on as reused
+                return None
+            ready = pickle.loads(row["prepared"])
+            video, clips = decode_unit(ready["unit"])
+            return video, clips.to_pylist(), ready["inputs"]
+        if store.exists(self.key(row)):
+            row["reused"] = [*(row["reused"] or []), "caption"]
+            return None
+        fault_point("prepare")
+        started = time.perf_counter()
+        video, clips = self.previous(store, row)
+        clips = clips.to_pylist()
+        inputs = self.model_stage.prepare(clips)
+        _timed(row, "prepare", started)
+        return video, clips, inputs
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
         store = open_store(self.spec.output.uri, self.spec.storage)
         rows = batch.to_pylist()
-        todo = [r for r in rows if r["prepared"] is not None]
+        todo, units = [], []
+        for row in rows:
+            unit = self._inputs(store, row)
+            if unit is not None:
+                todo.append(row)
+                units.append(unit)
         if todo:
             fault_point("caption")
             started = time.perf_counter()
             self.model_stage.ensure_ready()
-            units = []
-            for row in todo:
-                ready = pickle.loads(row["prepared"])
-                video, clips = decode_unit(ready["unit"])
-                units.append((video, clips.to_pylist(), ready["inputs"]))
             self.model_stage.caption([(clips, inputs) for _, clips, inputs in units])
             share = (time.perf_counter() - started) / len(todo)  # the batch's time, split evenly
             for row, (video, clips, _) in zip(todo, units):

@@ -137,10 +137,12 @@ def test_killed_workers_change_nothing(baseline, demo, tmp_path):
 
 def test_streaming_all_stages_gives_the_same_output(baseline, demo, tmp_path):
     """With CPUs for every actor pool, all stages stream in one chain (model actors start while
-    videos still decode); the data written is the stage-by-stage run's, byte for byte."""
+    videos still decode), here with prepare tasks feeding the caption actor (``ray.feeder_tasks``);
+    the data written is the stage-by-stage run's (whose caption actors make their own inputs),
+    byte for byte."""
     out, files = baseline
     other = tmp_path / "out"
-    rc, text = _run(_job(demo, str(other), ["ray.num_cpus=6"]))
+    rc, text = _run(_job(demo, str(other), ["ray.num_cpus=6", "ray.feeder_tasks=true"]))  # prepare tasks feed the actor
     assert rc == 0, text[-3000:]
     assert "[all stages] 3 videos" in text and "[analyze]" not in text
     got = _snapshot(other)

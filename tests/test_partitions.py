@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipeline import assemble, graph, partitions, summary
-from pipeline.runner import ResourceWatch, needs, pool_sizes, stream_all, videos_per_block
+from pipeline.runner import ResourceWatch, fed, needs, pool_sizes, stream_all, videos_per_block
 from pipeline.spec import parse_spec
 
 SPEC = parse_spec({"inputs": {"paths": ["x.mp4"]}, "output": {"uri": "/tmp/vidcurate-test-out"}})
@@ -195,11 +195,12 @@ def test_fixed_bins_cover_their_range():
 # --- run modes and resources ------------------------------------------------------------------
 
 def test_streaming_needs_room_for_every_pool_after_losing_the_largest_node():
-    need = needs(SPEC, list(graph.GRAPH), 0.0)["CPU"]  # 3 actor pools + analyze + prepare tasks
-    assert need == 5
-    assert stream_all(SPEC, [6.0]) and not stream_all(SPEC, [4.0])
+    need = needs(SPEC, list(graph.GRAPH), 0.0)["CPU"]  # 3 actor pools + analyze tasks (no GPUs: no prepare tasks)
+    assert need == 4
+    assert stream_all(SPEC, [4.0]) and not stream_all(SPEC, [3.0])
     assert not stream_all(SPEC, [1.0, 2.0, 2.0])  # 5 CPUs, but 3 once a worker node is gone
-    assert stream_all(SPEC, [1.0, 2.0, 2.0, 2.0, 2.0])
+    assert stream_all(SPEC, [1.0, 2.0, 2.0, 2.0])
+    assert not stream_all(SPEC, [4.0], gpus=1.0)  # with GPUs the caption actor's prepare tasks need a CPU too
     forced = parse_spec({**SPEC.model_dump(mode="json"), "ray": {"stream": True}})
     assert stream_all(forced, [1.0])
     assert needs(SPEC, [graph.GRAPH[1]], 2.0) == {"CPU": 1.0, "GPU": 1.0}  # num_gpus: auto on a GPU cluster
@@ -208,13 +209,29 @@ def test_streaming_needs_room_for_every_pool_after_losing_the_largest_node():
     assert needs(wide, [graph.BY_NAME["caption"]], 4.0, least=True) == {"CPU": 2.0, "GPU": 1.0}
 
 
+def test_feeder_tasks_run_where_the_actors_have_gpus_unless_the_spec_says():
+    caption = graph.BY_NAME["caption"]
+    assert not fed(SPEC, caption, 0.0) and fed(SPEC, caption, 2.0)
+    assert not fed(SPEC, graph.BY_NAME["clip"], 2.0)  # no feeder
+    on = parse_spec({**SPEC.model_dump(mode="json"), "ray": {"feeder_tasks": True}})
+    off = parse_spec({**SPEC.model_dump(mode="json"), "ray": {"feeder_tasks": False}})
+    assert fed(on, caption, 0.0) and not fed(off, caption, 2.0)
+    cpu_only = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"caption": {"num_gpus": 0}}})
+    assert not fed(cpu_only, caption, 8.0)  # actors that ask for no GPU make their own inputs
+    assert needs(on, [caption], 0.0) == {"CPU": 2.0, "GPU": 0.0}
+    assert needs(SPEC, [caption], 0.0) == {"CPU": 1.0, "GPU": 0.0}
+
+
 def test_auto_pools_fill_the_cluster_in_a_pass_and_never_take_the_feeders_cpu():
     clip, caption, hierarchy = (graph.BY_NAME[n] for n in ("clip", "caption", "hierarchy"))
     assert SPEC.resources.caption.concurrency == "auto"  # the default of every model stage
     assert pool_sizes(SPEC, [clip], [2.0], 0.0) == {"clip": 2}
-    assert pool_sizes(SPEC, [caption], [2.0], 0.0) == {"caption": 1}  # one CPU stays with a prepare task
+    assert pool_sizes(SPEC, [caption], [2.0], 0.0) == {"caption": 2}  # on CPUs the actors make their inputs
+    fed_spec = parse_spec({**SPEC.model_dump(mode="json"), "ray": {"feeder_tasks": True}})
+    assert pool_sizes(fed_spec, [caption], [2.0], 0.0) == {"caption": 1}  # one CPU stays with a prepare task
     # with a feeder, from what survives losing the largest node: 5 CPUs, 3 after a loss, 2 actors
-    assert pool_sizes(SPEC, [caption], [1.0, 2.0, 2.0], 0.0) == {"caption": 2}
+    assert pool_sizes(fed_spec, [caption], [1.0, 2.0, 2.0], 0.0) == {"caption": 2}
+    assert pool_sizes(SPEC, [caption], [1.0, 2.0, 2.0], 0.0) == {"caption": 5}
     assert pool_sizes(SPEC, [hierarchy], [1.0, 2.0, 2.0], 0.0) == {"hierarchy": 5}
     assert pool_sizes(SPEC, [caption], [16.0], 4.0) == {"caption": 4}  # one per GPU (num_gpus: auto)
     assert pool_sizes(SPEC, list(graph.GRAPH), [64.0], 0.0) == {"clip": 1, "caption": 1, "hierarchy": 1}  # a chain
