@@ -12,18 +12,33 @@ tokens):
   pipeline's actor imports them too), load processor and model with transformers, then for
   each batch decode the JPEGs and call the processor and ``generate``;
 - pipeline: the same clips as the pipeline runs them: committed per-video unit files (8 clips a
-  video) in an output store; ``pipeline.units.PrepareUnits`` CPU tasks read them and make the
-  model inputs; ``pipeline.units.CaptionUnits`` (a ``ray.data`` actor pool of one, model load
-  inside the actor included, as in raw) generates in model batches and commits per video, on
-  ``--backend`` (``models.vlm.backend``: ``transformers``, or ``vllm``, vLLM's engine, which
-  needs vLLM installed: ``pip install '.[vllm]'`` on CPU). Ray gets 3 logical CPUs: 2 for the
-  actor's threads (as raw uses), 1 for preparing.
+  video) in an output store, in Ray Data blocks of as many videos as the pipeline would put in
+  one (pipeline.runner.videos_per_block); ``pipeline.units.CaptionUnits`` (a ``ray.data``
+  actor pool of one, model load inside the actor included, as in raw) reads them, makes the
+  model inputs, generates in model batches and commits per video, on ``--backend``
+  (``models.vlm.backend``: ``transformers``, or ``vllm``, vLLM's engine, which needs vLLM
+  installed: ``pip install '.[vllm]'`` on CPU). Where the inputs are made follows the
+  pipeline's rule (``ray.feeder_tasks``, pipeline.runner.fed): on a GPU,
+  ``pipeline.units.PrepareUnits`` CPU tasks make them ahead of the actor; on CPUs the actor
+  makes them itself (``--feeder-tasks on`` forces the tasks). The model gets ``--threads``
+  CPU threads on both sides (default 2, this machine's cores; the actor declares as many
+  CPUs); Ray gets one logical CPU more, for prepare tasks.
+
+Both sides are timed as they go: raw after every batch, the pipeline as each block's results
+reach the driver. Besides the totals: the steady state, the rate over the clips after the
+first quarter (model load and warm-up done), and start-up, the total time less the clips at
+that rate. Inside the actor, the median milliseconds per clip in ``generate`` and outside it
+(reading the inputs, preparing them where no task did, committing).
 
 So ``--backend vllm`` compares vLLM's engine, inside the pipeline, with the raw transformers
 loop on the same clips; ``--backend transformers`` what the pipeline around transformers costs.
-Last line: ``RESULT pipeline_vs_raw=<raw seconds / pipeline seconds> clips_per_s=<pipeline>
-device=<cpu|gpu name> backend=<transformers|vllm>``.
+Each of ``--repeat`` rounds (pipeline, then raw) prints a JSON line with its figures; the last
+line has the medians over the rounds: ``RESULT pipeline_vs_raw=<raw s / pipeline s>
+steady_vs_raw=<pipeline steady clips/s / raw steady clips/s> startup_over_raw_s=<pipeline
+start-up - raw start-up> clips_per_s=<pipeline> device=<cpu|gpu name>
+backend=<transformers|vllm> rounds=<n>``.
 
+    python bench/caption_throughput.py --arch tiny --clips 384 --batch 8
     python bench/caption_throughput.py --arch tiny --clips 48 --batch 8 --backend vllm
 """
 
@@ -31,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -62,16 +78,30 @@ def build_model(arch: str, folder: Path) -> str:
     return build_tiny_vlm(folder, sizes="tiny" if arch == "tiny" else "qwen2-vl-2b")["name_or_path"]
 
 
-def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, template: str) -> float:
+def steady(marks: list[tuple[float, int]], total: int) -> dict:
+    """Steady state from (seconds since the start, clips done by then) marks: the rate over the
+    clips after the first quarter, and start-up, the total time less the clips at that rate."""
+    marks = sorted(marks)
+    end = marks[-1][0]
+    warm = next(m for m in marks if m[1] >= total / 4)
+    rate = (total - warm[1]) / (end - warm[0]) if end > warm[0] else float("nan")
+    return {"s": end, "steady_clips_per_s": rate, "startup_s": end - total / rate}
+
+
+def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, template: str, threads: int
+            ) -> list[tuple[float, int]]:
     """The baseline, meant to run in a fresh process (``--raw``): the clock starts before torch
     and transformers are imported, as the pipeline's actor process imports them too; then
-    processor + batched ``generate`` straight from transformers, batch after batch."""
+    processor + batched ``generate`` straight from transformers, batch after batch. Returns
+    (seconds, clips done) after each batch."""
     start = time.perf_counter()
     from stages.torchvision_cpu_guard import ensure_torchvision
 
     ensure_torchvision()  # CPU-only machines: pip's CUDA torchvision (see that module)
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    torch.set_num_threads(threads)  # as the actor's declared CPUs set its torch threads
 
     from stages.base import decode_jpegs, subsample
     from stages.caption import render_prompt
@@ -82,6 +112,7 @@ def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: i
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(dev).eval()
+    marks = []
     for i in range(0, len(rows), batch):
         group = rows[i:i + batch]
         images = [decode_jpegs(subsample(r["frames"], frames)) for r in group]
@@ -92,26 +123,32 @@ def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: i
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
         processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    return time.perf_counter() - start
+        marks.append((time.perf_counter() - start, i + len(group)))
+    return marks
 
 
-def raw_in_fresh_process(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, folder: Path) -> float:
+def raw_in_fresh_process(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, folder: Path,
+                         threads: int) -> list[tuple[float, int]]:
     import pickle
     import subprocess
 
     rows_file = folder / "rows.pkl"
     rows_file.write_bytes(pickle.dumps(rows))
     out = subprocess.run([sys.executable, __file__, "--raw", model_dir, "--rows", str(rows_file), "--batch", str(batch),
-                          "--tokens", str(tokens), "--frames", str(frames)], capture_output=True, text=True)
+                          "--tokens", str(tokens), "--frames", str(frames),
+                          "--threads", str(threads)], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"raw baseline failed:\n{out.stderr[-3000:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+    return [tuple(m) for m in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
 def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, out: Path,
-                 backend: str) -> float:
-    import functools
-
+                 backend: str, feeder_tasks: bool | None, threads: int
+                 ) -> tuple[list[tuple[float, int]], bool, float, float]:
+    """The caption stage over ``rows`` (8 clips a video); returns (seconds, clips done) as each
+    block's results reach the driver, whether prepare tasks fed the actor, and the median
+    seconds per clip the actor spent outside generation and in it."""
+    import pyarrow as pa
     import ray
 
     import schemas
@@ -119,22 +156,42 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     from pipeline.spec import parse_spec
     from pipeline.storage import open_store
     from pipeline.graph import BY_NAME
+    from pipeline.runner import fed, videos_per_block
     from pipeline.units import UNIT, CaptionUnits, PrepareUnits, decode_unit, encode_unit, work_key
 
     class FullBudget(CaptionUnits):
-        """The caption actor with generation forced to the full token budget (as in the raw loop)."""
+        """The caption actor with generation forced to the full token budget (as in the raw loop),
+        timing its calls and the generation inside them (the rest is what the actor adds per clip
+        around the model: reading the inputs, preparing them where no task did, committing)."""
 
         def __call__(self, batch):
+            started = time.perf_counter()
             self.model_stage.ensure_ready()
             runner = self.model_stage._runner
-            runner.generate_prepared = functools.partial(type(runner).generate_prepared, runner,
-                                                         min_new_tokens=tokens)
-            return super().__call__(batch)
+            if not hasattr(runner, "generated_s"):
+                runner.generated_s, plain = 0.0, type(runner).generate_prepared
+
+                def timed(items, **kw):
+                    t = time.perf_counter()
+                    try:
+                        return plain(runner, items, **kw, min_new_tokens=tokens)
+                    finally:
+                        runner.generated_s += time.perf_counter() - t
+
+                runner.generate_prepared = timed
+            before = runner.generated_s
+            out = super().__call__(batch).to_pylist()
+            call, generate = time.perf_counter() - started, runner.generated_s - before
+            for row in out:
+                row["seconds_json"] = json.dumps({**json.loads(row["seconds_json"] or "{}"), "call": call / len(out),
+                                                  "generate": generate / len(out)})
+            return pa.Table.from_pylist(out, schema=UNIT)
 
     spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": str(out)},
                        "models": {"vlm": {"name_or_path": model_dir, "backend": backend}},
                        "caption": {"max_new_tokens": tokens, "frames": frames, "retries": 0, "window_s": None},
-                       "resources": {"caption": {"batch_size": batch, "concurrency": 1, "num_cpus": 2},
+                       "ray": {"feeder_tasks": feeder_tasks},
+                       "resources": {"caption": {"batch_size": batch, "concurrency": 1, "num_cpus": threads},
                                      "prepare": {"concurrency": 1, "num_cpus": 1}}})
     fps = spec.fingerprints()
     store = open_store(str(out), spec.storage)
@@ -147,15 +204,25 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     stage = BY_NAME["caption"]
     prepare = ray_args(spec.resources.prepare, actor=False) | {"batch_size": 1}
     caption = ray_args(spec.resources.caption, actor=True, gpus_in_cluster=gpus) | {"batch_size": 1}
+    feeding = fed(spec, stage, gpus)
     start = time.perf_counter()
-    (ray.data.from_items(units, override_num_blocks=len(units))
-     .map_batches(PrepareUnits(spec=spec, fps=fps, stage=stage.feeder), **prepare)
-     .map_batches(FullBudget, fn_constructor_kwargs={"spec": spec, "fps": fps, "stage": stage}, **caption).take_all())
-    seconds = time.perf_counter() - start
+    per_block = videos_per_block(spec, len(units), float(ray.cluster_resources().get("CPU", 1)))  # as run_units
+    ds = ray.data.from_items(units, override_num_blocks=-(-len(units) // per_block))
+    if feeding:
+        ds = ds.map_batches(PrepareUnits(spec=spec, fps=fps, stage=stage.feeder), **prepare)
+    ds = ds.map_batches(FullBudget, fn_constructor_kwargs={"spec": spec, "fps": fps, "stage": stage, "fed": feeding},
+                        **caption)
+    marks, done_units, calls = [], 0, []
+    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        done_units += block.num_rows
+        marks.append((time.perf_counter() - start, min(len(rows), 8 * done_units)))
+        calls += [json.loads(r) for r in block.column("seconds_json").to_pylist()]
     done = [c for u in units for c in decode_unit(store.read(work_key("caption", fps["caption"], u["unit_id"])))[1]
             .to_pylist()]
     assert len(done) == len(rows) and all(r["caption_text"] is not None for r in done)
-    return seconds
+    outside = sorted((c["call"] - c["generate"]) / 8 for c in calls)
+    generate = sorted(c["generate"] / 8 for c in calls)
+    return marks, feeding, outside[len(outside) // 2], generate[len(generate) // 2]
 
 
 def main() -> None:
@@ -165,8 +232,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2, help="the model's CPU threads on both sides (the actor's "
+                   "resources.caption.num_cpus); Ray gets one CPU more, for prepare tasks")
     p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
                    help="the pipeline's models.vlm.backend (the raw baseline is transformers)")
+    p.add_argument("--feeder-tasks", choices=["auto", "on", "off"], default="auto",
+                   help="ray.feeder_tasks: prepare tasks ahead of the actor (auto: where it gets a GPU)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of pipeline then raw; the RESULT line has medians")
     p.add_argument("--raw", help=argparse.SUPPRESS)  # internal: run the baseline on this model folder
     p.add_argument("--rows", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -176,7 +248,8 @@ def main() -> None:
         from stages.models import load_prompt
 
         rows = pickle.loads(Path(args.rows).read_bytes())
-        print(run_raw(args.raw, rows, args.batch, args.tokens, args.frames, load_prompt("clip_json_v2")[1]))
+        print(json.dumps(run_raw(args.raw, rows, args.batch, args.tokens, args.frames, load_prompt("clip_json_v2")[1],
+                                 args.threads)))
         return
 
     import ray
@@ -187,21 +260,45 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     arch = args.arch or ("2b" if gpu else "tiny")
     rows = clip_rows(args.clips)
+    device = gpu.replace(" ", "_") if gpu else "cpu"
+    feeder = {"auto": None, "on": True, "off": False}[args.feeder_tasks]
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(arch, Path(tmp) / "vlm")
-        ray.init(address="local", num_cpus=3, num_gpus=1 if gpu else 0, include_dashboard=False,
-                 log_to_driver=False)
-        try:
-            pipeline_s = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp) / "out",
-                                      args.backend)
-        finally:
-            ray.shutdown()
-        raw_s = raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp))
-    device = gpu.replace(" ", "_") if gpu else "cpu"
-    print(json.dumps({"arch": arch, "backend": args.backend, "clips": len(rows), "batch": args.batch,
-                      "tokens": args.tokens, "raw_s": round(raw_s, 2), "pipeline_s": round(pipeline_s, 2)}))
-    print(f"RESULT pipeline_vs_raw={raw_s / pipeline_s:.2f} clips_per_s={len(rows) / pipeline_s:.2f} device={device}"
-          f" backend={args.backend}")
+        for n in range(args.repeat):  # pipeline and raw alternate, so drift in the machine's speed hits both
+            ray.init(address="local", num_cpus=args.threads + 1, num_gpus=1 if gpu else 0,
+                     include_dashboard=False,
+                     log_to_driver=False)
+            try:
+                marks, feeding, outside, generate = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
+                                                                 Path(tmp) / f"out{n}", args.backend, feeder,
+                                                                 args.threads)
+            finally:
+                ray.shutdown()
+            raw = steady(raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp),
+                                              args.threads), len(rows))
+            pipe = steady(marks, len(rows))
+            figures = {"round": n + 1, "arch": arch, "backend": args.backend, "prepare_tasks": feeding,
+                       "actor_ms_per_clip_outside_generate": round(1000 * outside, 1),
+                       "actor_ms_per_clip_in_generate": round(1000 * generate, 1), "clips": len(rows),
+                       "batch": args.batch, "tokens": args.tokens, "threads": args.threads}
+            for side, f in (("raw", raw), ("pipeline", pipe)):
+                figures |= {f"{side}_s": round(f["s"], 2), f"{side}_startup_s": round(f["startup_s"], 2),
+                            f"{side}_steady_clips_per_s": round(f["steady_clips_per_s"], 2),
+                            f"{side}_steady_tokens_per_s": round(f["steady_clips_per_s"] * args.tokens, 1)}
+            figures |= {"pipeline_vs_raw": round(raw["s"] / pipe["s"], 3),
+                        "steady_vs_raw": round(pipe["steady_clips_per_s"] / raw["steady_clips_per_s"], 3),
+                        "startup_over_raw_s": round(pipe["startup_s"] - raw["startup_s"], 2)}
+            print(json.dumps(figures), flush=True)
+            rounds.append(figures)
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
+
+    print(f"RESULT pipeline_vs_raw={median('pipeline_vs_raw'):.2f} steady_vs_raw={median('steady_vs_raw'):.2f} "
+          f"startup_over_raw_s={median('startup_over_raw_s'):.2f} "
+          f"clips_per_s={statistics.median(len(rows) / r['pipeline_s'] for r in rounds):.2f} "
+          f"device={device} backend={args.backend} rounds={len(rounds)}")
 
 
 if __name__ == "__main__":

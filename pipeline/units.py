@@ -204,20 +204,25 @@ class CaptionUnits(_UnitStage):
     def work(self, store, row: dict) -> bytes:
         raise TypeError("captions are made for a whole call at once (CaptionUnits.__call__)")
 
-    def _inputs(self, store, row: dict) -> tuple[dict, list[dict], list[dict]] | None:
-        """(videos row, clip rows, model inputs) of a unit to caption; None when its captions are
-        committed (then the row says so in ``reused``)."""
+    def _pending(self, store, row: dict) -> bool:
+        """Whether the unit is to be captioned here; a committed one is noted in ``reused``
+        (with a feeder, PrepareUnits did that and sent no inputs)."""
+        if self.fed:
+            return row["prepared"] is not None
+        if store.exists(self.key(row)):
+            row["reused"] = [*(row["reused"] or []), "caption"]
+            return False
+        return True
+
+    def _inputs(self, store, row: dict) -> tuple[dict, list[dict], list[dict]]:
+        """(videos row, clip rows, model inputs) of a pending unit: from the row (fed), else made
+        here from the unit's clip-stage result (timed as ``prepare``)."""
         import pickle
 
         if self.fed:
-            if row["prepared"] is None:  # committed: PrepareUnits passed it on as reused
-                return None
             ready = pickle.loads(row["prepared"])
             video, clips = decode_unit(ready["unit"])
             return video, clips.to_pylist(), ready["inputs"]
-        if store.exists(self.key(row)):
-            row["reused"] = [*(row["reused"] or []), "caption"]
-            return None
         fault_point("prepare")
         started = time.perf_counter()
         video, clips = self.previous(store, row)
@@ -229,18 +234,16 @@ class CaptionUnits(_UnitStage):
     def __call__(self, batch: pa.Table) -> pa.Table:
         store = open_store(self.spec.output.uri, self.spec.storage)
         rows = batch.to_pylist()
-        todo, units = [], []
-        for row in rows:
-            unit = self._inputs(store, row)
-            if unit is not None:
-                todo.append(row)
-                units.append(unit)
+        todo = [row for row in rows if self._pending(store, row)]
         if todo:
             fault_point("caption")
             started = time.perf_counter()
-            self.model_stage.ensure_ready()
+            self.model_stage.ensure_ready()  # the model's load counts as captioning time
+            loading = time.perf_counter() - started
+            units = [self._inputs(store, row) for row in todo]
+            started = time.perf_counter()
             self.model_stage.caption([(clips, inputs) for _, clips, inputs in units])
-            share = (time.perf_counter() - started) / len(todo)  # the batch's time, split evenly
+            share = (loading + time.perf_counter() - started) / len(todo)  # the batch's time, split evenly
             for row, (video, clips, _) in zip(todo, units):
                 for c in clips:
                     c["frames"] = None  # not needed past captioning
