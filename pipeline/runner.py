@@ -211,7 +211,8 @@ def run_units(spec, units: list[dict], fps: dict, log, on_done=None) -> dict:
         before = {k: dict(v) for k, v in tally.stages.items()}
         t = time.perf_counter()
         ds = ray.data.from_items(units, override_num_blocks=max(1, math.ceil(len(units) / per_block)))
-        sizes = pool_sizes(spec, stages, node_cpus(), cluster_gpus())  # the cluster as it is now
+        gpus = cluster_gpus()  # the cluster as it is now: pools, feeders and GPU asks of this pass agree
+        sizes = pool_sizes(spec, stages, node_cpus(), gpus)
         for stage in _steps(spec, stages, gpus):
             ds = add_stage(ds, stage, spec, fps, gpus, sizes.get(stage.name))
         ds = ds.drop_columns(["prepared"])
