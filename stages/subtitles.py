@@ -54,36 +54,44 @@ def sidecar(video_path: str, storage=None) -> Path | str | None:
                 return stem + ext
         return None
     p = Path(video_path)
-    names = _names_in(str(p.parent))
+    by_stem = _subtitles_in(str(p.parent))
+    named = by_stem.get(p.stem, ())
     for ext in (".srt", ".vtt"):
-        if p.with_suffix(ext).name in names and p.with_suffix(ext).is_file():
+        if p.stem + ext in named and p.with_suffix(ext).is_file():
             return p.with_suffix(ext)
     for ext in (".srt", ".vtt"):
-        matches = sorted(n for n in names if n.startswith(p.stem + ".") and n.endswith(ext)
-                         and n != p.stem + ext and (p.parent / n).is_file())
+        matches = sorted(n for n in named if n.endswith(ext) and n != p.stem + ext and (p.parent / n).is_file())
         if matches:
             return p.parent / matches[0]
     return None
 
 
-_listings: dict[str, tuple[int, frozenset]] = {}
+_listings: dict[str, tuple[int, dict[str, tuple[str, ...]]]] = {}
 
 
-def _names_in(folder: str) -> frozenset:
-    """The file names of a folder, listed once per change of the folder (its mtime): a folder of
-    a million videos is not listed again for each of them."""
+def _subtitles_in(folder: str) -> dict[str, tuple[str, ...]]:
+    """The subtitle files of a folder by every stem they may belong to ("a.b.en.srt" under "a",
+    "a.b" and "a.b.en"), listed once per change of the folder (its mtime): a folder of a million
+    videos is neither listed nor scanned again for each of them."""
     import os
 
     try:
         mtime = os.stat(folder).st_mtime_ns
     except OSError:
-        return frozenset()
+        return {}
     cached = _listings.get(folder)
     if cached is None or cached[0] != mtime:
         try:
-            cached = (mtime, frozenset(os.listdir(folder)))
+            names = os.listdir(folder)
         except OSError:
-            return frozenset()
+            return {}
+        index: dict[str, list[str]] = {}
+        for name in names:
+            if name.endswith((".srt", ".vtt")):
+                parts = name.split(".")
+                for k in range(1, len(parts)):
+                    index.setdefault(".".join(parts[:k]), []).append(name)
+        cached = (mtime, {stem: tuple(found) for stem, found in index.items()})
         if len(_listings) > 64:
             _listings.clear()
         _listings[folder] = cached

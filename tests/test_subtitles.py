@@ -88,6 +88,14 @@ def test_sidecars_are_found_in_a_folder_listed_once_per_change(tmp_path):
     assert sidecar(str(videos[0])) == tmp_path / "v0.en.srt"
 
 
+def test_sidecar_names_match_whole_stems_with_dots(tmp_path):
+    for name in ("v1.mp4", "v10.srt", "take.2.mp4", "take.2.fr.srt", "take.20.srt", "x.mp4", "x.vtt", "x.en.srt"):
+        (tmp_path / name).write_text(SRT if name.endswith((".srt", ".vtt")) else "")
+    assert sidecar(str(tmp_path / "v1.mp4")) is None  # v10.srt is another video's
+    assert sidecar(str(tmp_path / "take.2.mp4")) == tmp_path / "take.2.fr.srt"
+    assert sidecar(str(tmp_path / "x.mp4")) == tmp_path / "x.vtt"  # the exact name before a language suffix
+
+
 def test_embedded_subtitle_stream(tmp_path):
     srt = tmp_path / "s.srt"
     srt.write_text(SRT)
