@@ -65,13 +65,11 @@ def usable_cpus(cpus: list[float]) -> float:
     return sum(cpus) - (max(cpus) if len(cpus) > 1 else 0.0)
 
 
-def pool_sizes(spec, stages: list[Stage], cpus: list[float], gpus: float, blocks: int | None = None
-               ) -> dict[str, int]:
+def pool_sizes(spec, stages: list[Stage], cpus: list[float], gpus: float) -> dict[str, int]:
     """The actor pool size of each model stage of a chain (pipeline.resources.pool_size). A
     stage alone in its pass fills the cluster, less one task of its feeder where that runs
     (``fed``); with a feeder, only from the CPUs that survive the loss of a node, so that
-    restarted actors can never take the CPU the feeder's tasks wait for. An ``auto`` pool has
-    no more actors than the pass has ``blocks``: one without a block would only load its model."""
+    restarted actors can never take the CPU the feeder's tasks wait for."""
     alone = len(stages) == 1
     sizes = {}
     for stage in stages:
@@ -82,8 +80,6 @@ def pool_sizes(spec, stages: list[Stage], cpus: list[float], gpus: float, blocks
         room = usable_cpus(cpus) if feeder else sum(cpus)
         sizes[stage.name] = pool_size(res, alone=alone, cpus=room, gpus=gpus,
                                       reserved_cpus=feeder.num_cpus if feeder else 0.0)
-        if res.concurrency == "auto" and blocks is not None:
-            sizes[stage.name] = max(1, min(sizes[stage.name], blocks))
     return sizes
 
 
@@ -214,10 +210,9 @@ def run_units(spec, units: list[dict], fps: dict, log, on_done=None) -> dict:
         last = n == len(passes) - 1
         before = {k: dict(v) for k, v in tally.stages.items()}
         t = time.perf_counter()
-        blocks = max(1, math.ceil(len(units) / per_block))
-        ds = ray.data.from_items(units, override_num_blocks=blocks)
+        ds = ray.data.from_items(units, override_num_blocks=max(1, math.ceil(len(units) / per_block)))
         gpus = cluster_gpus()  # the cluster as it is now: pools, feeders and GPU asks of this pass agree
-        sizes = pool_sizes(spec, stages, node_cpus(), gpus, blocks)
+        sizes = pool_sizes(spec, stages, node_cpus(), gpus)
         for stage in _steps(spec, stages, gpus):
             ds = add_stage(ds, stage, spec, fps, gpus, sizes.get(stage.name))
         ds = ds.drop_columns(["prepared"])

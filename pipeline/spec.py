@@ -268,7 +268,7 @@ class StageResources(_Section):
                                                      "'auto' (model stages): in a pass of the stage alone, as many "
                                                      "actors as the cluster holds (one per num_gpus GPUs it asks "
                                                      "for, else per num_cpus CPUs, less one task of its feeder when "
-                                                     "ray.feeder_tasks runs one, and no more than the pass has blocks); "
+                                                     "ray.feeder_tasks runs one); "
                                                      "in a streaming chain, one.")
     batch_size: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)

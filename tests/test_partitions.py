@@ -234,8 +234,6 @@ def test_auto_pools_fill_the_cluster_in_a_pass_and_never_take_the_feeders_cpu():
     assert pool_sizes(SPEC, [caption], [1.0, 2.0, 2.0], 0.0) == {"caption": 5}
     assert pool_sizes(SPEC, [hierarchy], [1.0, 2.0, 2.0], 0.0) == {"hierarchy": 5}
     assert pool_sizes(SPEC, [caption], [16.0], 4.0) == {"caption": 4}  # one per GPU (num_gpus: auto)
-    assert pool_sizes(SPEC, [hierarchy], [1.0, 2.0, 2.0], 0.0, blocks=3) == {"hierarchy": 3}  # an actor a block
-    assert pool_sizes(SPEC, [hierarchy], [1.0, 2.0, 2.0], 0.0, blocks=0) == {"hierarchy": 1}
     assert pool_sizes(SPEC, list(graph.GRAPH), [64.0], 0.0) == {"clip": 1, "caption": 1, "hierarchy": 1}  # a chain
     fixed = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"clip": {"concurrency": 3}}})
     assert pool_sizes(fixed, [clip], [16.0], 0.0) == {"clip": 3}
