@@ -142,27 +142,16 @@ def raw_in_fresh_process(model_dir: str, rows: list[dict], batch: int, tokens: i
     return [tuple(m) for m in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
-def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, out: Path,
-                 backend: str, feeder_tasks: bool | None, threads: int
-                 ) -> tuple[list[tuple[float, int]], bool, float, float]:
-    """The caption stage over ``rows`` (8 clips a video); returns (seconds, clips done) as each
-    block's results reach the driver, whether prepare tasks fed the actor, and the median
-    seconds per clip the actor spent outside generation and in it."""
+def full_budget_actor(tokens: int):
+    """The caption actor class with generation forced to ``tokens`` (as in the raw loop), timing
+    its calls and the generation inside them (the rest is what the actor adds per clip around
+    the model: reading the inputs, preparing them where no task did, committing)."""
     import pyarrow as pa
-    import ray
 
-    import schemas
-    from pipeline.resources import ray_args
-    from pipeline.spec import parse_spec
-    from pipeline.storage import open_store
-    from pipeline.graph import BY_NAME
-    from pipeline.runner import fed, videos_per_block
-    from pipeline.units import UNIT, CaptionUnits, PrepareUnits, decode_unit, encode_unit, work_key
+    from pipeline.units import UNIT, CaptionUnits
 
     class FullBudget(CaptionUnits):
-        """The caption actor with generation forced to the full token budget (as in the raw loop),
-        timing its calls and the generation inside them (the rest is what the actor adds per clip
-        around the model: reading the inputs, preparing them where no task did, committing)."""
+        """CaptionUnits with the full token budget and timed calls (full_budget_actor)."""
 
         def __call__(self, batch):
             started = time.perf_counter()
@@ -187,6 +176,25 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
                                                   "generate": generate / len(out)})
             return pa.Table.from_pylist(out, schema=UNIT)
 
+    return FullBudget
+
+
+def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, out: Path,
+                 backend: str, feeder_tasks: bool | None, threads: int
+                 ) -> tuple[list[tuple[float, int]], bool, float, float]:
+    """The caption stage over ``rows`` (8 clips a video); returns (seconds, clips done) as each
+    block's results reach the driver, whether prepare tasks fed the actor, and the median
+    seconds per clip the actor spent outside generation and in it."""
+    import ray
+
+    import schemas
+    from pipeline.resources import ray_args
+    from pipeline.spec import parse_spec
+    from pipeline.storage import open_store
+    from pipeline.graph import BY_NAME
+    from pipeline.runner import fed, videos_per_block
+    from pipeline.units import UNIT, PrepareUnits, decode_unit, encode_unit, work_key
+
     spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": str(out)},
                        "models": {"vlm": {"name_or_path": model_dir, "backend": backend}},
                        "caption": {"max_new_tokens": tokens, "frames": frames, "retries": 0, "window_s": None},
@@ -210,7 +218,7 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     ds = ray.data.from_items(units, override_num_blocks=-(-len(units) // per_block))
     if feeding:
         ds = ds.map_batches(PrepareUnits(spec=spec, fps=fps, stage=stage.feeder), **prepare)
-    ds = ds.map_batches(FullBudget, fn_constructor_kwargs={"spec": spec, "fps": fps, "stage": stage, "fed": feeding},
+    ds = ds.map_batches(full_budget_actor(tokens), fn_constructor_kwargs={"spec": spec, "fps": fps, "stage": stage, "fed": feeding},
                         **caption)
     marks, done_units, calls = [], 0, []
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
