@@ -26,7 +26,7 @@ from stages.frames import Shrinker, ThumbStore, quarter_turns
 from stages.guard import GuardFailure, run_guarded
 from stages.probe import open_video
 from stages.scores import score_reason
-from stages.signals import FrameSignals, clip_summary
+from stages.signals import FrameSignals, clip_summary, prepare_frame
 from stages.shots import assemble_clips, boundary_detector, shot_starts, shots_from_boundaries
 
 MIN_COVERAGE = 0.9  # decoded span / container duration below this -> truncated
@@ -107,9 +107,9 @@ def _decode_pass(path: str, spec, workers: int, auto: bool = False) -> tuple[dic
     try:
         fps = meta["fps"] or 25.0
         stride = max(1, int(round(fps / spec.analysis.sample_fps)))
-        prepare = _preparer(meta["width"], meta["height"], stride, spec)
         # everything that can fail is set up before the decoding threads start
         detector = boundary_detector(spec.shots, fps, spec.models.transnetv2)
+        prepare = _preparer(meta["width"], meta["height"], stride, spec, detector)
         times, thumbs, keyframes = array("d"), ThumbStore(), set()
         if workers > 1:
             decoders = []
@@ -124,7 +124,7 @@ def _decode_pass(path: str, spec, workers: int, auto: bool = False) -> tuple[dic
             frames = SequentialSource(container, stream, prepare)
         missing_pts, decode_error, turns, recorder = 0, None, None, None
         try:
-            for i, (index, t, key, rec_turns, luma, bgr, jpeg) in enumerate(frames):
+            for i, (index, t, key, rec_turns, luma, bgr, jpeg, signals, detected) in enumerate(frames):
                 if index != i or (turns is not None and rec_turns != turns):
                     raise ChunkMismatch(f"frame {index} arrived as frame {i}")
                 if t is None:
@@ -137,9 +137,9 @@ def _decode_pass(path: str, spec, workers: int, auto: bool = False) -> tuple[dic
                     turns, recorder = rec_turns, _recorder(rec_turns, meta, spec)
                 if key:
                     keyframes.add(i)
-                recorder.add(i, luma)
+                recorder.add(i, luma, signals)
                 v = recorder.values
-                detector.feed(i, bgr, v["contrast"][-1], v["residual"][-1] / (v["diff"][-1] + 1.0))
+                detector.feed(i, bgr, v["contrast"][-1], v["residual"][-1] / (v["diff"][-1] + 1.0), detected)
                 if jpeg is not None:
                     thumbs.add(i, jpeg)
         except MemoryError:  # FFmpeg's ENOMEM too: the guard reports memory_limit
@@ -213,28 +213,33 @@ def _sizes(width: int, height: int, spec) -> tuple[tuple[int, int], tuple[int, i
     return (aw, ah), (fw, fh), (_even(width * ts / short), _even(height * ts / short))
 
 
-def _preparer(width: int, height: int, stride: int, spec):
+def _preparer(width: int, height: int, stride: int, spec, detector):
     """A factory of per-thread ``prepare(frame, index)`` functions for the decode sources:
-    (index, time, key frame, quarter turns, full-range luma, bgr, JPEG or None) from one decoded
-    frame, shrunk to the analysis size; every ``stride``-th frame also as a JPEG thumbnail.
-    Runs on the decoding threads, so shrinking and JPEG encoding run beside the analysis."""
+    (index, time, key frame, quarter turns, full-range luma, bgr, JPEG or None, the signals'
+    ``prepare_frame``, the detector's ``prepare`` or None) from one decoded frame, shrunk to the
+    analysis size; every ``stride``-th frame also as a JPEG thumbnail. Runs on the decoding
+    threads, so shrinking, JPEG encoding and the per-frame work that needs no other frame
+    (quality, bars, the flow-size frame, the detector's HSV and thumbnail) run beside the
+    analysis, which keeps what compares frames."""
     import cv2
 
     quality = [cv2.IMWRITE_JPEG_QUALITY, spec.analysis.jpeg_quality]
+    flow_stride, detect = spec.analysis.flow_stride, detector.prepare
 
     def make():
-        shrinkers = []
+        state = []
 
         def prepare(frame, index: int) -> tuple:
-            if not shrinkers:  # sizes from this thread's first frame: its rotation decides what is upright
+            if not state:  # sizes from this thread's first frame: its rotation decides what is upright
                 turns = quarter_turns(frame.rotation)
                 w, h = (height, width) if turns % 2 else (width, height)
-                (aw, ah), _, (tw, th) = _sizes(w, h, spec)
-                shrinkers.extend([turns, Shrinker(aw, ah, turns=turns), Shrinker(tw, th, smooth=True, turns=turns)])
-            turns, shrink, shrink_thumb = shrinkers
+                (aw, ah), flow, (tw, th) = _sizes(w, h, spec)
+                state.extend([turns, Shrinker(aw, ah, turns=turns), Shrinker(tw, th, smooth=True, turns=turns), flow])
+            turns, shrink, shrink_thumb, flow = state
             luma, bgr = shrink(frame, fresh=True)
             jpeg = cv2.imencode(".jpg", shrink_thumb(frame)[1], quality)[1].tobytes() if index % stride == 0 else None
-            return (index, None if frame.time is None else float(frame.time), frame.key_frame, turns, luma, bgr, jpeg)
+            return (index, None if frame.time is None else float(frame.time), frame.key_frame, turns, luma, bgr, jpeg,
+                    prepare_frame(index, luma, flow, flow_stride), detect(bgr) if detect else None)
 
         return prepare
 

@@ -29,10 +29,12 @@ class ContentScore:
 
         return float(inspect.signature(ContentDetector.__init__).parameters["threshold"].default)
 
-    def __call__(self, bgr: np.ndarray) -> float:
+    def __call__(self, bgr: np.ndarray, hsv: np.ndarray | None = None) -> float:
+        """``hsv``: the frame already converted (``cv2.COLOR_BGR2HSV``), e.g. on a decoding thread."""
         import cv2
 
-        hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+        if hsv is None:
+            hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
         prev, self._prev = self._prev, hsv
         if prev is None:
             return 0.0
@@ -43,17 +45,32 @@ class ContentScore:
 
 def _shift_correlation(a: np.ndarray, b: np.ndarray, max_dx: int = 4, max_dy: int = 2) -> float:
     """Best correlation of two small luma images over shifts of up to a few cells: high when one
-    is the other moved (fast camera motion), low across a cut."""
+    is the other moved (fast camera motion), low across a cut.
+
+    For each shift (dx, dy), ``a``'s pixel (y, x) pairs with ``b``'s (y - dy, x - dx) where both
+    exist; each side is standardised over that overlap (its mean removed, divided by its standard
+    deviation + 1) and the products averaged. All shifts at once: with ``b`` (and a mask of ones)
+    padded by the largest shift, each overlap sum is one sliding-window dot product."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
     h, w = a.shape
-    best = -1.0
-    for dy in range(-max_dy, max_dy + 1):
-        for dx in range(-max_dx, max_dx + 1):
-            x = a[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
-            y = b[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
-            x = (x - x.mean()) / (x.std() + 1.0)
-            y = (y - y.mean()) / (y.std() + 1.0)
-            best = max(best, float((x * y).mean()))
-    return best
+    a = a.astype(np.float64)
+    pad = ((max_dy, max_dy), (max_dx, max_dx))
+    b_pad = np.pad(b.astype(np.float64), pad)
+    one_pad = np.pad(np.ones_like(a), pad)
+
+    def sums(padded: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        # result[u, v] = sum over (y, x) of weights[y, x] * padded[u + y, v + x]: shift dy = max_dy - u
+        return np.einsum("uvyx,yx->uv", sliding_window_view(padded, (h, w)), weights)
+
+    ones = np.ones_like(a)
+    n = sums(one_pad, ones)
+    sa, saa = sums(one_pad, a) / n, sums(one_pad, a * a) / n
+    sb, sbb = sums(b_pad, ones) / n, sums(b_pad * b_pad, ones) / n
+    sab = sums(b_pad, a) / n
+    sd_a = np.sqrt(np.maximum(saa - sa * sa, 0.0))
+    sd_b = np.sqrt(np.maximum(sbb - sb * sb, 0.0))
+    return float(((sab - sa * sb) / ((sd_a + 1.0) * (sd_b + 1.0))).max())
 
 
 def thumb_embedding(thumb: np.ndarray) -> np.ndarray:
@@ -155,13 +172,22 @@ class BoundaryDetector:
     def _thumb(self, back: int) -> np.ndarray:
         return self._ring[len(self._ring) - 1 - back]
 
-    def feed(self, index: int, bgr: np.ndarray, contrast: float, warp_residual: float = float("nan")) -> None:
-        """``warp_residual``: the frame's change left after motion compensation by the pass's
-        optical flow, relative to the plain change (NaN when the flow was not computed)."""
+    @staticmethod
+    def prepare(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What ``feed`` derives from each frame on its own: (HSV frame, 32x18 thumbnail). Pure, so
+        the analysis pass runs it on its decoding threads, beside the detector."""
         import cv2
 
-        score = self._content(bgr)
-        d = cv2.resize(bgr, (32, 18), interpolation=cv2.INTER_AREA)  # uint8; float only where needed
+        return (cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV),
+                cv2.resize(bgr, (32, 18), interpolation=cv2.INTER_AREA))  # uint8; float only where needed
+
+    def feed(self, index: int, bgr: np.ndarray, contrast: float, warp_residual: float = float("nan"),
+             prepared: tuple | None = None) -> None:
+        """``warp_residual``: the frame's change left after motion compensation by the pass's
+        optical flow, relative to the plain change (NaN when the flow was not computed);
+        ``prepared``: ``prepare(bgr)``, where it was already made."""
+        hsv, d = prepared or self.prepare(bgr)
+        score = self._content(bgr, hsv)
         self._ring.append(d)
         self.n = index + 1
         k = len(self._ring)

@@ -77,11 +77,13 @@ class ShotDetector:
 
 
 class _PySceneDetect:
+    prepare = None  # nothing made ahead of ``feed``
+
     def __init__(self, shots, fps):
         self.det = ShotDetector(detector=shots.detector, threshold=shots.threshold,
                                 min_scene_len=shots.min_scene_len, fps=fps)
 
-    def feed(self, index, bgr, contrast, warp_residual) -> None:
+    def feed(self, index, bgr, contrast, warp_residual, prepared=None) -> None:
         self.det.feed(index, bgr)
 
     def finish(self) -> list[dict]:
@@ -89,11 +91,13 @@ class _PySceneDetect:
 
 
 class _Vidcurate:
+    prepare = staticmethod(BoundaryDetector.prepare)
+
     def __init__(self, shots, fps):
         self.det = BoundaryDetector(shots)
 
-    def feed(self, index, bgr, contrast, warp_residual) -> None:
-        self.det.feed(index, bgr, contrast, warp_residual)
+    def feed(self, index, bgr, contrast, warp_residual, prepared=None) -> None:
+        self.det.feed(index, bgr, contrast, warp_residual, prepared)
 
     def finish(self) -> list[dict]:
         return self.det.finish()
@@ -102,13 +106,15 @@ class _Vidcurate:
 class _TransNet:
     """TransNetV2 on 48x27 frames made from the pass's small frames (no second decode)."""
 
+    prepare = None
+
     def __init__(self, shots, weights):
         from stages import transnet
 
         self.threshold = shots.transnet_threshold
         self.stream = transnet.TransNetStream(transnet.load(weights))
 
-    def feed(self, index, bgr, contrast, warp_residual) -> None:
+    def feed(self, index, bgr, contrast, warp_residual, prepared=None) -> None:
         import cv2
 
         small = cv2.resize(bgr, (48, 27), interpolation=cv2.INTER_AREA)
@@ -126,10 +132,14 @@ class _Both:
 
     def __init__(self, *detectors):
         self.detectors = detectors
+        self._first = detectors[0].prepare  # what the first detector makes ahead, if anything
 
-    def feed(self, *args) -> None:
-        for d in self.detectors:
-            d.feed(*args)
+    def prepare(self, bgr):
+        return self._first(bgr) if self._first else None
+
+    def feed(self, index, bgr, contrast, warp_residual, prepared=None) -> None:
+        for k, d in enumerate(self.detectors):
+            d.feed(index, bgr, contrast, warp_residual, prepared if k == 0 else None)
 
     def finish(self) -> list[dict]:
         first, *rest = (d.finish() for d in self.detectors)

@@ -49,6 +49,19 @@ def bar_fraction(luma: np.ndarray) -> float:
     return 1.0 - (h - top - bottom) * (w - left - right) / float(h * w)
 
 
+def prepare_frame(index: int, luma: np.ndarray, flow_size: tuple[int, int], flow_stride: int = 1) -> tuple:
+    """What FrameSignals records of frame ``index`` from it alone: ((sharpness, brightness,
+    contrast), letterbox fraction or NaN, the flow-size luma or None). Pure, so the analysis pass
+    runs it on its decoding threads, beside the recorder."""
+    import cv2
+
+    # bars change with the shot, not the frame: every LETTERBOX_EVERY-th frame is enough
+    bars = bar_fraction(luma) if index % LETTERBOX_EVERY == 0 else np.nan
+    small = (cv2.resize(luma, flow_size, interpolation=cv2.INTER_LINEAR)
+             if index % flow_stride == 0 else None)
+    return frame_quality(luma), bars, small
+
+
 class FrameSignals:
     """Accumulates the per-frame signals of one video."""
 
@@ -62,11 +75,12 @@ class FrameSignals:
         self._gx, self._gy = (x - (fw - 1) / 2) / (fw / 2), (y - (fh - 1) / 2) / (fw / 2)
         self._px, self._py = x, y
 
-    def add(self, index: int, luma: np.ndarray) -> None:
+    def add(self, index: int, luma: np.ndarray, prepared: tuple | None = None) -> None:
+        """Record frame ``index``; ``prepared``: ``prepare_frame`` of it, where it was already made."""
         import cv2
 
         v = self.values
-        s, b, c = frame_quality(luma)
+        (s, b, c), bars, small = prepared or prepare_frame(index, luma, self.flow_size, self.flow_stride)
         v["sharpness"].append(s), v["brightness"].append(b), v["contrast"].append(c)
         v["black"].append(float(b < BLACK_LUMA and c < BLACK_CONTRAST))
         frozen = np.nan
@@ -74,11 +88,9 @@ class FrameSignals:
             frozen = float(cv2.norm(luma, self._prev_luma, cv2.NORM_L1) / luma.size < FROZEN_DIFF)
         v["frozen"].append(frozen)
         self._prev_luma = luma  # the pass hands over a fresh array per frame
-        # bars change with the shot, not the frame: every LETTERBOX_EVERY-th frame is enough
-        v["letterbox"].append(bar_fraction(luma) if index % LETTERBOX_EVERY == 0 else np.nan)
+        v["letterbox"].append(bars)
         stats = (np.nan,) * 7
-        if index % self.flow_stride == 0:
-            small = cv2.resize(luma, self.flow_size, interpolation=cv2.INTER_LINEAR)
+        if small is not None:
             if self._prev_small is not None:
                 stats = self._flow_stats(self._prev_small, small)
             self._prev_small = small

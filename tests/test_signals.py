@@ -117,3 +117,58 @@ def test_content_detector_matches_pyscenedetect():
     assert list(fast.scores) == ref_scores
     assert fast.finish() == sorted(ref_cuts)
     assert {len(sources[0]), len(sources[0]) + len(sources[1])} <= set(ref_cuts)
+
+
+def test_shift_correlation_is_the_per_shift_formula():
+    """The all-shifts-at-once correlation gives, for every pair, the best over shifts of the
+    plain per-overlap standardised correlation (mean removed, divided by std + 1)."""
+    from stages.boundaries import _shift_correlation
+
+    def reference(a, b, max_dx=4, max_dy=2):
+        h, w = a.shape
+        best = -1.0
+        for dy in range(-max_dy, max_dy + 1):
+            for dx in range(-max_dx, max_dx + 1):
+                x = a[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)].astype(np.float64)
+                y = b[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)].astype(np.float64)
+                x, y = (x - x.mean()) / (x.std() + 1.0), (y - y.mean()) / (y.std() + 1.0)
+                best = max(best, float((x * y).mean()))
+        return best
+
+    rng = np.random.default_rng(3)
+    for k in range(60):
+        a = rng.uniform(0, 255, (18, 32)).astype(np.float32)
+        b = [np.roll(a, (int(rng.integers(-2, 3)), int(rng.integers(-4, 5))), (0, 1)) + rng.normal(0, 4, a.shape),
+             np.full_like(a, 7.0), rng.uniform(0, 255, a.shape)][k % 3].astype(np.float32)
+        assert _shift_correlation(a, b) == pytest.approx(reference(a, b), abs=1e-6)
+    moved = np.roll(a, (1, 3), (0, 1))
+    assert _shift_correlation(a, moved) > 0.9 > _shift_correlation(a, rng.uniform(0, 255, a.shape).astype(np.float32))
+
+
+def test_prepared_frames_record_what_unprepared_ones_do():
+    """The per-frame work the pass does on its decoding threads (FrameSignals' prepare_frame, the
+    detector's prepare) gives the recorder and the detector exactly what they compute themselves."""
+    from pipeline.demo import footage_dir
+    from stages.boundaries import BoundaryDetector
+    from stages.frames import Shrinker
+    from stages.signals import FrameSignals, prepare_frame
+
+    shots = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "o"}}).shots
+    shrink = Shrinker(256, 144)
+    plain, ahead = FrameSignals((128, 72)), FrameSignals((128, 72))
+    det_plain, det_ahead = BoundaryDetector(shots), BoundaryDetector(shots)
+    frames = []
+    for name in ("bikes.mp4", "bigbuckbunny.mp4"):  # a hard cut between real footage
+        with av.open(str(footage_dir() / name)) as c:
+            frames += [shrink(f, fresh=True) for f, _ in zip(c.decode(video=0), range(60))]
+    for i, (luma, bgr) in enumerate(frames):
+        plain.add(i, luma)
+        ahead.add(i, luma, prepare_frame(i, luma, (128, 72)))
+        v = plain.values
+        residual = v["residual"][-1] / (v["diff"][-1] + 1.0)
+        det_plain.feed(i, bgr, v["contrast"][-1], residual)
+        det_ahead.feed(i, bgr, v["contrast"][-1], residual, BoundaryDetector.prepare(bgr))
+    for name in plain.values:
+        assert np.array_equal(np.asarray(plain.values[name]), np.asarray(ahead.values[name]), equal_nan=True), name
+    found = det_plain.finish()
+    assert found == det_ahead.finish() and any(b["start"] == 60 for b in found)
