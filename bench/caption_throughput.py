@@ -30,13 +30,25 @@ first quarter (model load and warm-up done), and start-up, the total time less t
 that rate. Inside the actor, the median milliseconds per clip in ``generate`` and outside it
 (reading the inputs, preparing them where no task did, committing).
 
+Inside a job the caption pass never runs first: the analysis pass before it has already paid
+Ray Data's first execution in the session (its stats, autoscaling and actor-location actors).
+So each round first runs a trivial Ray Data pipeline, timed and reported apart
+(``ray_data_first_s``), and the caption pass's start-up is what it costs after that; ``--cold``
+leaves that out, so the caption pass pays it.
+
+Besides the raw loop in a quiet machine, each round also runs it beside an idle Ray session (the
+same ``ray.init``, an idle actor holding the model's CPUs, nothing else): what Ray's own
+processes cost a model sharing every core with them, apart from what the caption stage adds per
+clip (``steady_vs_raw_beside_ray``).
+
 So ``--backend vllm`` compares vLLM's engine, inside the pipeline, with the raw transformers
 loop on the same clips; ``--backend transformers`` what the pipeline around transformers costs.
-Each of ``--repeat`` rounds (pipeline, then raw) prints a JSON line with its figures; the last
+Each of ``--repeat`` rounds (pipeline, raw, raw beside Ray) prints a JSON line with its figures; the last
 line has the medians over the rounds: ``RESULT pipeline_vs_raw=<raw s / pipeline s>
-steady_vs_raw=<pipeline steady clips/s / raw steady clips/s> startup_over_raw_s=<pipeline
-start-up - raw start-up> clips_per_s=<pipeline> device=<cpu|gpu name>
-backend=<transformers|vllm> rounds=<n>``.
+steady_vs_raw=<pipeline steady clips/s / raw steady clips/s> steady_vs_raw_beside_ray=<the
+same against raw beside an idle Ray> startup_over_raw_s=<pipeline start-up - raw start-up>
+ray_data_first_s=<> clips_per_s=<pipeline> device=<cpu|gpu name> backend=<transformers|vllm>
+rounds=<n>``.
 
     python bench/caption_throughput.py --arch tiny --clips 384 --batch 8
     python bench/caption_throughput.py --arch tiny --clips 48 --batch 8 --backend vllm
@@ -142,6 +154,36 @@ def raw_in_fresh_process(model_dir: str, rows: list[dict], batch: int, tokens: i
     return [tuple(m) for m in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
+def warm_ray_data() -> float:
+    """Seconds of a trivial Ray Data pipeline: the session's first execution, which a job's
+    analysis pass pays before its caption pass starts."""
+    import ray
+
+    start = time.perf_counter()
+    ray.data.range(4, override_num_blocks=2).map_batches(lambda b: b, batch_size=None).take_all()
+    return time.perf_counter() - start
+
+
+def raw_beside_ray(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, folder: Path,
+                   threads: int, ray_init: dict) -> list[tuple[float, int]]:
+    """The raw loop in a fresh process while a Ray session is up and idle, with an actor holding
+    the CPUs the caption actor would hold (as in a caption pass, less the pass itself)."""
+    import ray
+
+    ray.init(**ray_init)
+    try:
+        holder = ray.remote(num_cpus=threads)(_Idle).remote()
+        ray.get(holder.ready.remote())
+        return raw_in_fresh_process(model_dir, rows, batch, tokens, frames, folder, threads)
+    finally:
+        ray.shutdown()
+
+
+class _Idle:
+    def ready(self) -> bool:
+        return True
+
+
 def full_budget_actor(tokens: int):
     """The caption actor class with generation forced to ``tokens`` (as in the raw loop), timing
     its calls and the generation inside them (the rest is what the actor adds per clip around
@@ -151,11 +193,18 @@ def full_budget_actor(tokens: int):
     from pipeline.units import UNIT, CaptionUnits
 
     class FullBudget(CaptionUnits):
-        """CaptionUnits with the full token budget and timed calls (full_budget_actor)."""
+        """CaptionUnits with the full token budget and timed calls (full_budget_actor); its first
+        call's rows also carry when (wall clock) the actor was built, called, and had its model."""
+
+        def __init__(self, **kw):
+            self.phases = {"constructed": time.time()}  # after the actor's process started and imported this
+            super().__init__(**kw)
 
         def __call__(self, batch):
             started = time.perf_counter()
+            self.phases.setdefault("first_call", time.time())
             self.model_stage.ensure_ready()
+            self.phases.setdefault("model_ready", time.time())
             runner = self.model_stage._runner
             if not hasattr(runner, "generated_s"):
                 runner.generated_s, plain = 0.0, type(runner).generate_prepared
@@ -171,9 +220,11 @@ def full_budget_actor(tokens: int):
             before = runner.generated_s
             out = super().__call__(batch).to_pylist()
             call, generate = time.perf_counter() - started, runner.generated_s - before
+            phases, self.phases = self.phases, {"done": True}
             for row in out:
                 row["seconds_json"] = json.dumps({**json.loads(row["seconds_json"] or "{}"), "call": call / len(out),
-                                                  "generate": generate / len(out)})
+                                                  "generate": generate / len(out),
+                                                  "phases": phases if "constructed" in phases else None})
             return pa.Table.from_pylist(out, schema=UNIT)
 
     return FullBudget
@@ -181,10 +232,12 @@ def full_budget_actor(tokens: int):
 
 def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, out: Path,
                  backend: str, feeder_tasks: bool | None, threads: int
-                 ) -> tuple[list[tuple[float, int]], bool, float, float]:
+                 ) -> tuple[list[tuple[float, int]], bool, float, float, dict]:
     """The caption stage over ``rows`` (8 clips a video); returns (seconds, clips done) as each
-    block's results reach the driver, whether prepare tasks fed the actor, and the median
-    seconds per clip the actor spent outside generation and in it."""
+    block's results reach the driver, whether prepare tasks fed the actor, the median seconds
+    per clip the actor spent outside generation and in it, and the start-up's phases (seconds
+    from the pass's start until the actor was constructed, first called and had its model, and
+    until the first block reached the driver)."""
     import ray
 
     import schemas
@@ -213,7 +266,7 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     prepare = ray_args(spec.resources.prepare, actor=False) | {"batch_size": 1}
     caption = ray_args(spec.resources.caption, actor=True, gpus_in_cluster=gpus) | {"batch_size": 1}
     feeding = fed(spec, stage, gpus)
-    start = time.perf_counter()
+    start, wall_start = time.perf_counter(), time.time()
     per_block = videos_per_block(spec, len(units), float(ray.cluster_resources().get("CPU", 1)))  # as run_units
     ds = ray.data.from_items(units, override_num_blocks=-(-len(units) // per_block))
     if feeding:
@@ -230,7 +283,10 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     assert len(done) == len(rows) and all(r["caption_text"] is not None for r in done)
     outside = sorted((c["call"] - c["generate"]) / 8 for c in calls)
     generate = sorted(c["generate"] / 8 for c in calls)
-    return marks, feeding, outside[len(outside) // 2], generate[len(generate) // 2]
+    phases = next(c["phases"] for c in calls if c.get("phases"))
+    start_up = {f"actor_{k}_s": round(v - wall_start, 2) for k, v in phases.items()}
+    start_up["first_block_s"] = round(min(m[0] for m in marks), 2)
+    return marks, feeding, outside[len(outside) // 2], generate[len(generate) // 2], start_up
 
 
 def main() -> None:
@@ -246,7 +302,9 @@ def main() -> None:
                    help="the pipeline's models.vlm.backend (the raw baseline is transformers)")
     p.add_argument("--feeder-tasks", choices=["auto", "on", "off"], default="auto",
                    help="ray.feeder_tasks: prepare tasks ahead of the actor (auto: where it gets a GPU)")
-    p.add_argument("--repeat", type=int, default=3, help="rounds of pipeline then raw; the RESULT line has medians")
+    p.add_argument("--cold", action="store_true", help="no Ray Data warm-up before the caption pass (it pays the "
+                   "session's first execution, which a job's analysis pass pays before it)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of pipeline, raw and raw beside Ray; the RESULT line has medians")
     p.add_argument("--raw", help=argparse.SUPPRESS)  # internal: run the baseline on this model folder
     p.add_argument("--rows", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -274,28 +332,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(arch, Path(tmp) / "vlm")
         for n in range(args.repeat):  # pipeline and raw alternate, so drift in the machine's speed hits both
-            ray.init(address="local", num_cpus=args.threads + 1, num_gpus=1 if gpu else 0,
-                     include_dashboard=False,
-                     log_to_driver=False)
+            ray_init = {"address": "local", "num_cpus": args.threads + 1, "num_gpus": 1 if gpu else 0,
+                        "include_dashboard": False, "log_to_driver": False}
+            ray.init(**ray_init)
             try:
-                marks, feeding, outside, generate = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
+                first = float("nan") if args.cold else warm_ray_data()
+                marks, feeding, outside, generate, start_up = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
                                                                  Path(tmp) / f"out{n}", args.backend, feeder,
                                                                  args.threads)
             finally:
                 ray.shutdown()
             raw = steady(raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp),
                                               args.threads), len(rows))
+            beside = steady(raw_beside_ray(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp),
+                                           args.threads, ray_init), len(rows))
             pipe = steady(marks, len(rows))
             figures = {"round": n + 1, "arch": arch, "backend": args.backend, "prepare_tasks": feeding,
                        "actor_ms_per_clip_outside_generate": round(1000 * outside, 1),
                        "actor_ms_per_clip_in_generate": round(1000 * generate, 1), "clips": len(rows),
-                       "batch": args.batch, "tokens": args.tokens, "threads": args.threads}
-            for side, f in (("raw", raw), ("pipeline", pipe)):
+                       "batch": args.batch, "tokens": args.tokens, "threads": args.threads, **start_up}
+            for side, f in (("raw", raw), ("raw_beside_ray", beside), ("pipeline", pipe)):
                 figures |= {f"{side}_s": round(f["s"], 2), f"{side}_startup_s": round(f["startup_s"], 2),
                             f"{side}_steady_clips_per_s": round(f["steady_clips_per_s"], 2),
                             f"{side}_steady_tokens_per_s": round(f["steady_clips_per_s"] * args.tokens, 1)}
             figures |= {"pipeline_vs_raw": round(raw["s"] / pipe["s"], 3),
                         "steady_vs_raw": round(pipe["steady_clips_per_s"] / raw["steady_clips_per_s"], 3),
+                        "steady_vs_raw_beside_ray": round(pipe["steady_clips_per_s"] / beside["steady_clips_per_s"], 3),
+                        "ray_data_first_s": round(first, 2),
                         "startup_over_raw_s": round(pipe["startup_s"] - raw["startup_s"], 2)}
             print(json.dumps(figures), flush=True)
             rounds.append(figures)
@@ -304,7 +367,8 @@ def main() -> None:
         return statistics.median(r[key] for r in rounds)
 
     print(f"RESULT pipeline_vs_raw={median('pipeline_vs_raw'):.2f} steady_vs_raw={median('steady_vs_raw'):.2f} "
-          f"startup_over_raw_s={median('startup_over_raw_s'):.2f} "
+          f"steady_vs_raw_beside_ray={median('steady_vs_raw_beside_ray'):.2f} "
+          f"startup_over_raw_s={median('startup_over_raw_s'):.2f} ray_data_first_s={median('ray_data_first_s'):.2f} "
           f"clips_per_s={statistics.median(len(rows) / r['pipeline_s'] for r in rounds):.2f} "
           f"device={device} backend={args.backend} rounds={len(rounds)}")
 

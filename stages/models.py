@@ -147,7 +147,7 @@ class VlmRunner:
 
         self.model_id = name_or_path
         self.backend = backend
-        self.inputs = VlmInputs(name_or_path, backend)
+        self.inputs = cached_inputs(name_or_path, backend)  # the one the stage's prepare already loaded
         self.processor = self.inputs.processor
         self.tiny_random = (Path(name_or_path) / "VIDCURATE_TINY_RANDOM_WEIGHTS").exists()
         if backend == "vllm":
