@@ -38,13 +38,68 @@ def open_video(path: str, limits, storage=None) -> tuple:
     except MemoryError:  # FFmpeg's ENOMEM too: the guard reports memory_limit
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise Rejected(sniff_reason(path, storage), str(err)) from None
+        cut = box_truncation(path, storage, size)
+        raise Rejected("truncated", f"{cut} ({err})") if cut else Rejected(sniff_reason(path, storage), str(err)) from None
     try:
         meta = stream_metadata(container, limits)
+    except Rejected as rej:
+        container.close()
+        cut = box_truncation(path, storage, size) if rej.reason in _MAYBE_CUT else None
+        if cut:  # what the demuxer saw of a file cut short: say that it is cut short
+            raise Rejected("truncated", f"{cut} ({rej.reason}: {rej.message})") from None
+        raise
     except Exception:
         container.close()
         raise
     return container, container.streams.video[0], meta
+
+
+# Reasons the metadata check gives a file whose index or first frames are cut off.
+_MAYBE_CUT = ("no_video_stream", "unsupported_codec", "resolution_out_of_bounds")
+# ISO base media files (MP4, MOV, 3GP, M4V...): the box types that can open one.
+_ISO_FIRST = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
+
+
+def box_truncation(path: str, storage=None, size: int | None = None, max_boxes: int = 4096) -> str | None:
+    """For an ISO base media file (MP4/MOV) whose top-level boxes run past the end of the file,
+    why it is truncated (which box is cut off, how many bytes it declares and holds, and whether
+    the index box ``moov`` was ever reached); None for other files and for whole ones. Reads
+    only the top-level box headers (a few bytes each, ranged reads on S3)."""
+    from stages.inputs import input_size, open_input
+
+    try:
+        size = size if size is not None else input_size(path, storage)
+        source = open_input(path, storage, size)
+        with (open(source, "rb") if isinstance(source, str) else source) as f:
+            offset, seen = 0, []
+            while offset < size and len(seen) < max_boxes:
+                f.seek(offset)
+                head = f.read(16)
+                if len(head) < 8:
+                    return None if not seen else (f"the file ends inside the header of a box after "
+                                                  f"{b'/'.join(seen).decode('latin-1')}")
+                length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+                if not seen and kind not in _ISO_FIRST:
+                    return None  # not an ISO base media file
+                if not all(32 <= c < 127 for c in kind):
+                    return None  # not a box header: damaged, not cut off
+                if length == 1:
+                    if len(head) < 16:
+                        return f"the file ends inside the header of its '{kind.decode()}' box"
+                    length = int.from_bytes(head[8:16], "big")
+                elif length == 0:  # the last box runs to the end of the file
+                    return None
+                if length < 8:
+                    return None
+                seen.append(kind)
+                if offset + length > size:
+                    index = "" if b"moov" in seen else "; its index ('moov') is missing"
+                    return (f"the file ends inside its '{kind.decode()}' box, which declares {length} bytes "
+                            f"and holds {size - offset}{index}")
+                offset += length
+    except Exception:  # unreadable here: the other checks decide
+        return None
+    return None
 
 
 def stream_metadata(container, limits) -> dict:

@@ -89,10 +89,26 @@ def test_truncated_file_is_rejected(tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     row = analyze_video(_row(cut), SPEC)
     assert (row["status"], row["reason"]) == ("rejected", "truncated"), row
-    # index at the end, cut: the container cannot be opened at all
+    # index at the end, cut: the container cannot be opened at all, and its boxes say why
     tail_index = _synthetic(tmp_path / "tail.mp4", 200).read_bytes()
     (tmp_path / "cut2.mp4").write_bytes(tail_index[: len(tail_index) // 2])
-    assert analyze_video(_row(tmp_path / "cut2.mp4"), SPEC)["reason"] == "not_a_video"
+    row = analyze_video(_row(tmp_path / "cut2.mp4"), SPEC)
+    assert row["reason"] == "truncated", row
+    assert row["message"].startswith("the file ends inside its 'mdat' box") and "its index ('moov') is missing" in row["message"]
+    # cut inside a front index: the demuxer finds no video stream; the index box is cut off
+    moov = data.find(b"moov") - 4
+    for name, end in (("cut3.mp4", moov + 300), ("cut4.mp4", moov + 3)):
+        (tmp_path / name).write_bytes(data[:end])
+        row = analyze_video(_row(tmp_path / name), SPEC)
+        assert (row["status"], row["reason"]) == ("rejected", "truncated"), row
+        assert "the file ends inside" in row["message"], row
+    # not an ISO file, or a whole one with its index cut away: the walk says nothing
+    from stages.probe import box_truncation
+
+    (tmp_path / "text.mp4").write_text("not a video\n" * 100)
+    assert box_truncation(str(tmp_path / "text.mp4")) is None
+    assert box_truncation(str(full)) is None and box_truncation(str(tmp_path / "tail.mp4")) is None
+    assert analyze_video(_row(tmp_path / "text.mp4"), SPEC)["reason"] == "not_a_video"
 
 
 def test_raw_elementary_stream_is_analyzed_and_extracted(tmp_path):
