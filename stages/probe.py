@@ -65,12 +65,11 @@ def box_truncation(path: str, storage=None, size: int | None = None, max_boxes: 
     why it is truncated (which box is cut off, how many bytes it declares and holds, and whether
     the index box ``moov`` was ever reached); None for other files and for whole ones. Reads
     only the top-level box headers (a few bytes each, ranged reads on S3)."""
-    from stages.inputs import input_size, open_input
+    from stages.inputs import input_size
 
     try:
         size = size if size is not None else input_size(path, storage)
-        source = open_input(path, storage, size)
-        with (open(source, "rb") if isinstance(source, str) else source) as f:
+        with _input_file(path, storage, size) as f:
             offset, seen = 0, []
             while offset < size and len(seen) < max_boxes:
                 f.seek(offset)
@@ -167,13 +166,18 @@ def _ends_before_data(container, stream, max_packets: int = 64) -> bool:
 _INDIRECTIONS = (b"#EXTM3U", b"ffconcat", b"[playlist]", b"<?xml", b"<MPD", b"<smil", b"#EXT")
 
 
-def sniff_reason(path: str, storage=None) -> str:
-    """Why a file did not open: a playlist or other indirection is unsupported_format."""
+def _input_file(path: str, storage=None, size: int | None = None):
+    """The input opened for reading bytes: a local file, or a seekable reader over an S3 object."""
     from stages.inputs import open_input
 
+    source = open_input(path, storage, size)
+    return open(source, "rb") if isinstance(source, str) else source
+
+
+def sniff_reason(path: str, storage=None) -> str:
+    """Why a file did not open: a playlist or other indirection is unsupported_format."""
     try:
-        source = open_input(path, storage)
-        with (open(source, "rb") if isinstance(source, str) else source) as f:
+        with _input_file(path, storage) as f:
             head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
     except Exception:
         return "not_a_video"
