@@ -184,6 +184,20 @@ class _Idle:
         return True
 
 
+def _process_started() -> float | None:
+    """Wall-clock time this process was started, from /proc (Linux); None elsewhere."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def full_budget_actor(tokens: int):
     """The caption actor class with generation forced to ``tokens`` (as in the raw loop), timing
     its calls and the generation inside them (the rest is what the actor adds per clip around
@@ -197,7 +211,9 @@ def full_budget_actor(tokens: int):
         call's rows also carry when (wall clock) the actor was built, called, and had its model."""
 
         def __init__(self, **kw):
-            self.phases = {"constructed": time.time()}  # after the actor's process started and imported this
+            # after the actor's process started and imported this; process_started: when the OS
+            # started that process (Ray starts one for the actor; its boot is part of start-up)
+            self.phases = {"process_started": _process_started(), "constructed": time.time()}
             super().__init__(**kw)
 
         def __call__(self, batch):
@@ -237,7 +253,8 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     block's results reach the driver, whether prepare tasks fed the actor, the median seconds
     per clip the actor spent outside generation and in it, and the start-up's phases (seconds
     from the pass's start until the actor was constructed, first called and had its model, and
-    until the first block reached the driver)."""
+    until the first block reached the driver; ``actor_process_started_s``: when its process was
+    started, so the process's boot shows apart from Ray Data's planning)."""
     import ray
 
     import schemas
@@ -284,7 +301,7 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     outside = sorted((c["call"] - c["generate"]) / 8 for c in calls)
     generate = sorted(c["generate"] / 8 for c in calls)
     phases = next(c["phases"] for c in calls if c.get("phases"))
-    start_up = {f"actor_{k}_s": round(v - wall_start, 2) for k, v in phases.items()}
+    start_up = {f"actor_{k}_s": round(v - wall_start, 2) for k, v in phases.items() if v is not None}
     start_up["first_block_s"] = round(min(m[0] for m in marks), 2)
     return marks, feeding, outside[len(outside) // 2], generate[len(generate) // 2], start_up
 
