@@ -3,14 +3,17 @@ videos; each is written by one worker task (pipeline.writer) and committed by on
 
 Planning reads one record per partition (``_work/partitions/part-NNNNNN.json``), never the
 per-video files. A committed partition keeps its members for good: rerunning with more inputs
-appends new partitions (numbered after the highest one) and leaves every existing part and
-shard untouched. Inputs that belong to no partition are taken in sorted order, so the same
-sequence of runs always gives the same partitions.
+appends new partitions and leaves every existing part and shard untouched. Inputs that belong
+to no partition are taken in sorted order into partitions numbered from the lowest number no
+record holds, so the same sequence of runs always gives the same partitions, and a run killed
+after committing some partitions (in whatever order its writers finished) gets, on resume,
+the numbers the undisturbed run would have given the rest.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,7 +39,14 @@ def read_records(store, listing: dict[str, int]) -> dict[int, dict]:
 def assign(inputs: list[dict], records: dict[int, dict], per: int) -> list[dict]:
     """[{partition, units}] in partition order: inputs named by a record stay in its partition
     (the lowest, should two records name one input); the others, in input order, fill new
-    partitions of ``per`` numbered after every recorded one. Partitions left without inputs drop out."""
+    partitions of ``per``, numbered from the lowest number no record holds. Partitions left
+    without inputs drop out (their numbers stay taken while their records exist).
+
+    Not simply after the highest record: writers commit partitions in the order their videos
+    finish, so a killed run can leave records 0 and 2 without 1; its resume must give the
+    inputs of 1 the number 1 again, or every later partition's files get other names than an
+    undisturbed run's. In sorted order those inputs are exactly the uncommitted partitions'
+    members, chunk for chunk (only the last partition can be short)."""
     home: dict[str, int] = {}
     for p in sorted(records):
         for unit in records[p]["units"]:
@@ -49,9 +59,9 @@ def assign(inputs: list[dict], records: dict[int, dict], per: int) -> list[dict]
             new.append(row)
         else:
             members.setdefault(p, []).append(row)
-    first = max(records, default=-1) + 1
+    free = (n for n in itertools.count() if n not in records)
     for i in range(0, len(new), per):
-        members[first + i // per] = new[i:i + per]
+        members[next(free)] = new[i:i + per]
     return [{"partition": p, "units": members[p]} for p in sorted(members)]
 
 

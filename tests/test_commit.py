@@ -180,10 +180,30 @@ def test_killed_driver_resumes_to_identical_output(baseline, demo):
     assert rc == 0, text[-3000:]
     assert "[resume] committed results reused" in text
     got = _snapshot(out)
+    assert sorted(got) == sorted(files)  # the same names first: a short diff when they differ
     assert got == files
     _check_manifest(out, got)
     rc, text = _run(_job(demo, str(out)))  # finished: nothing to do, nothing changes
     assert rc == 0 and "nothing to do" in text and _snapshot(out) == files
+
+
+def test_resume_fills_a_partition_a_killed_run_left_out(baseline, demo):
+    """Writers commit partitions in the order their videos finish, so a run killed mid-way can
+    leave partitions 0 and 2 committed without 1 (which test_killed_driver_resumes_to_identical_output
+    hits only when the timing falls so). The resume writes 1 under its own number: the same
+    files as the undisturbed run, not partition 3 and a manifest with a gap."""
+    out, files = baseline  # in place: the spec and manifest name the output folder
+    (out / "manifest.json").unlink()
+    (out / "_work" / "partitions" / "part-000001.json").unlink()
+    gone = [p for p in out.rglob("part-000001*") if "_work" not in p.relative_to(out).parts]
+    assert gone  # its table parts and shards
+    for p in gone:
+        p.unlink()
+    rc, text = _run(_job(demo, str(out)))
+    assert rc == 0, text[-3000:]
+    got = _snapshot(out)
+    assert sorted(got) == sorted(files)
+    assert got == files
 
 
 def test_changed_caption_setting_reuses_earlier_stages(baseline, demo, tmp_path):
