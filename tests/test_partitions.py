@@ -60,16 +60,16 @@ def test_recorded_partitions_keep_their_members_and_new_inputs_append():
 def test_resume_after_a_kill_gives_the_missing_partitions_their_numbers_back():
     """Writers commit in the order partitions finish: a killed run can leave records 0 and 2
     without 1. The resume's plan must be the undisturbed run's, or files get other names."""
+    def records(plan: list[dict], kept=None) -> dict[int, dict]:
+        return {p["partition"]: {"units": [u["unit_id"] for u in p["units"]]}
+                for p in plan if kept is None or p["partition"] in kept}
+
     inputs = _inputs(7)
     undisturbed = partitions.assign(inputs, {}, 2)
     for kept in ([0, 2], [2], [1, 3], [3], [0, 1, 3]):
-        records = {p["partition"]: {"units": [u["unit_id"] for u in p["units"]]}
-                   for p in undisturbed if p["partition"] in kept}
-        assert partitions.assign(inputs, records, 2) == undisturbed, kept
+        assert partitions.assign(inputs, records(undisturbed, kept), 2) == undisturbed, kept
     # a later run with more inputs: new partitions after the highest taken number
-    more = inputs + _inputs(2, start=7)
-    records = {p["partition"]: {"units": [u["unit_id"] for u in p["units"]]} for p in undisturbed}
-    plan = partitions.assign(more, records, 2)
+    plan = partitions.assign(inputs + _inputs(2, start=7), records(undisturbed), 2)
     assert [(p["partition"], [u["unit_id"] for u in p["units"]]) for p in plan][-1] == (4, ["u0007", "u0008"])
 
 
