@@ -9,7 +9,11 @@ process:
   analysis pass decodes): the ceiling of any pass that decodes this way and does no work;
 - pyscenedetect: the `scenedetect -i FILE detect-content` command line on the same file;
 - vidcurate: the analysis pass (shots + motion + quality + frame sampling), unguarded so the
-  process measured is the one decoding.
+  process measured is the one decoding;
+- floor: the vidcurate process with the analysis taken out: the same imports and spec, the same
+  decoders (GOP chunks on parallel decoders from 30 s, the loop filter skipped), frames handed
+  over untouched. A pass that decodes every frame this way cannot be faster, so the floor's
+  ratios are the best the targets could reach on this machine.
 
 Then a short-video set (``--short N``: the first N 4-second 320x180 videos of bench/scale.py,
 cut from real footage, plus 10-second 360p and 720p files), measured inside one process per
@@ -17,14 +21,15 @@ file, interleaved: decode-only, the analysis pass, and the analyze stage's worke
 pipeline counts it (pipeline.units.AnalyzeUnits: the guarded pass, its result encoded and
 committed to a local store). The budget per short video is 2x its decode-only time + 20 ms.
 
-Prints every file's figures and ratios, and a last line
+Prints every file's figures and ratios, a FLOOR line (the lowest per-file ratios of the floor
+process: what the targets could reach at best), and a last line
 `RESULT analysis_vs_decode=<> analysis_vs_pyscenedetect=<> worst_vs_decode=<> worst_vs_pyscenedetect=<>
 worst_short_vs_budget=<> rss_mb_<short>min=<> rss_mb_<long>min=<>`: the first two are ratios of
 summed wall times (> 1 means vidcurate is faster); the worst_* are the lowest per-file ratios
 (targets: >= 1.0 and >= 1.75); worst_short_vs_budget is the highest stage time / budget of the
 short set (target: <= 1.0). RSS is the analysis process's peak.
 
-With ``--repeat N`` every file is measured in N rounds, each round running all four methods
+With ``--repeat N`` every file is measured in N rounds, each round running all five methods
 back to back in a rotated order, and each method's time on a file is the median of its rounds.
 Shared and virtual machines change speed by 10-20% within minutes; interleaving the methods
 lets that drift fall on all of them alike, and the median drops single disturbed runs.
@@ -50,7 +55,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SIZES = {"360p": (640, 360), "480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
 SHORT_BUDGET = (2.0, 0.020)  # a short video's analyze stage: at most 2x its decode-only time + 20 ms
-METHODS = ("decode", "decode_slf", "pyscenedetect", "vidcurate")
+METHODS = ("decode", "decode_slf", "pyscenedetect", "vidcurate", "floor")
 
 
 def build_input(path: Path, size: tuple[int, int], minutes: float) -> Path:
@@ -99,6 +104,46 @@ def worker(method: str, path: str) -> None:
         meta, analysis = decode_pass(path, spec)
         print(json.dumps({"frames": meta["num_frames"], "cuts": len(analysis["cuts"]),
                           "thumbs": len(analysis["thumbs"])}))
+    elif method == "floor":
+        print(json.dumps({"frames": worker_floor(path)}))
+
+
+def worker_floor(path: str) -> int:
+    """The analysis pass with its analysis taken out: the same imports and spec, the same
+    decoders (GOP chunks on parallel decoders for videos of 30 s or more, else one decoder with
+    frame threads; the loop filter skipped), and frames handed over untouched."""
+    import cv2  # noqa: F401  (the pass's imports: its spec, NumPy and OpenCV)
+
+    from pipeline.spec import parse_spec
+    from stages.analyze import CHUNKED_MIN_S, _decoder_options, decode_workers
+    from stages.decode import ChunkedSource, SequentialSource
+    from stages.probe import open_video
+
+    spec = parse_spec({"inputs": {"paths": [path]}, "output": {"uri": "unused"}})
+    container, stream, meta = open_video(path, spec.probe, spec.storage)
+    workers = decode_workers(spec.analysis) if (meta["duration_s"] or 0.0) >= CHUNKED_MIN_S else 1
+    extra = []
+
+    def make():
+        return lambda frame, index: index
+
+    if workers > 1:
+        decoders = []
+        for _ in range(workers):
+            extra.append(open_video(path, spec.probe, spec.storage)[0])
+            s = extra[-1].streams.video[0]
+            _decoder_options(s, spec, 1)
+            decoders.append(s.codec_context)
+        frames = ChunkedSource(container, stream, decoders, make)
+    else:
+        _decoder_options(stream, spec, spec.analysis.decoder_threads)
+        frames = SequentialSource(container, stream, make)
+    try:
+        return sum(1 for _ in frames)
+    finally:
+        frames.close()
+        for c in extra + [container]:
+            c.close()
 
 
 def short_worker(paths: list[str], rounds: int) -> None:
@@ -186,7 +231,7 @@ def short_set(count: int, inputs: Path) -> list[Path]:
 
 
 def long_files(args, inputs: Path) -> list[dict]:
-    """Each long file measured with the four methods, interleaved; prints a line per file."""
+    """Each long file measured with every method, interleaved; prints a line per file."""
     scenedetect = str(Path(sys.executable).parent / "scenedetect")
     rows = []
     for minutes in args.minutes:
@@ -208,6 +253,8 @@ def long_files(args, inputs: Path) -> list[dict]:
                         "rss_mb": max(x["rss_mb"] for x in runs[m]), "out": runs[m][-1]["out"]}
             r["vs_decode"] = r["decode"]["seconds"] / r["vidcurate"]["seconds"]
             r["vs_pyscenedetect"] = r["pyscenedetect"]["seconds"] / r["vidcurate"]["seconds"]
+            r["floor_vs_decode"] = r["decode"]["seconds"] / r["floor"]["seconds"]
+            r["floor_vs_pyscenedetect"] = r["pyscenedetect"]["seconds"] / r["floor"]["seconds"]
             rows.append(r)
             frames = json.loads(r["vidcurate"]["out"][0])["frames"]
             cells = []
@@ -217,7 +264,9 @@ def long_files(args, inputs: Path) -> list[dict]:
                 cells.append(f"{m} {r[m]['seconds']:7.1f}s{spread} {frames / r[m]['seconds']:6.0f} fps "
                              f"{r[m]['rss_mb']:6.0f} MB")
             print(f"{path.name:32s} frames {frames:6d} | " + " | ".join(cells)
-                  + f" | vs decode {r['vs_decode']:.2f} vs pyscenedetect {r['vs_pyscenedetect']:.2f}", flush=True)
+                  + f" | vs decode {r['vs_decode']:.2f} vs pyscenedetect {r['vs_pyscenedetect']:.2f}"
+                  + f" | floor vs decode {r['floor_vs_decode']:.2f} vs pyscenedetect {r['floor_vs_pyscenedetect']:.2f}",
+                  flush=True)
     return rows
 
 
@@ -267,6 +316,11 @@ def main() -> None:
     # what a pass that decodes with skip_loop_filter and does no analysis at all would score
     print(f"CEILING decode_slf_vs_decode={total['decode'] / total['decode_slf']:.2f} "
           f"decode_slf_vs_pyscenedetect={total['pyscenedetect'] / total['decode_slf']:.2f}")
+    # per file: the floor process (imports and a decode, no analysis) against the same baselines
+    floor_d = min(rows, key=lambda r: r["floor_vs_decode"])
+    floor_p = min(rows, key=lambda r: r["floor_vs_pyscenedetect"])
+    print(f"FLOOR worst_floor_vs_decode={floor_d['floor_vs_decode']:.2f} ({floor_d['file']}) "
+          f"worst_floor_vs_pyscenedetect={floor_p['floor_vs_pyscenedetect']:.2f} ({floor_p['file']})")
     worst_d = min(rows, key=lambda r: r["vs_decode"])
     worst_p = min(rows, key=lambda r: r["vs_pyscenedetect"])
     worst_s = max(short, key=lambda r: r["vs_budget"])
