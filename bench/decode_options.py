@@ -16,6 +16,13 @@ and the ratios against ``threads``:
     python bench/decode_options.py --rounds 9 bench/inputs/scale/videos_v1/scale_0000[0-2].mp4
 
 (the inputs are those bench/analysis_throughput.py and bench/scale.py build).
+
+With ``--lag``, also whether a pass could skip non-reference frames only away from boundaries:
+to choose whether to decode a non-reference frame, it would need the reference frames on both
+sides of it before the frame's packet goes to the decoder. Packet by packet, one decoding
+thread, ``skip_frame = NONREF``: for each skipped frame, how many packets after its own the
+next reference frame (in display order) came out of the decoder, and the share of skipped
+frames for which it came out before (decidable).
 """
 
 from __future__ import annotations
@@ -45,12 +52,54 @@ def decode(path: str, way: str) -> tuple[float, float, int]:
     return time.perf_counter() - wall, time.process_time() - cpu, frames
 
 
+def lag(path: str) -> dict:
+    """Non-reference frames of ``path``, how many could be chosen with both neighbours decoded,
+    and the median packets between a skipped frame's packet and its next reference frame's output."""
+    import av
+
+    def frames(skip: bool) -> tuple[list, dict]:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            ctx.thread_count = 1
+            if skip:
+                ctx.skip_frame = "NONREF"
+            fed, out = [], {}
+            for k, packet in enumerate(container.demux(stream)):
+                if packet.pts is not None:
+                    fed.append((packet.pts, k))
+                for frame in ctx.decode(packet):
+                    out[frame.pts] = k
+            return fed, out
+
+    fed, _ = frames(False)
+    _, kept = frames(True)
+    packet_of = dict(fed)
+    refs = sorted(kept)
+    skipped = sorted(p for p in packet_of if p not in kept)
+    gaps, decidable = [], 0
+    for p in skipped:
+        later = next((q for q in refs if q > p), None)
+        if later is None:
+            continue
+        gaps.append(kept[later] - packet_of[p])
+        decidable += kept[later] < packet_of[p]
+    return {"frames": len(packet_of), "nonref": len(skipped), "decidable": decidable,
+            "median_lag": statistics.median(gaps) if gaps else float("nan")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+")
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--lag", action="store_true", help="also when reference frames leave the decoder")
     args = p.parse_args()
     for path in args.files:
+        if args.lag:
+            r = lag(path)
+            print(f"{path.rsplit('/', 1)[-1]:26s} lag: {r['nonref']} of {r['frames']} frames non-reference; "
+                  f"decidable with both neighbours decoded: {r['decidable']}; the next reference frame leaves the "
+                  f"decoder a median {r['median_lag']:g} packets after the skipped frame's own", flush=True)
         runs = {w: [] for w in WAYS}
         for r in range(args.rounds):
             for k in range(len(WAYS)):  # rotated: no way always runs first
