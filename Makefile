@@ -36,9 +36,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# the vLLM backend's end-to-end test (tests/test_vllm.py), which `make test` skips without vLLM
+# the vLLM backend's end-to-end test (tests/test_vllm.py), which `make test` skips without
+# vLLM; here a missing vLLM is an error, not a skip
 test-vllm: setup-vllm
-	$(VLLM_PY) -m pytest -q -p no:cacheprovider tests/test_vllm.py
+	VIDCURATE_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest -q -p no:cacheprovider tests/test_vllm.py
 
 clean:
 	rm -rf out data

@@ -17,7 +17,7 @@ import pytest
 from tests.test_commit import _check_manifest, _job, _run, _snapshot
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-if not HAVE_VLLM and os.environ.get("VIDCURATE_REQUIRE_VLLM"):  # CI: `make test-vllm` must test, never skip
+if not HAVE_VLLM and os.environ.get("VIDCURATE_REQUIRE_VLLM"):  # `make test-vllm` (and so CI) must test, never skip
     raise RuntimeError("vLLM is required here (VIDCURATE_REQUIRE_VLLM) but not installed: make setup-vllm")
 pytestmark = [
     pytest.mark.slow,
