@@ -115,29 +115,14 @@ def worker_floor(path: str) -> int:
     import cv2  # noqa: F401  (the pass's imports: its spec, NumPy and OpenCV)
 
     from pipeline.spec import parse_spec
-    from stages.analyze import CHUNKED_MIN_S, _decoder_options, decode_workers
-    from stages.decode import ChunkedSource, SequentialSource
+    from stages.analyze import CHUNKED_MIN_S, decode_workers, frame_source
     from stages.probe import open_video
 
     spec = parse_spec({"inputs": {"paths": [path]}, "output": {"uri": "unused"}})
     container, stream, meta = open_video(path, spec.probe, spec.storage)
     workers = decode_workers(spec.analysis) if (meta["duration_s"] or 0.0) >= CHUNKED_MIN_S else 1
     extra = []
-
-    def make():
-        return lambda frame, index: index
-
-    if workers > 1:
-        decoders = []
-        for _ in range(workers):
-            extra.append(open_video(path, spec.probe, spec.storage)[0])
-            s = extra[-1].streams.video[0]
-            _decoder_options(s, spec, 1)
-            decoders.append(s.codec_context)
-        frames = ChunkedSource(container, stream, decoders, make)
-    else:
-        _decoder_options(stream, spec, spec.analysis.decoder_threads)
-        frames = SequentialSource(container, stream, make)
+    frames = frame_source(path, container, stream, spec, workers, lambda: (lambda frame, index: index), extra)
     try:
         return sum(1 for _ in frames)
     finally:

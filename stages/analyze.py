@@ -89,12 +89,31 @@ def _decoder_options(stream, spec, threads: int | None) -> None:
         stream.codec_context.options = {"skip_loop_filter": "all"}
 
 
+def frame_source(path: str, container, stream, spec, workers: int, make_prepare, extra: list):
+    """The frames of ``stream`` as the pass decodes them, each through ``make_prepare``'s
+    function: with ``workers`` > 1, GOP chunks on that many single-threaded decoders (their
+    containers appended to ``extra``, for the caller to close), else one decoder with FFmpeg's
+    frame threads (stages.decode)."""
+    from stages.decode import ChunkedSource, SequentialSource
+
+    if workers > 1:
+        decoders = []
+        for _ in range(workers):
+            extra.append(open_video(path, spec.probe, spec.storage)[0])
+            s = extra[-1].streams.video[0]
+            _decoder_options(s, spec, 1)
+            decoders.append(s.codec_context)
+        return ChunkedSource(container, stream, decoders, make_prepare)
+    _decoder_options(stream, spec, spec.analysis.decoder_threads)
+    return SequentialSource(container, stream, make_prepare)
+
+
 def _decode_pass(path: str, spec, workers: int, auto: bool = False) -> tuple[dict, dict]:
     """The pass with ``workers`` chunk decoders (``auto``: one for videos under CHUNKED_MIN_S)."""
     import av
     import cv2
 
-    from stages.decode import ChunkedSource, ChunkMismatch, SequentialSource
+    from stages.decode import ChunkMismatch
 
     container, stream, meta = open_video(path, spec.probe, spec.storage)
     if auto and (meta["duration_s"] or 0.0) < CHUNKED_MIN_S:
@@ -111,17 +130,7 @@ def _decode_pass(path: str, spec, workers: int, auto: bool = False) -> tuple[dic
         detector = boundary_detector(spec.shots, fps, spec.models.transnetv2)
         prepare = _preparer(meta["width"], meta["height"], stride, spec, detector)
         times, thumbs, keyframes = array("d"), ThumbStore(), set()
-        if workers > 1:
-            decoders = []
-            for _ in range(workers):
-                extra.append(open_video(path, spec.probe, spec.storage)[0])
-                s = extra[-1].streams.video[0]
-                _decoder_options(s, spec, 1)
-                decoders.append(s.codec_context)
-            frames = ChunkedSource(container, stream, decoders, prepare)
-        else:
-            _decoder_options(stream, spec, spec.analysis.decoder_threads)
-            frames = SequentialSource(container, stream, prepare)
+        frames = frame_source(path, container, stream, spec, workers, prepare, extra)
         missing_pts, decode_error, turns, recorder = 0, None, None, None
         try:
             for i, (index, t, key, rec_turns, luma, bgr, jpeg, signals, detected) in enumerate(frames):
