@@ -97,7 +97,7 @@ def steady(marks: list[tuple[float, int]], total: int) -> dict:
     end = marks[-1][0]
     warm = next(m for m in marks if m[1] >= total / 4)
     rate = (total - warm[1]) / (end - warm[0]) if end > warm[0] else float("nan")
-    return {"s": end, "steady_clips_per_s": rate, "startup_s": end - total / rate}
+    return {"s": end, "steady_clips_per_s": rate, "startup_s": end - total / rate, "window": (warm[0], end)}
 
 
 def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, template: str, threads: int
@@ -200,46 +200,76 @@ def _process_started() -> float | None:
 
 def full_budget_actor(tokens: int):
     """The caption actor class with generation forced to ``tokens`` (as in the raw loop), timing
-    its calls and the generation inside them (the rest is what the actor adds per clip around
-    the model: reading the inputs, preparing them where no task did, committing)."""
+    its calls, the generation inside them and the wait for the model (another call holding it,
+    ``resources.caption.calls_per_actor``); the rest of a call is what the actor adds per clip
+    around the model: reading the inputs, preparing them where no task did, committing."""
+    import threading
+
     import pyarrow as pa
 
     from pipeline.units import UNIT, CaptionUnits
 
+    class TimedLock:
+        """The actor's model lock, timing each thread's wait for it."""
+
+        def __init__(self, lock, clock):
+            self.lock, self.clock = lock, clock
+
+        def __enter__(self):
+            t = time.perf_counter()
+            self.lock.acquire()
+            self.clock.waited += time.perf_counter() - t
+
+        def __exit__(self, *exc):
+            self.lock.release()
+
     class FullBudget(CaptionUnits):
         """CaptionUnits with the full token budget and timed calls (full_budget_actor); its first
-        call's rows also carry when (wall clock) the actor was built, called, and had its model."""
+        call's rows also carry when (wall clock) the actor was built, called, and had its model,
+        and every call's rows the wall-clock spans of its generation."""
 
         def __init__(self, **kw):
             # after the actor's process started and imported this; process_started: when the OS
             # started that process (Ray starts one for the actor; its boot is part of start-up)
             self.phases = {"process_started": _process_started(), "constructed": time.time()}
             super().__init__(**kw)
+            self.clock = threading.local()  # per call (calls may run at once on threads)
+            self._model_lock = TimedLock(self._model_lock, self.clock)
+            stage, load = self.model_stage, self.model_stage.setup
+
+            def setup():  # the model's load, once, under the model lock
+                load()
+                self.phases["model_ready"] = time.time()
+                self._time_generation()
+
+            stage.setup = setup
+
+        def _time_generation(self):
+            runner, clock = self.model_stage._runner, self.clock
+            plain = type(runner).generate_prepared
+
+            def timed(items, **kw):
+                t, wall = time.perf_counter(), time.time()
+                try:
+                    return plain(runner, items, **kw, min_new_tokens=tokens)
+                finally:
+                    clock.generated += time.perf_counter() - t
+                    clock.spans.append((wall, time.time()))
+
+            runner.generate_prepared = timed
 
         def __call__(self, batch):
             started = time.perf_counter()
+            self.clock.generated, self.clock.waited, self.clock.spans = 0.0, 0.0, []
             self.phases.setdefault("first_call", time.time())
-            self.model_stage.ensure_ready()
-            self.phases.setdefault("model_ready", time.time())
-            runner = self.model_stage._runner
-            if not hasattr(runner, "generated_s"):
-                runner.generated_s, plain = 0.0, type(runner).generate_prepared
-
-                def timed(items, **kw):
-                    t = time.perf_counter()
-                    try:
-                        return plain(runner, items, **kw, min_new_tokens=tokens)
-                    finally:
-                        runner.generated_s += time.perf_counter() - t
-
-                runner.generate_prepared = timed
-            before = runner.generated_s
             out = super().__call__(batch).to_pylist()
-            call, generate = time.perf_counter() - started, runner.generated_s - before
+            call = time.perf_counter() - started
             phases, self.phases = self.phases, {"done": True}
-            for row in out:
+            for n, row in enumerate(out):
                 row["seconds_json"] = json.dumps({**json.loads(row["seconds_json"] or "{}"), "call": call / len(out),
-                                                  "generate": generate / len(out),
+                                                  "generate": self.clock.generated / len(out),
+                                                  "waited": self.clock.waited / len(out),
+                                                  "spans": self.clock.spans if n == 0 else [],
                                                   "phases": phases if "constructed" in phases else None})
             return pa.Table.from_pylist(out, schema=UNIT)
 
@@ -247,11 +277,14 @@ def full_budget_actor(tokens: int):
 
 
 def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, out: Path,
-                 backend: str, feeder_tasks: bool | None, threads: int
-                 ) -> tuple[list[tuple[float, int]], bool, float, float, dict]:
+                 backend: str, feeder_tasks: bool | None, threads: int, calls: int | None
+                 ) -> tuple[list[tuple[float, int]], dict]:
     """The caption stage over ``rows`` (8 clips a video); returns (seconds, clips done) as each
-    block's results reach the driver, whether prepare tasks fed the actor, the median seconds
-    per clip the actor spent outside generation and in it, and the start-up's phases (seconds
+    block's results reach the driver, and figures from inside the actor: whether prepare tasks
+    fed it, its calls at once (``calls``: resources.caption.calls_per_actor; None: the spec's
+    default), the median milliseconds per clip it spent in generation and outside it (waits for
+    the model left out), ``model_busy_share``, the share of the steady state's wall time (as
+    ``steady`` takes it) in which the model was generating, and the start-up's phases (seconds
     from the pass's start until the actor was constructed, first called and had its model, and
     until the first block reached the driver; ``actor_process_started_s``: when its process was
     started, so the process's boot shows apart from Ray Data's planning)."""
@@ -262,14 +295,15 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     from pipeline.spec import parse_spec
     from pipeline.storage import open_store
     from pipeline.graph import BY_NAME
-    from pipeline.runner import fed, videos_per_block
+    from pipeline.runner import fed, finished_blocks, videos_per_block
     from pipeline.units import UNIT, PrepareUnits, decode_unit, encode_unit, work_key
 
     spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": str(out)},
                        "models": {"vlm": {"name_or_path": model_dir, "backend": backend}},
                        "caption": {"max_new_tokens": tokens, "frames": frames, "retries": 0, "window_s": None},
                        "ray": {"feeder_tasks": feeder_tasks},
-                       "resources": {"caption": {"batch_size": batch, "concurrency": 1, "num_cpus": threads},
+                       "resources": {"caption": {"batch_size": batch, "concurrency": 1, "num_cpus": threads}
+                                     | ({"calls_per_actor": calls} if calls else {}),
                                      "prepare": {"concurrency": 1, "num_cpus": 1}}})
     fps = spec.fingerprints()
     store = open_store(str(out), spec.storage)
@@ -291,19 +325,26 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     ds = ds.map_batches(full_budget_actor(tokens), fn_constructor_kwargs={"spec": spec, "fps": fps, "stage": stage, "fed": feeding},
                         **caption)
     marks, done_units, calls = [], 0, []
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for block in finished_blocks(ds):  # as run_units reads them
         done_units += block.num_rows
         marks.append((time.perf_counter() - start, min(len(rows), 8 * done_units)))
         calls += [json.loads(r) for r in block.column("seconds_json").to_pylist()]
     done = [c for u in units for c in decode_unit(store.read(work_key("caption", fps["caption"], u["unit_id"])))[1]
             .to_pylist()]
     assert len(done) == len(rows) and all(r["caption_text"] is not None for r in done)
-    outside = sorted((c["call"] - c["generate"]) / 8 for c in calls)
+    outside = sorted((c["call"] - c["generate"] - c["waited"]) / 8 for c in calls)
     generate = sorted(c["generate"] / 8 for c in calls)
     phases = next(c["phases"] for c in calls if c.get("phases"))
-    start_up = {f"actor_{k}_s": round(v - wall_start, 2) for k, v in phases.items() if v is not None}
-    start_up["first_block_s"] = round(min(m[0] for m in marks), 2)
-    return marks, feeding, outside[len(outside) // 2], generate[len(generate) // 2], start_up
+    figures = {"prepare_tasks": feeding, "calls_per_actor": spec.resources.caption.calls_per_actor,
+               "actor_ms_per_clip_outside_generate": round(1000 * outside[len(outside) // 2], 1),
+               "actor_ms_per_clip_in_generate": round(1000 * generate[len(generate) // 2], 1)}
+    window = steady(marks, len(rows))["window"]
+    spans = [(a - wall_start, b - wall_start) for c in calls for a, b in c["spans"]]
+    busy = sum(max(0.0, min(b, window[1]) - max(a, window[0])) for a, b in spans)
+    figures["model_busy_share"] = round(busy / (window[1] - window[0]), 3)
+    figures |= {f"actor_{k}_s": round(v - wall_start, 2) for k, v in phases.items() if v is not None}
+    figures["first_block_s"] = round(min(m[0] for m in marks), 2)
+    return marks, figures
 
 
 def main() -> None:
@@ -319,6 +360,8 @@ def main() -> None:
                    help="the pipeline's models.vlm.backend (the raw baseline is transformers)")
     p.add_argument("--feeder-tasks", choices=["auto", "on", "off"], default="auto",
                    help="ray.feeder_tasks: prepare tasks ahead of the actor (auto: where it gets a GPU)")
+    p.add_argument("--calls", type=int, nargs="+", default=[None], help="resources.caption.calls_per_actor (default: "
+                   "the spec's); several values: each round runs the pipeline once with each, against the same raw runs")
     p.add_argument("--cold", action="store_true", help="no Ray Data warm-up before the caption pass (it pays the "
                    "session's first execution, which a job's analysis pass pays before it)")
     p.add_argument("--repeat", type=int, default=3, help="rounds of pipeline, raw and raw beside Ray; the RESULT line has medians")
@@ -351,43 +394,49 @@ def main() -> None:
         for n in range(args.repeat):  # pipeline and raw alternate, so drift in the machine's speed hits both
             ray_init = {"address": "local", "num_cpus": args.threads + 1, "num_gpus": 1 if gpu else 0,
                         "include_dashboard": False, "log_to_driver": False}
-            ray.init(**ray_init)
-            try:
-                first = float("nan") if args.cold else warm_ray_data()
-                marks, feeding, outside, generate, start_up = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
-                                                                 Path(tmp) / f"out{n}", args.backend, feeder,
-                                                                 args.threads)
-            finally:
-                ray.shutdown()
+            pipes = []
+            for calls in args.calls:
+                ray.init(**ray_init)
+                try:
+                    first = float("nan") if args.cold else warm_ray_data()
+                    marks, inside = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
+                                                 Path(tmp) / f"out{n}-{calls}", args.backend, feeder, args.threads, calls)
+                finally:
+                    ray.shutdown()
+                pipes.append((steady(marks, len(rows)), inside, first))
             raw = steady(raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp),
                                               args.threads), len(rows))
             beside = steady(raw_beside_ray(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp),
                                            args.threads, ray_init), len(rows))
-            pipe = steady(marks, len(rows))
-            figures = {"round": n + 1, "arch": arch, "backend": args.backend, "prepare_tasks": feeding,
-                       "actor_ms_per_clip_outside_generate": round(1000 * outside, 1),
-                       "actor_ms_per_clip_in_generate": round(1000 * generate, 1), "clips": len(rows),
-                       "batch": args.batch, "tokens": args.tokens, "threads": args.threads, **start_up}
-            for side, f in (("raw", raw), ("raw_beside_ray", beside), ("pipeline", pipe)):
-                figures |= {f"{side}_s": round(f["s"], 2), f"{side}_startup_s": round(f["startup_s"], 2),
-                            f"{side}_steady_clips_per_s": round(f["steady_clips_per_s"], 2),
-                            f"{side}_steady_tokens_per_s": round(f["steady_clips_per_s"] * args.tokens, 1)}
-            figures |= {"pipeline_vs_raw": round(raw["s"] / pipe["s"], 3),
-                        "steady_vs_raw": round(pipe["steady_clips_per_s"] / raw["steady_clips_per_s"], 3),
-                        "steady_vs_raw_beside_ray": round(pipe["steady_clips_per_s"] / beside["steady_clips_per_s"], 3),
-                        "ray_data_first_s": round(first, 2),
-                        "startup_over_raw_s": round(pipe["startup_s"] - raw["startup_s"], 2)}
-            print(json.dumps(figures), flush=True)
-            rounds.append(figures)
+            for pipe, inside, first in pipes:
+                figures = {"round": n + 1, "arch": arch, "backend": args.backend, "clips": len(rows),
+                           "batch": args.batch, "tokens": args.tokens, "threads": args.threads, **inside}
+                for side, f in (("raw", raw), ("raw_beside_ray", beside), ("pipeline", pipe)):
+                    figures |= {f"{side}_s": round(f["s"], 2), f"{side}_startup_s": round(f["startup_s"], 2),
+                                f"{side}_steady_clips_per_s": round(f["steady_clips_per_s"], 2),
+                                f"{side}_steady_tokens_per_s": round(f["steady_clips_per_s"] * args.tokens, 1)}
+                figures |= {"pipeline_vs_raw": round(raw["s"] / pipe["s"], 3),
+                            "steady_vs_raw": round(pipe["steady_clips_per_s"] / raw["steady_clips_per_s"], 3),
+                            "steady_vs_raw_beside_ray": round(pipe["steady_clips_per_s"] / beside["steady_clips_per_s"], 3),
+                            "ray_data_first_s": round(first, 2),
+                            "startup_over_raw_s": round(pipe["startup_s"] - raw["startup_s"], 2)}
+                print(json.dumps(figures), flush=True)
+                rounds.append(figures)
 
-    def median(key: str) -> float:
-        return statistics.median(r[key] for r in rounds)
+    for calls in sorted({r["calls_per_actor"] for r in rounds}):
+        mine = [r for r in rounds if r["calls_per_actor"] == calls]
 
-    print(f"RESULT pipeline_vs_raw={median('pipeline_vs_raw'):.2f} steady_vs_raw={median('steady_vs_raw'):.2f} "
-          f"steady_vs_raw_beside_ray={median('steady_vs_raw_beside_ray'):.2f} "
-          f"startup_over_raw_s={median('startup_over_raw_s'):.2f} ray_data_first_s={median('ray_data_first_s'):.2f} "
-          f"clips_per_s={statistics.median(len(rows) / r['pipeline_s'] for r in rounds):.2f} "
-          f"device={device} backend={args.backend} rounds={len(rounds)}")
+        def median(key: str) -> float:
+            return statistics.median(r[key] for r in mine)
+
+        print(f"RESULT pipeline_vs_raw={median('pipeline_vs_raw'):.2f} steady_vs_raw={median('steady_vs_raw'):.2f} "
+              f"steady_vs_raw_beside_ray={median('steady_vs_raw_beside_ray'):.2f} "
+              f"startup_over_raw_s={median('startup_over_raw_s'):.2f} model_busy_share={median('model_busy_share'):.2f} "
+              f"ray_data_first_s={median('ray_data_first_s'):.2f} "
+              f"clips_per_s={statistics.median(len(rows) / r['pipeline_s'] for r in mine):.2f} "
+              f"steady_clips_per_s={median('pipeline_steady_clips_per_s'):.2f} "
+              f"steady_tokens_per_s={median('pipeline_steady_tokens_per_s'):.1f} "
+              f"calls_per_actor={calls} device={device} backend={args.backend} rounds={len(mine)}")
 
 
 if __name__ == "__main__":

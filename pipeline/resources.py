@@ -40,6 +40,15 @@ def task_limit(res) -> int | None:
     return None if res.concurrency == "auto" else res.concurrency
 
 
+def calls_per_actor(res, gpus_per_actor: float) -> int:
+    """Calls one actor of a stage works on at once (``calls_per_actor``; auto: 2 where each actor
+    gets a GPU, so one call's CPU work overlaps the other's generation, 1 on CPUs, where both
+    would share the model's cores)."""
+    if res.calls_per_actor != "auto":
+        return res.calls_per_actor
+    return 2 if gpus_per_actor > 0 else 1
+
+
 def ray_args(res, *, actor: bool, gpus_in_cluster: float = 0.0, size: int | None = None) -> dict:
     """map_batches keyword arguments for a stage's resources (spec.resources.<stage>).
 
@@ -50,15 +59,18 @@ def ray_args(res, *, actor: bool, gpus_in_cluster: float = 0.0, size: int | None
     """
     import ray.data
 
+    gpus = gpus_per_worker(res, gpus_in_cluster)
+    n_calls = calls_per_actor(res, gpus) if actor else 1
+    # several calls at once: the class runs them on threads (it serialises its model calls itself)
+    calls = {"max_concurrent_calls_per_actor": n_calls, "enable_true_multi_threading": True} if n_calls > 1 else {}
     if actor and res.concurrency == "auto":  # starts them all, goes on with those that start
         n = size or 1
-        compute = ray.data.ActorPoolStrategy(min_size=1, max_size=n, initial_size=n)
+        compute = ray.data.ActorPoolStrategy(min_size=1, max_size=n, initial_size=n, **calls)
     elif actor:
-        compute = ray.data.ActorPoolStrategy(size=size or res.concurrency)
+        compute = ray.data.ActorPoolStrategy(size=size or res.concurrency, **calls)
     else:
         compute = ray.data.TaskPoolStrategy(size=task_limit(res))
     args = {"batch_size": res.batch_size, "compute": compute, "num_cpus": res.num_cpus, "batch_format": "pyarrow"}
-    gpus = gpus_per_worker(res, gpus_in_cluster)
     if gpus:
         args["num_gpus"] = gpus
     return args

@@ -172,6 +172,15 @@ class ResourceWatch:
         self._thread.join()
 
 
+def finished_blocks(ds):
+    """The pass's output blocks (pyarrow tables of unit rows) as each reaches the driver. No
+    prefetching: with Ray Data's default of one batch ahead, the iterator holds every block until
+    the next one is done, so each unit would reach ``on_done`` (and its partition's writer would
+    start) one block's work late. The blocks are a few small rows each; the executor still
+    streams ahead of the driver in the background."""
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+
+
 class Tally:
     """Per-stage work merged across workers: videos, worker seconds, frames, reused results."""
 
@@ -220,7 +229,7 @@ def run_units(spec, units: list[dict], fps: dict, log, on_done=None) -> dict:
         watch = ResourceWatch(needs(spec, stages, gpus, least=True), spec.ray.resource_wait_s, log)
         try:
             with watch:
-                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for batch in finished_blocks(ds):
                     for row in batch.to_pylist():
                         tally.add(row)
                         done += 1

@@ -273,11 +273,17 @@ class StageResources(_Section):
     batch_size: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: Union[float, Literal["auto"]] = Field(0.0, description="'auto': 1 when the cluster has GPUs.")
+    calls_per_actor: Union[int, Literal["auto"]] = Field(1, description="Calls one actor works on at once (the "
+                                                         "caption stage only): while one call generates, the next "
+                                                         "reads its videos and gets its model inputs ready; the model "
+                                                         "runs one call at a time. 'auto': 2 where the actors get "
+                                                         "GPUs, 1 on CPUs (there the calls would share the model's "
+                                                         "cores).")
 
-    @field_validator("concurrency", "num_gpus")
+    @field_validator("concurrency", "num_gpus", "calls_per_actor")
     @classmethod
     def _number_or_auto(cls, v, info):
-        least = 1 if info.field_name == "concurrency" else 0
+        least = 0 if info.field_name == "num_gpus" else 1
         if v != "auto" and v < least:
             raise ValueError(f"must be >= {least} or 'auto'")
         return v
@@ -286,7 +292,7 @@ class StageResources(_Section):
 class Resources(_Section):
     analyze: StageResources = StageResources(concurrency=2)
     clip: StageResources = StageResources(concurrency="auto", batch_size=16, num_gpus="auto")
-    caption: StageResources = StageResources(concurrency="auto", batch_size=4, num_gpus="auto")
+    caption: StageResources = StageResources(concurrency="auto", batch_size=4, num_gpus="auto", calls_per_actor="auto")
     prepare: StageResources = Field(StageResources(concurrency=2), description="CPU tasks making the captioner's "
                                     "inputs (frames, prompts, processor) ahead of the caption actors.")
     hierarchy: StageResources = StageResources(concurrency="auto", batch_size=4, num_gpus="auto")
@@ -305,6 +311,15 @@ class Resources(_Section):
             if field is not None and isinstance(given, dict) and isinstance(field.default, StageResources):
                 merged[name] = {**field.default.model_dump(), **given}
         return merged
+
+    @model_validator(mode="after")
+    def _overlapping_calls(self):
+        """Only the caption actors take several calls at once (pipeline.units.CaptionUnits)."""
+        for name in type(self).model_fields:
+            if name != "caption" and getattr(self, name).calls_per_actor != 1:
+                raise ValueError(f"resources.{name}.calls_per_actor: only the caption stage takes several calls "
+                                 "at once (resources.caption.calls_per_actor); leave it at 1")
+        return self
 
 
 class RayOptions(_Section):

@@ -194,12 +194,17 @@ class CaptionUnits(_UnitStage):
     result and makes them itself."""
 
     def __init__(self, *, spec, fps: dict[str, str], stage, fed: bool = True):
+        import threading
+
         from stages.caption import CaptionStage
 
         super().__init__(spec=spec, fps=fps, stage=stage)
         self.fed = fed
         self.model_stage = CaptionStage(model=spec.models.vlm, settings=spec.caption,
                                         batch_size=spec.resources.caption.batch_size)
+        # Ray Data may run ``resources.caption.calls_per_actor`` calls at once on threads: each
+        # reads and prepares its units on its own, the model runs one call at a time
+        self._model_lock, self._inputs_lock = threading.Lock(), threading.Lock()
 
     def work(self, store, row: dict) -> bytes:
         raise TypeError("captions are made for a whole call at once (CaptionUnits.__call__)")
@@ -227,6 +232,8 @@ class CaptionUnits(_UnitStage):
         started = time.perf_counter()
         video, clips = self.previous(store, row)
         clips = clips.to_pylist()
+        with self._inputs_lock:  # the processor loads once, whichever call comes first
+            self.model_stage.setup_inputs()
         inputs = self.model_stage.prepare(clips)
         _timed(row, "prepare", started)
         return video, clips, inputs
@@ -237,13 +244,12 @@ class CaptionUnits(_UnitStage):
         todo = [row for row in rows if self._pending(store, row)]
         if todo:
             fault_point("caption")
-            started = time.perf_counter()
-            self.model_stage.ensure_ready()  # the model's load counts as captioning time
-            loading = time.perf_counter() - started
-            units = [self._inputs(store, row) for row in todo]
-            started = time.perf_counter()
-            self.model_stage.caption([(clips, inputs) for _, clips, inputs in units])
-            share = (loading + time.perf_counter() - started) / len(todo)  # the batch's time, split evenly
+            units = [self._inputs(store, row) for row in todo]  # while another call may be generating
+            with self._model_lock:
+                started = time.perf_counter()
+                self.model_stage.ensure_ready()  # the model's load counts as captioning time
+                self.model_stage.caption([(clips, inputs) for _, clips, inputs in units])
+                share = (time.perf_counter() - started) / len(todo)  # the batch's time, split evenly
             for row, (video, clips, _) in zip(todo, units):
                 for c in clips:
                     c["frames"] = None  # not needed past captioning

@@ -238,6 +238,25 @@ def test_feeder_tasks_run_where_the_actors_have_gpus_unless_the_spec_says():
     assert needs(SPEC, [caption], 0.0) == {"CPU": 1.0, "GPU": 0.0}
 
 
+def test_caption_actors_take_two_calls_at_once_where_they_have_gpus_unless_the_spec_says():
+    from pipeline.resources import ray_args
+
+    def calls(spec, stage, gpus):
+        return ray_args(getattr(spec.resources, stage), actor=True, gpus_in_cluster=gpus)["compute"] \
+            .max_concurrent_calls_per_actor or 1
+
+    assert SPEC.resources.caption.calls_per_actor == "auto"
+    assert calls(SPEC, "caption", 0.0) == 1 and calls(SPEC, "caption", 2.0) == 2
+    assert calls(SPEC, "clip", 2.0) == 1 and calls(SPEC, "hierarchy", 2.0) == 1
+    fixed = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"caption": {"calls_per_actor": 3}}})
+    assert calls(fixed, "caption", 0.0) == 3 and fixed.resources.caption.batch_size == 4  # other keys kept
+    assert ray_args(fixed.resources.caption, actor=True)["compute"]._enable_true_multi_threading
+    with pytest.raises(ValueError, match=r"resources.clip.calls_per_actor: only the caption stage"):
+        parse_spec({**SPEC.model_dump(mode="json"), "resources": {"clip": {"calls_per_actor": 2}}})
+    with pytest.raises(ValueError, match=r"resources.caption.calls_per_actor"):
+        parse_spec({**SPEC.model_dump(mode="json"), "resources": {"caption": {"calls_per_actor": 0}}})
+
+
 def test_auto_pools_fill_the_cluster_in_a_pass_and_never_take_the_feeders_cpu():
     clip, caption, hierarchy = (graph.BY_NAME[n] for n in ("clip", "caption", "hierarchy"))
     assert SPEC.resources.caption.concurrency == "auto"  # the default of every model stage

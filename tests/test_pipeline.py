@@ -220,6 +220,55 @@ def test_outputs_beside_manifest(demo_run):
     assert sum(stats["counts"]["clip_caption_parse"].values()) == clip_captions
 
 
+def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_run, tmp_path):
+    """resources.caption.calls_per_actor: 2 (the default where the actors get GPUs): the actor
+    reads and prepares one call's videos while another call generates, on threads, the model one
+    call at a time. The captions it commits are the demo run's (one call at a time), byte for
+    byte, and the calls did overlap."""
+    import shutil
+
+    import pyarrow as pa
+    import ray
+
+    from pipeline.graph import BY_NAME, work_key
+    from pipeline.resources import ray_args
+    from pipeline.runner import finished_blocks
+    from pipeline.spec import parse_spec
+    from pipeline.units import UNIT, CaptionUnits
+
+    out, _, spec = demo_run
+    doc = spec.model_dump(mode="json")
+    doc["output"]["uri"] = str(tmp_path / "out")
+    doc["resources"]["caption"]["calls_per_actor"] = 2
+    two = parse_spec(doc)
+    fps = two.fingerprints()
+    assert fps == spec.fingerprints()  # how calls are taken shapes no result
+    clips = out / "_work" / "clip" / fps["clip"]
+    shutil.copytree(clips, tmp_path / "out" / "_work" / "clip" / fps["clip"])
+    units = sorted(p.stem for p in clips.glob("*.parquet"))
+    assert len(units) >= 3
+
+    class Timed(CaptionUnits):
+        def __call__(self, batch):
+            started = time.time()
+            rows = super().__call__(batch).to_pylist()
+            rows[0]["seconds_json"] = json.dumps({"span": [started, time.time()]})
+            return pa.Table.from_pylist(rows, schema=UNIT)
+
+    args = ray_args(two.resources.caption, actor=True) | {"batch_size": 1}
+    assert args["compute"].max_concurrent_calls_per_actor == 2
+    ds = ray.data.from_items([{f.name: None for f in UNIT} | {"unit_id": u} for u in units],
+                             override_num_blocks=len(units))
+    ds = ds.map_batches(Timed, fn_constructor_kwargs={"spec": two, "fps": fps, "stage": BY_NAME["caption"],
+                                                      "fed": False}, **args)
+    spans = sorted(json.loads(r)["span"] for block in finished_blocks(ds) for r in block.column("seconds_json").to_pylist())
+    assert len(spans) == len(units)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two calls ran at once"
+    for u in units:
+        key = work_key("caption", fps["caption"], u)
+        assert (tmp_path / "out" / key).read_bytes() == (out / key).read_bytes(), u
+
+
 def test_rerun_gives_identical_bytes(demo_run, demo, tmp_path):
     """Same inputs and spec -> the same tables and shards, byte for byte."""
     from pipeline.plan import run_job
