@@ -101,11 +101,12 @@ def steady(marks: list[tuple[float, int]], total: int) -> dict:
 
 
 def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, template: str, threads: int
-            ) -> list[tuple[float, int]]:
+            ) -> tuple[list[tuple[float, int]], float]:
     """The baseline, meant to run in a fresh process (``--raw``): the clock starts before torch
     and transformers are imported, as the pipeline's actor process imports them too; then
     processor + batched ``generate`` straight from transformers, batch after batch. Returns
-    (seconds, clips done) after each batch."""
+    (seconds, clips done) after each batch, and the median seconds per clip in ``generate``
+    (the first batch left out)."""
     start = time.perf_counter()
     from stages.torchvision_cpu_guard import ensure_torchvision
 
@@ -124,7 +125,7 @@ def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: i
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(dev).eval()
-    marks = []
+    marks, generating = [], []
     for i in range(0, len(rows), batch):
         group = rows[i:i + batch]
         images = [decode_jpegs(subsample(r["frames"], frames)) for r in group]
@@ -132,15 +133,17 @@ def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: i
             {"type": "text", "text": render_prompt(template, hint_lines(r), r["end_s"] - r["start_s"])}]}],
             add_generation_prompt=True, tokenize=False) for r, im in zip(group, images)]
         inputs = processor(text=texts, images=images, return_tensors="pt", padding=True).to(dev)
+        t = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        generating.append((time.perf_counter() - t) / len(group))
         processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         marks.append((time.perf_counter() - start, i + len(group)))
-    return marks
+    return marks, statistics.median(generating[1:] or generating)
 
 
 def raw_in_fresh_process(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, folder: Path,
-                         threads: int) -> list[tuple[float, int]]:
+                         threads: int) -> tuple[list[tuple[float, int]], float]:
     import pickle
     import subprocess
 
@@ -151,7 +154,8 @@ def raw_in_fresh_process(model_dir: str, rows: list[dict], batch: int, tokens: i
                           "--threads", str(threads)], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"raw baseline failed:\n{out.stderr[-3000:]}")
-    return [tuple(m) for m in json.loads(out.stdout.strip().splitlines()[-1])]
+    marks, generating = json.loads(out.stdout.strip().splitlines()[-1])
+    return [tuple(m) for m in marks], generating
 
 
 def warm_ray_data() -> float:
@@ -165,7 +169,7 @@ def warm_ray_data() -> float:
 
 
 def raw_beside_ray(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, folder: Path,
-                   threads: int, ray_init: dict) -> list[tuple[float, int]]:
+                   threads: int, ray_init: dict) -> tuple[list[tuple[float, int]], float]:
     """The raw loop in a fresh process while a Ray session is up and idle, with an actor holding
     the CPUs the caption actor would hold (as in a caption pass, less the pass itself)."""
     import ray
@@ -291,7 +295,7 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     import ray
 
     import schemas
-    from pipeline.resources import ray_args
+    from pipeline.resources import calls_per_actor, gpus_per_worker, ray_args
     from pipeline.spec import parse_spec
     from pipeline.storage import open_store
     from pipeline.graph import BY_NAME
@@ -335,13 +339,14 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     outside = sorted((c["call"] - c["generate"] - c["waited"]) / 8 for c in calls)
     generate = sorted(c["generate"] / 8 for c in calls)
     phases = next(c["phases"] for c in calls if c.get("phases"))
-    figures = {"prepare_tasks": feeding, "calls_per_actor": spec.resources.caption.calls_per_actor,
+    figures = {"prepare_tasks": feeding,
+               "calls_per_actor": calls_per_actor(spec.resources.caption, gpus_per_worker(spec.resources.caption, gpus)),
                "actor_ms_per_clip_outside_generate": round(1000 * outside[len(outside) // 2], 1),
                "actor_ms_per_clip_in_generate": round(1000 * generate[len(generate) // 2], 1)}
     window = steady(marks, len(rows))["window"]
     spans = [(a - wall_start, b - wall_start) for c in calls for a, b in c["spans"]]
     busy = sum(max(0.0, min(b, window[1]) - max(a, window[0])) for a, b in spans)
-    figures["model_busy_share"] = round(busy / (window[1] - window[0]), 3)
+    figures["model_busy_share"] = round(busy / (window[1] - window[0]), 3) if window[1] > window[0] else float("nan")
     figures |= {f"actor_{k}_s": round(v - wall_start, 2) for k, v in phases.items() if v is not None}
     figures["first_block_s"] = round(min(m[0] for m in marks), 2)
     return marks, figures
@@ -404,13 +409,17 @@ def main() -> None:
                 finally:
                     ray.shutdown()
                 pipes.append((steady(marks, len(rows)), inside, first))
-            raw = steady(raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp),
-                                              args.threads), len(rows))
-            beside = steady(raw_beside_ray(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp),
-                                           args.threads, ray_init), len(rows))
+            marks, raw_generating = raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames,
+                                                         Path(tmp), args.threads)
+            raw = steady(marks, len(rows))
+            marks, beside_generating = raw_beside_ray(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp),
+                                                      args.threads, ray_init)
+            beside = steady(marks, len(rows))
             for pipe, inside, first in pipes:
                 figures = {"round": n + 1, "arch": arch, "backend": args.backend, "clips": len(rows),
-                           "batch": args.batch, "tokens": args.tokens, "threads": args.threads, **inside}
+                           "batch": args.batch, "tokens": args.tokens, "threads": args.threads, **inside,
+                           "raw_ms_per_clip_in_generate": round(1000 * raw_generating, 1),
+                           "raw_beside_ray_ms_per_clip_in_generate": round(1000 * beside_generating, 1)}
                 for side, f in (("raw", raw), ("raw_beside_ray", beside), ("pipeline", pipe)):
                     figures |= {f"{side}_s": round(f["s"], 2), f"{side}_startup_s": round(f["startup_s"], 2),
                                 f"{side}_steady_clips_per_s": round(f["steady_clips_per_s"], 2),

@@ -205,6 +205,18 @@ class CaptionUnits(_UnitStage):
         # Ray Data may run ``resources.caption.calls_per_actor`` calls at once on threads: each
         # reads and prepares its units on its own, the model runs one call at a time
         self._model_lock, self._inputs_lock = threading.Lock(), threading.Lock()
+        self._model_threads = self.model_threads(spec.resources.caption)
+
+    @staticmethod
+    def model_threads(res) -> int | None:
+        """The model's CPU threads when this actor takes several calls at once on CPUs: one of its
+        CPUs less, which stays with the calls preparing their inputs (None: the model keeps them
+        all, stages.models.device)."""
+        from pipeline.resources import calls_per_actor
+        from stages.models import assigned
+
+        gpus, cpus = assigned("GPU"), int(assigned("CPU"))
+        return cpus - 1 if not gpus and cpus >= 2 and calls_per_actor(res, gpus) > 1 else None
 
     def work(self, store, row: dict) -> bytes:
         raise TypeError("captions are made for a whole call at once (CaptionUnits.__call__)")
@@ -248,6 +260,8 @@ class CaptionUnits(_UnitStage):
             with self._model_lock:
                 started = time.perf_counter()
                 self.model_stage.ensure_ready()  # the model's load counts as captioning time
+                if self._model_threads:
+                    self.model_stage.use_cpu_threads(self._model_threads)
                 self.model_stage.caption([(clips, inputs) for _, clips, inputs in units])
                 share = (time.perf_counter() - started) / len(todo)  # the batch's time, split evenly
             for row, (video, clips, _) in zip(todo, units):

@@ -83,6 +83,10 @@ class CaptionStage(ModelStage):
                                        "hints": self.settings.hints, "retries": self.settings.retries},
                                       sort_keys=True)
 
+    def use_cpu_threads(self, threads: int) -> None:
+        """The model's CPU threads for generation from the calling thread on (after setup)."""
+        self._runner.use_cpu_threads(threads)
+
     def _prompt_for(self, item: dict, hint_row: dict) -> str:
         from stages.structured import hint_lines
 

@@ -17,20 +17,25 @@ from pathlib import Path
 from stages.torchvision_cpu_guard import ensure_torchvision
 
 
+def assigned(resource: str) -> float:
+    """How much of ``resource`` ("CPU", "GPU") Ray gave this worker; 0 outside Ray."""
+    try:
+        import ray
+
+        return float(ray.get_runtime_context().get_assigned_resources().get(resource, 0)) if ray.is_initialized() else 0.0
+    except Exception:  # no Ray context (tests, CLI)
+        return 0.0
+
+
 def device() -> str:
     """'cuda' when a GPU is visible, else 'cpu' with torch using the CPUs Ray gave this worker."""
     import torch
 
     if torch.cuda.is_available():
         return "cuda"
-    try:  # Ray sets one thread per worker by default; use the CPUs the stage declared
-        import ray
-
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1) if ray.is_initialized() else 0
-        if cpus >= 1:
-            torch.set_num_threads(int(cpus))
-    except Exception:  # outside Ray (tests, CLI): keep torch's default
-        pass
+    cpus = assigned("CPU")  # Ray sets one thread per worker by default; use the CPUs the stage declared
+    if cpus >= 1:  # outside Ray (tests, CLI): keep torch's default
+        torch.set_num_threads(int(cpus))
     return "cpu"
 
 
@@ -173,6 +178,14 @@ class VlmRunner:
         else:
             torch_dtype = getattr(torch, dtype)
         self.model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=torch_dtype).to(dev).eval()
+
+    def use_cpu_threads(self, threads: int) -> None:
+        """On CPU (transformers backend), run the model on ``threads`` threads from the calling
+        thread on (torch's OpenMP setting belongs to the thread that calls it)."""
+        if self.backend != "vllm" and self.model.device.type == "cpu":
+            import torch
+
+            torch.set_num_threads(threads)
 
     def generate_prepared(self, items: list[dict], *, max_new_tokens: int, temperature: float = 0.0,
                           min_new_tokens: int = 0) -> list[str]:
