@@ -276,9 +276,10 @@ class StageResources(_Section):
     calls_per_actor: Union[int, Literal["auto"]] = Field(1, description="Calls one actor works on at once (the "
                                                          "caption stage only): while one call generates, the next "
                                                          "reads its videos and gets its model inputs ready; the model "
-                                                         "runs one call at a time. 'auto': 2 where the actors get "
-                                                         "GPUs, 1 on CPUs (there the calls would share the model's "
-                                                         "cores).")
+                                                         "runs one call at a time. On CPUs the model then gets one "
+                                                         "CPU less, which prepares: worth it only where preparing a "
+                                                         "clip costs a good share of generating it (small models). "
+                                                         "'auto': 2 where the actors get GPUs, else 1.")
 
     @field_validator("concurrency", "num_gpus", "calls_per_actor")
     @classmethod

@@ -257,6 +257,19 @@ def test_caption_actors_take_two_calls_at_once_where_they_have_gpus_unless_the_s
         parse_spec({**SPEC.model_dump(mode="json"), "resources": {"caption": {"calls_per_actor": 0}}})
 
 
+def test_cpu_actors_taking_two_calls_give_the_model_one_cpu_less(monkeypatch):
+    """On CPUs, an actor that takes two calls at once leaves one of its CPUs to the call that
+    prepares; on a GPU, or with one call at a time, the model keeps them all."""
+    from pipeline.units import CaptionUnits
+    from stages import models
+
+    two = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"caption": {"calls_per_actor": 2}}})
+    for res, gpus, cpus, threads in ((two, 0, 4, 3), (two, 0, 2, 1), (two, 0, 1, None), (two, 1, 4, None),
+                                     (SPEC, 0, 4, None)):
+        monkeypatch.setattr(models, "assigned", lambda r: {"GPU": gpus, "CPU": cpus}[r])
+        assert CaptionUnits.model_threads(res.resources.caption) == threads, (gpus, cpus)
+
+
 def test_auto_pools_fill_the_cluster_in_a_pass_and_never_take_the_feeders_cpu():
     clip, caption, hierarchy = (graph.BY_NAME[n] for n in ("clip", "caption", "hierarchy"))
     assert SPEC.resources.caption.concurrency == "auto"  # the default of every model stage
