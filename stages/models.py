@@ -17,12 +17,15 @@ from pathlib import Path
 from stages.torchvision_cpu_guard import ensure_torchvision
 
 
-def assigned(resource: str) -> float:
-    """How much of ``resource`` ("CPU", "GPU") Ray gave this worker; 0 outside Ray."""
+def assigned(resource: str, default: float = 0.0) -> float:
+    """How much of ``resource`` ("CPU", "GPU") Ray gave this worker (``default`` when none); 0
+    outside Ray."""
     try:
         import ray
 
-        return float(ray.get_runtime_context().get_assigned_resources().get(resource, 0)) if ray.is_initialized() else 0.0
+        if not ray.is_initialized():
+            return 0.0
+        return float(ray.get_runtime_context().get_assigned_resources().get(resource, default))
     except Exception:  # no Ray context (tests, CLI)
         return 0.0
 
@@ -33,7 +36,7 @@ def device() -> str:
 
     if torch.cuda.is_available():
         return "cuda"
-    cpus = assigned("CPU")  # Ray sets one thread per worker by default; use the CPUs the stage declared
+    cpus = assigned("CPU", default=1)  # Ray sets one thread per worker by default; use the CPUs the stage declared
     if cpus >= 1:  # outside Ray (tests, CLI): keep torch's default
         torch.set_num_threads(int(cpus))
     return "cpu"
