@@ -352,7 +352,7 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     return marks, figures
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", choices=["tiny", "2b"], default=None, help="default: 2b on a GPU, tiny on CPU")
     p.add_argument("--clips", type=int, default=48)
@@ -372,66 +372,52 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="rounds of pipeline, raw and raw beside Ray; the RESULT line has medians")
     p.add_argument("--raw", help=argparse.SUPPRESS)  # internal: run the baseline on this model folder
     p.add_argument("--rows", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.raw:
-        import pickle
+    return p.parse_args()
 
-        from stages.models import load_prompt
 
-        rows = pickle.loads(Path(args.rows).read_bytes())
-        print(json.dumps(run_raw(args.raw, rows, args.batch, args.tokens, args.frames, load_prompt("clip_json_v2")[1],
-                                 args.threads)))
-        return
-
+def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder: Path, ray_init: dict) -> list[dict]:
+    """Round ``n``: the pipeline once per ``--calls`` value, then the raw loop, quiet and beside an
+    idle Ray; one dict of figures per pipeline run."""
     import ray
-    import torch
 
-    from stages.models import load_prompt
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    arch = args.arch or ("2b" if gpu else "tiny")
-    rows = clip_rows(args.clips)
-    device = gpu.replace(" ", "_") if gpu else "cpu"
     feeder = {"auto": None, "on": True, "off": False}[args.feeder_tasks]
-    rounds = []
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_model(arch, Path(tmp) / "vlm")
-        for n in range(args.repeat):  # pipeline and raw alternate, so drift in the machine's speed hits both
-            ray_init = {"address": "local", "num_cpus": args.threads + 1, "num_gpus": 1 if gpu else 0,
-                        "include_dashboard": False, "log_to_driver": False}
-            pipes = []
-            for calls in args.calls:
-                ray.init(**ray_init)
-                try:
-                    first = float("nan") if args.cold else warm_ray_data()
-                    marks, inside = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
-                                                 Path(tmp) / f"out{n}-{calls}", args.backend, feeder, args.threads, calls)
-                finally:
-                    ray.shutdown()
-                pipes.append((steady(marks, len(rows)), inside, first))
-            marks, raw_generating = raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames,
-                                                         Path(tmp), args.threads)
-            raw = steady(marks, len(rows))
-            marks, beside_generating = raw_beside_ray(model_dir, rows, args.batch, args.tokens, args.frames, Path(tmp),
-                                                      args.threads, ray_init)
-            beside = steady(marks, len(rows))
-            for pipe, inside, first in pipes:
-                figures = {"round": n + 1, "arch": arch, "backend": args.backend, "clips": len(rows),
-                           "batch": args.batch, "tokens": args.tokens, "threads": args.threads, **inside,
-                           "raw_ms_per_clip_in_generate": round(1000 * raw_generating, 1),
-                           "raw_beside_ray_ms_per_clip_in_generate": round(1000 * beside_generating, 1)}
-                for side, f in (("raw", raw), ("raw_beside_ray", beside), ("pipeline", pipe)):
-                    figures |= {f"{side}_s": round(f["s"], 2), f"{side}_startup_s": round(f["startup_s"], 2),
-                                f"{side}_steady_clips_per_s": round(f["steady_clips_per_s"], 2),
-                                f"{side}_steady_tokens_per_s": round(f["steady_clips_per_s"] * args.tokens, 1)}
-                figures |= {"pipeline_vs_raw": round(raw["s"] / pipe["s"], 3),
-                            "steady_vs_raw": round(pipe["steady_clips_per_s"] / raw["steady_clips_per_s"], 3),
-                            "steady_vs_raw_beside_ray": round(pipe["steady_clips_per_s"] / beside["steady_clips_per_s"], 3),
-                            "ray_data_first_s": round(first, 2),
-                            "startup_over_raw_s": round(pipe["startup_s"] - raw["startup_s"], 2)}
-                print(json.dumps(figures), flush=True)
-                rounds.append(figures)
+    pipes = []
+    for calls in args.calls:
+        ray.init(**ray_init)
+        try:
+            first = float("nan") if args.cold else warm_ray_data()
+            marks, inside = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
+                                         folder / f"out{n}-{calls}", args.backend, feeder, args.threads, calls)
+        finally:
+            ray.shutdown()
+        pipes.append((steady(marks, len(rows)), inside, first))
+    marks, raw_generating = raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, folder,
+                                                 args.threads)
+    raw = steady(marks, len(rows))
+    marks, beside_generating = raw_beside_ray(model_dir, rows, args.batch, args.tokens, args.frames, folder,
+                                              args.threads, ray_init)
+    beside = steady(marks, len(rows))
+    out = []
+    for pipe, inside, first in pipes:
+        figures = {"round": n + 1, "arch": arch, "backend": args.backend, "clips": len(rows),
+                   "batch": args.batch, "tokens": args.tokens, "threads": args.threads, **inside,
+                   "raw_ms_per_clip_in_generate": round(1000 * raw_generating, 1),
+                   "raw_beside_ray_ms_per_clip_in_generate": round(1000 * beside_generating, 1)}
+        for side, f in (("raw", raw), ("raw_beside_ray", beside), ("pipeline", pipe)):
+            figures |= {f"{side}_s": round(f["s"], 2), f"{side}_startup_s": round(f["startup_s"], 2),
+                        f"{side}_steady_clips_per_s": round(f["steady_clips_per_s"], 2),
+                        f"{side}_steady_tokens_per_s": round(f["steady_clips_per_s"] * args.tokens, 1)}
+        figures |= {"pipeline_vs_raw": round(raw["s"] / pipe["s"], 3),
+                    "steady_vs_raw": round(pipe["steady_clips_per_s"] / raw["steady_clips_per_s"], 3),
+                    "steady_vs_raw_beside_ray": round(pipe["steady_clips_per_s"] / beside["steady_clips_per_s"], 3),
+                    "ray_data_first_s": round(first, 2),
+                    "startup_over_raw_s": round(pipe["startup_s"] - raw["startup_s"], 2)}
+        out.append(figures)
+    return out
 
+
+def print_results(rounds: list[dict], clips: int, device: str, backend: str) -> None:
+    """One RESULT line of medians over the rounds for each calls_per_actor value."""
     for calls in sorted({r["calls_per_actor"] for r in rounds}):
         mine = [r for r in rounds if r["calls_per_actor"] == calls]
 
@@ -442,10 +428,40 @@ def main() -> None:
               f"steady_vs_raw_beside_ray={median('steady_vs_raw_beside_ray'):.2f} "
               f"startup_over_raw_s={median('startup_over_raw_s'):.2f} model_busy_share={median('model_busy_share'):.2f} "
               f"ray_data_first_s={median('ray_data_first_s'):.2f} "
-              f"clips_per_s={statistics.median(len(rows) / r['pipeline_s'] for r in mine):.2f} "
+              f"clips_per_s={statistics.median(clips / r['pipeline_s'] for r in mine):.2f} "
               f"steady_clips_per_s={median('pipeline_steady_clips_per_s'):.2f} "
               f"steady_tokens_per_s={median('pipeline_steady_tokens_per_s'):.1f} "
-              f"calls_per_actor={calls} device={device} backend={args.backend} rounds={len(mine)}")
+              f"calls_per_actor={calls} device={device} backend={backend} rounds={len(mine)}")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.raw:
+        import pickle
+
+        from stages.models import load_prompt
+
+        rows = pickle.loads(Path(args.rows).read_bytes())
+        print(json.dumps(run_raw(args.raw, rows, args.batch, args.tokens, args.frames, load_prompt("clip_json_v2")[1],
+                                 args.threads)))
+        return
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    arch = args.arch or ("2b" if gpu else "tiny")
+    rows = clip_rows(args.clips)
+    device = gpu.replace(" ", "_") if gpu else "cpu"
+    ray_init = {"address": "local", "num_cpus": args.threads + 1, "num_gpus": 1 if gpu else 0,
+                "include_dashboard": False, "log_to_driver": False}
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_model(arch, Path(tmp) / "vlm")
+        for n in range(args.repeat):  # pipeline and raw alternate, so drift in the machine's speed hits both
+            for figures in one_round(n, args, arch, model_dir, rows, Path(tmp), ray_init):
+                print(json.dumps(figures), flush=True)
+                rounds.append(figures)
+    print_results(rounds, len(rows), device, args.backend)
 
 
 if __name__ == "__main__":
