@@ -220,11 +220,12 @@ def test_outputs_beside_manifest(demo_run):
     assert sum(stats["counts"]["clip_caption_parse"].values()) == clip_captions
 
 
-def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_run, tmp_path):
+@pytest.mark.parametrize("feeder_tasks", [False, True], ids=["inputs-made-in-actor", "inputs-from-prepare-tasks"])
+def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_run, tmp_path, feeder_tasks):
     """resources.caption.calls_per_actor: 2 (the default where the actors get GPUs): the actor
-    reads and prepares one call's videos while another call generates, on threads, the model one
-    call at a time. The captions it commits are the demo run's (one call at a time), byte for
-    byte, and the calls did overlap."""
+    takes one call's inputs (made in the actor, or by prepare tasks ahead of it as on GPU nodes)
+    while another call generates, on threads, the model one call at a time. The captions it
+    commits are the demo run's (one call at a time), byte for byte, and the calls did overlap."""
     import shutil
 
     import pyarrow as pa
@@ -232,7 +233,7 @@ def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_r
 
     from pipeline.graph import BY_NAME, work_key
     from pipeline.resources import ray_args
-    from pipeline.runner import finished_blocks
+    from pipeline.runner import add_stage, finished_blocks
     from pipeline.spec import parse_spec
     from pipeline.units import UNIT, CaptionUnits
 
@@ -240,6 +241,7 @@ def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_r
     doc = spec.model_dump(mode="json")
     doc["output"]["uri"] = str(tmp_path / "out")
     doc["resources"]["caption"]["calls_per_actor"] = 2
+    doc["ray"]["feeder_tasks"] = feeder_tasks
     two = parse_spec(doc)
     fps = two.fingerprints()
     assert fps == spec.fingerprints()  # how calls are taken shapes no result
@@ -250,18 +252,22 @@ def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_r
 
     class Timed(CaptionUnits):
         def __call__(self, batch):
-            started = time.time()
+            started, prepared = time.time(), batch.column("prepared")[0].is_valid
             rows = super().__call__(batch).to_pylist()
-            rows[0]["seconds_json"] = json.dumps({"span": [started, time.time()]})
+            rows[0]["seconds_json"] = json.dumps({"span": [started, time.time()], "prepared": prepared})
             return pa.Table.from_pylist(rows, schema=UNIT)
 
     args = ray_args(two.resources.caption, actor=True) | {"batch_size": 1}
     assert args["compute"].max_concurrent_calls_per_actor == 2
     ds = ray.data.from_items([{f.name: None for f in UNIT} | {"unit_id": u} for u in units],
                              override_num_blocks=len(units))
+    if feeder_tasks:  # as pipeline.runner chains them: PrepareUnits tasks, then the actor
+        ds = add_stage(ds, BY_NAME["caption"].feeder, two, fps, gpus=0)
     ds = ds.map_batches(Timed, fn_constructor_kwargs={"spec": two, "fps": fps, "stage": BY_NAME["caption"],
-                                                      "fed": False}, **args)
-    spans = sorted(json.loads(r)["span"] for block in finished_blocks(ds) for r in block.column("seconds_json").to_pylist())
+                                                      "fed": feeder_tasks}, **args)
+    calls = [json.loads(r) for block in finished_blocks(ds) for r in block.column("seconds_json").to_pylist()]
+    assert [c["prepared"] for c in calls] == [feeder_tasks] * len(units)  # where the inputs were made
+    spans = sorted(c["span"] for c in calls)
     assert len(spans) == len(units)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two calls ran at once"
     for u in units:
