@@ -239,6 +239,7 @@ def full_budget_actor(tokens: int):
             super().__init__(**kw)
             self.clock = threading.local()  # per call (calls may run at once on threads)
             self._model_lock = TimedLock(self._model_lock, self.clock)
+            self._call_lock = TimedLock(self._call_lock, self.clock)  # the serial way's wait for the other call
             stage, load = self.model_stage, self.model_stage.setup
 
             def setup():  # the model's load, once, under the model lock
@@ -274,19 +275,20 @@ def full_budget_actor(tokens: int):
                                                   "generate": self.clock.generated / len(out),
                                                   "waited": self.clock.waited / len(out),
                                                   "spans": self.clock.spans if n == 0 else [],
-                                                  "phases": phases if "constructed" in phases else None})
+                                                  "phases": phases if "constructed" in phases else None,
+                                                  "plan": self.plan.summary() if self.plan else None})
             return pa.Table.from_pylist(out, schema=UNIT)
 
     return FullBudget
 
 
 def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, out: Path,
-                 backend: str, feeder_tasks: bool | None, threads: int, calls: int | None
+                 backend: str, feeder_tasks: bool | None, threads: int, calls: int | str
                  ) -> tuple[list[tuple[float, int]], dict]:
     """The caption stage over ``rows`` (8 clips a video); returns (seconds, clips done) as each
     block's results reach the driver, and figures from inside the actor: whether prepare tasks
-    fed it, its calls at once (``calls``: resources.caption.calls_per_actor; None: the spec's
-    default), the median milliseconds per clip it spent in generation and outside it (waits for
+    fed it, its calls at once (``calls``: resources.caption.calls_per_actor, a number or auto)
+    and, on CPUs, the way it ran them (``way``: pipeline.overlap's choice), the median milliseconds per clip it spent in generation and outside it (waits for
     the model left out), ``model_busy_share``, the share of the steady state's wall time (as
     ``steady`` takes it) in which the model was generating, and the start-up's phases (seconds
     from the pass's start until the actor was constructed, first called and had its model, and
@@ -307,7 +309,7 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
                        "caption": {"max_new_tokens": tokens, "frames": frames, "retries": 0, "window_s": None},
                        "ray": {"feeder_tasks": feeder_tasks},
                        "resources": {"caption": {"batch_size": batch, "concurrency": 1, "num_cpus": threads}
-                                     | ({"calls_per_actor": calls} if calls else {}),
+                                     | {"calls_per_actor": calls},
                                      "prepare": {"concurrency": 1, "num_cpus": 1}}})
     fps = spec.fingerprints()
     store = open_store(str(out), spec.storage)
@@ -339,8 +341,12 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     outside = sorted((c["call"] - c["generate"] - c["waited"]) / 8 for c in calls)
     generate = sorted(c["generate"] / 8 for c in calls)
     phases = next(c["phases"] for c in calls if c.get("phases"))
-    figures = {"prepare_tasks": feeding,
+    plan = calls[-1].get("plan") or {}
+    figures = {"prepare_tasks": feeding, "calls": spec.resources.caption.calls_per_actor,
                "calls_per_actor": calls_per_actor(spec.resources.caption, gpus_per_worker(spec.resources.caption, gpus)),
+               "way": plan.get("mode"), "way_decided": plan.get("decided"),
+               "serial_clips_per_s_measured": plan.get("serial_clips_per_s"),
+               "overlap_clips_per_s_measured": plan.get("overlap_clips_per_s"),
                "actor_ms_per_clip_outside_generate": round(1000 * outside[len(outside) // 2], 1),
                "actor_ms_per_clip_in_generate": round(1000 * generate[len(generate) // 2], 1)}
     window = steady(marks, len(rows))["window"]
@@ -350,6 +356,10 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     figures |= {f"actor_{k}_s": round(v - wall_start, 2) for k, v in phases.items() if v is not None}
     figures["first_block_s"] = round(min(m[0] for m in marks), 2)
     return marks, figures
+
+
+def _calls(value: str) -> str | int:
+    return value if value == "auto" else int(value)
 
 
 def parse_args() -> argparse.Namespace:
@@ -365,8 +375,10 @@ def parse_args() -> argparse.Namespace:
                    help="the pipeline's models.vlm.backend (the raw baseline is transformers)")
     p.add_argument("--feeder-tasks", choices=["auto", "on", "off"], default="auto",
                    help="ray.feeder_tasks: prepare tasks ahead of the actor (auto: where it gets a GPU)")
-    p.add_argument("--calls", type=int, nargs="+", default=[None], help="resources.caption.calls_per_actor (default: "
-                   "the spec's); several values: each round runs the pipeline once with each, against the same raw runs")
+    p.add_argument("--calls", type=_calls, nargs="+", default=["auto"], help="resources.caption.calls_per_actor: a "
+                   "number or auto (the default; on CPUs the actor measures whether to overlap its calls, "
+                   "pipeline.overlap); several values: each round runs the pipeline once with each, against the same "
+                   "raw runs")
     p.add_argument("--cold", action="store_true", help="no Ray Data warm-up before the caption pass (it pays the "
                    "session's first execution, which a job's analysis pass pays before it)")
     p.add_argument("--repeat", type=int, default=3, help="rounds of pipeline, raw and raw beside Ray; the RESULT line has medians")
@@ -417,9 +429,9 @@ def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder:
 
 
 def print_results(rounds: list[dict], clips: int, device: str, backend: str) -> None:
-    """One RESULT line of medians over the rounds for each calls_per_actor value."""
-    for calls in sorted({r["calls_per_actor"] for r in rounds}):
-        mine = [r for r in rounds if r["calls_per_actor"] == calls]
+    """One RESULT line of medians over the rounds for each ``--calls`` value."""
+    for calls in dict.fromkeys(r["calls"] for r in rounds):
+        mine = [r for r in rounds if r["calls"] == calls]
 
         def median(key: str) -> float:
             return statistics.median(r[key] for r in mine)
@@ -431,7 +443,8 @@ def print_results(rounds: list[dict], clips: int, device: str, backend: str) -> 
               f"clips_per_s={statistics.median(clips / r['pipeline_s'] for r in mine):.2f} "
               f"steady_clips_per_s={median('pipeline_steady_clips_per_s'):.2f} "
               f"steady_tokens_per_s={median('pipeline_steady_tokens_per_s'):.1f} "
-              f"calls_per_actor={calls} device={device} backend={backend} rounds={len(mine)}")
+              f"calls_per_actor={calls} ways={'/'.join(sorted({str(r['way']) for r in mine}))} "
+              f"device={device} backend={backend} rounds={len(mine)}")
 
 
 def main() -> None:

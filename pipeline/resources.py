@@ -42,11 +42,11 @@ def task_limit(res) -> int | None:
 
 def calls_per_actor(res, gpus_per_actor: float) -> int:
     """Calls one actor of a stage works on at once (``calls_per_actor``; auto: 2 where each actor
-    gets a GPU, so one call's CPU work overlaps the other's generation, 1 on CPUs, where both
-    would share the model's cores)."""
+    gets a GPU, so one call's CPU work overlaps the other's generation; on CPUs 2 where the
+    actor has 2 or more, and the actor measures whether to overlap them (pipeline.overlap), else 1)."""
     if res.calls_per_actor != "auto":
         return res.calls_per_actor
-    return 2 if gpus_per_actor > 0 else 1
+    return 2 if gpus_per_actor > 0 or res.num_cpus >= 2 else 1
 
 
 def ray_args(res, *, actor: bool, gpus_in_cluster: float = 0.0, size: int | None = None) -> dict:

@@ -279,7 +279,11 @@ class StageResources(_Section):
                                                          "runs one call at a time. On CPUs the model then gets one "
                                                          "CPU less, which prepares: worth it only where preparing a "
                                                          "clip costs a good share of generating it (small models). "
-                                                         "'auto': 2 where the actors get GPUs, else 1.")
+                                                         "'auto': 2 where the actors get GPUs; on CPUs 2 where an "
+                                                         "actor has 2 CPUs or more, and the actor measures at the "
+                                                         "start whether running them one at a time (the model on "
+                                                         "all its CPUs) or overlapped is faster, and keeps that; "
+                                                         "else 1.")
 
     @field_validator("concurrency", "num_gpus", "calls_per_actor")
     @classmethod

@@ -20,6 +20,7 @@ The stages and their order come from pipeline.graph; pipeline.runner runs them.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import os
 import time
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 import schemas
 from pipeline.sinks import json_bytes, parquet_bytes
 from pipeline.graph import BY_NAME, GRAPH, settings_view, work_key
+from pipeline.overlap import SERIAL
 from pipeline.storage import open_store
 
 UNIT = pa.schema([("unit_id", pa.string()), ("uri", pa.string()), ("video_id", pa.string()),
@@ -203,20 +205,24 @@ class CaptionUnits(_UnitStage):
         self.model_stage = CaptionStage(model=spec.models.vlm, settings=spec.caption,
                                         batch_size=spec.resources.caption.batch_size)
         # Ray Data may run ``resources.caption.calls_per_actor`` calls at once on threads: each
-        # reads and prepares its units on its own, the model runs one call at a time
-        self._model_lock, self._inputs_lock = threading.Lock(), threading.Lock()
-        self._model_threads = self.model_threads(spec.resources.caption)
+        # reads and prepares its units on its own, the model runs one call at a time (and in the
+        # ``serial`` way of pipeline.overlap, the whole call does)
+        self._model_lock, self._inputs_lock, self._call_lock = threading.Lock(), threading.Lock(), threading.Lock()
+        self.plan = self.call_plan(spec.resources.caption)
 
     @staticmethod
-    def model_threads(res) -> int | None:
-        """The model's CPU threads when this actor takes several calls at once on CPUs: one of its
-        CPUs less, which stays with the calls preparing their inputs (None: the model keeps them
-        all, stages.models.device)."""
+    def call_plan(res):
+        """How this actor runs its calls on CPUs when it takes several at once (pipeline.overlap):
+        measured with ``calls_per_actor: auto``, always overlapping with a number; None on GPUs
+        (the model's threads are not the CPUs') and with one call at a time."""
+        from pipeline.overlap import OVERLAP, CallPlan
         from pipeline.resources import calls_per_actor
         from stages.models import assigned
 
         gpus, cpus = assigned("GPU"), int(assigned("CPU"))
-        return cpus - 1 if not gpus and cpus >= 2 and calls_per_actor(res, gpus) > 1 else None
+        if gpus or cpus < 2 or calls_per_actor(res, gpus) < 2:
+            return None
+        return CallPlan(cpus, fixed=None if res.calls_per_actor == "auto" else OVERLAP)
 
     def work(self, store, row: dict) -> bytes:
         raise TypeError("captions are made for a whole call at once (CaptionUnits.__call__)")
@@ -256,14 +262,22 @@ class CaptionUnits(_UnitStage):
         todo = [row for row in rows if self._pending(store, row)]
         if todo:
             fault_point("caption")
-            units = [self._inputs(store, row) for row in todo]  # while another call may be generating
-            with self._model_lock:
-                started = time.perf_counter()
-                self.model_stage.ensure_ready()  # the model's load counts as captioning time
-                if self._model_threads:
-                    self.model_stage.use_cpu_threads(self._model_threads)
-                self.model_stage.caption([(clips, inputs) for _, clips, inputs in units])
-                share = (time.perf_counter() - started) / len(todo)  # the batch's time, split evenly
+            mode = self.plan.mode if self.plan else None  # the call's way, fixed at its start
+            with self._call_lock if mode == SERIAL else contextlib.nullcontext():
+                preparing = time.perf_counter()
+                units = [self._inputs(store, row) for row in todo]  # while another call may be generating
+                preparing = time.perf_counter() - preparing
+                with self._model_lock:
+                    started = time.perf_counter()
+                    self.model_stage.ensure_ready()  # the model's load counts as captioning time
+                    if self.plan:
+                        self.model_stage.use_cpu_threads(self.plan.threads(mode))
+                    self.model_stage.caption([(clips, inputs) for _, clips, inputs in units])
+                    taken = time.perf_counter() - started
+                    if self.plan:
+                        self.plan.generated(mode, sum(len(inputs) for _, _, inputs in units), preparing, taken)
+                        self.model_stage.free_cpu_threads()  # the next call may generate from another thread
+                    share = taken / len(todo)  # the batch's time, split evenly
             for row, (video, clips, _) in zip(todo, units):
                 for c in clips:
                     c["frames"] = None  # not needed past captioning

@@ -87,6 +87,10 @@ class CaptionStage(ModelStage):
         """The model's CPU threads for generation from the calling thread on (after setup)."""
         self._runner.use_cpu_threads(threads)
 
+    def free_cpu_threads(self) -> None:
+        """Let go of the calling thread's OpenMP workers (stages.models.free_openmp_team)."""
+        self._runner.free_cpu_threads()
+
     def _prompt_for(self, item: dict, hint_row: dict) -> str:
         from stages.structured import hint_lines
 

@@ -190,6 +190,15 @@ class VlmRunner:
 
             torch.set_num_threads(threads)
 
+    def free_cpu_threads(self) -> None:
+        """On CPU (transformers backend), let go of the calling thread's OpenMP worker threads
+        (``free_openmp_team``), where the model ran on more than one."""
+        if self.backend != "vllm" and self.model.device.type == "cpu":
+            import torch
+
+            if torch.get_num_threads() > 1:
+                free_openmp_team()
+
     def generate_prepared(self, items: list[dict], *, max_new_tokens: int, temperature: float = 0.0,
                           min_new_tokens: int = 0) -> list[str]:
         """One completion per prepared item, generated as one batch (``min_new_tokens``: the end
@@ -218,6 +227,39 @@ class VlmRunner:
         """One completion per prompt; ``images[i]`` are the PIL frames shown with prompt i."""
         items = [self.inputs.prepare(p, images[i] if images else None) for i, p in enumerate(prompts)]
         return self.generate_prepared(items, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+def free_openmp_team() -> bool:
+    """Free the worker threads of the calling thread's OpenMP team (libgomp, the OpenMP runtime
+    of torch's Linux wheels; OpenMP 5.0's ``omp_pause_resource_all``). libgomp keeps one team
+    per thread that starts parallel work: an actor whose calls generate from several threads in
+    turn would keep a team for each, and once their threads outnumber the CPUs, every parallel
+    region waits for sleeping workers to wake (measured in bench/RESULTS.md: about 40% slower
+    generation). The next parallel region on this thread starts a new team. False where no
+    libgomp is loaded (another OpenMP runtime, another OS): nothing is done."""
+    pause = _omp_pause_resource_all()
+    return pause is not None and pause(1) == 0  # omp_pause_soft
+
+
+@functools.lru_cache(maxsize=1)
+def _omp_pause_resource_all():
+    """``omp_pause_resource_all`` of the libgomp this process loaded (None if there is none)."""
+    import ctypes
+    import os
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "libgomp" in line and line.rstrip().endswith(".so.1")}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            fn = ctypes.CDLL(path, mode=os.RTLD_NOLOAD).omp_pause_resource_all
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
 
 
 def _vllm_engine(name_or_path: str, dtype: str, max_images: int):

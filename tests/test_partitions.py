@@ -247,6 +247,9 @@ def test_caption_actors_take_two_calls_at_once_where_they_have_gpus_unless_the_s
 
     assert SPEC.resources.caption.calls_per_actor == "auto"
     assert calls(SPEC, "caption", 0.0) == 1 and calls(SPEC, "caption", 2.0) == 2
+    # on CPUs, two where an actor has two CPUs or more (it measures whether to overlap them)
+    two_cpus = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"caption": {"num_cpus": 2}}})
+    assert calls(two_cpus, "caption", 0.0) == 2 and calls(two_cpus, "caption", 2.0) == 2
     assert calls(SPEC, "clip", 2.0) == 1 and calls(SPEC, "hierarchy", 2.0) == 1
     fixed = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"caption": {"calls_per_actor": 3}}})
     assert calls(fixed, "caption", 0.0) == 3 and fixed.resources.caption.batch_size == 4  # other keys kept
@@ -257,17 +260,27 @@ def test_caption_actors_take_two_calls_at_once_where_they_have_gpus_unless_the_s
         parse_spec({**SPEC.model_dump(mode="json"), "resources": {"caption": {"calls_per_actor": 0}}})
 
 
-def test_cpu_actors_taking_two_calls_give_the_model_one_cpu_less(monkeypatch):
-    """On CPUs, an actor that takes two calls at once leaves one of its CPUs to the call that
-    prepares; on a GPU, or with one call at a time, the model keeps them all."""
+def test_cpu_actors_taking_two_calls_measure_whether_to_overlap_them_unless_the_spec_says(monkeypatch):
+    """On CPUs, an actor with 2 or more CPUs takes two calls at once; left to choose (auto) it
+    measures which way to run them (pipeline.overlap), with a number it always overlaps them,
+    the model on one CPU less. On a GPU, or with one call at a time, there is no plan."""
+    from pipeline.overlap import OVERLAP, SERIAL
     from pipeline.units import CaptionUnits
     from stages import models
 
-    two = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"caption": {"calls_per_actor": 2}}})
-    for res, gpus, cpus, threads in ((two, 0, 4, 3), (two, 0, 2, 1), (two, 0, 1, None), (two, 1, 4, None),
-                                     (SPEC, 0, 4, None)):
+    def spec(**caption):
+        return parse_spec({**SPEC.model_dump(mode="json"), "resources": {"caption": caption}})
+
+    two, auto2, auto1 = spec(calls_per_actor=2), spec(num_cpus=2), spec(num_cpus=1)
+    for res, gpus, cpus, want in ((two, 0, 4, (OVERLAP, True, 3)), (two, 0, 2, (OVERLAP, True, 1)), (two, 0, 1, None),
+                                  (two, 1, 4, None), (auto2, 0, 4, (SERIAL, False, 3)), (auto2, 0, 2, (SERIAL, False, 1)),
+                                  (auto2, 1, 2, None), (auto1, 0, 1, None)):
         monkeypatch.setattr(models, "assigned", lambda r: {"GPU": gpus, "CPU": cpus}[r])
-        assert CaptionUnits.model_threads(res.resources.caption) == threads, (gpus, cpus)
+        plan = CaptionUnits.call_plan(res.resources.caption)
+        got = plan and (plan.mode, plan.decided, plan.threads(OVERLAP))
+        assert got == want, (res.resources.caption, gpus, cpus)
+        if plan:
+            assert plan.threads(SERIAL) == cpus
 
 
 def test_auto_pools_fill_the_cluster_in_a_pass_and_never_take_the_feeders_cpu():

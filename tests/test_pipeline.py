@@ -220,18 +220,23 @@ def test_outputs_beside_manifest(demo_run):
     assert sum(stats["counts"]["clip_caption_parse"].values()) == clip_captions
 
 
-@pytest.mark.parametrize("feeder_tasks", [False, True], ids=["inputs-made-in-actor", "inputs-from-prepare-tasks"])
-def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_run, tmp_path, feeder_tasks):
+@pytest.mark.parametrize("feeder_tasks,calls", [(False, 2), (True, 2), (False, "auto")],
+                         ids=["inputs-made-in-actor", "inputs-from-prepare-tasks", "cpu-actor-choosing-its-way"])
+def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_run, tmp_path, feeder_tasks, calls):
     """resources.caption.calls_per_actor: 2 (the default where the actors get GPUs): the actor
     takes one call's inputs (made in the actor, or by prepare tasks ahead of it as on GPU nodes)
     while another call generates, on threads, the model one call at a time. The captions it
-    commits are the demo run's (one call at a time), byte for byte, and the calls did overlap."""
+    commits are the demo run's (one call at a time), byte for byte, and the calls did overlap.
+    ``auto`` on CPUs, with 2 CPUs an actor: it runs its calls one at a time, the model on both
+    CPUs, and overlapped, the model on one, in turn (pipeline.overlap; here one generation a
+    turn, so a few videos see both), with the same captions."""
     import shutil
 
     import pyarrow as pa
     import ray
 
     from pipeline.graph import BY_NAME, work_key
+    from pipeline.overlap import OVERLAP, SERIAL, CallPlan
     from pipeline.resources import ray_args
     from pipeline.runner import add_stage, finished_blocks
     from pipeline.spec import parse_spec
@@ -240,7 +245,9 @@ def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_r
     out, _, spec = demo_run
     doc = spec.model_dump(mode="json")
     doc["output"]["uri"] = str(tmp_path / "out")
-    doc["resources"]["caption"]["calls_per_actor"] = 2
+    doc["resources"]["caption"]["calls_per_actor"] = calls
+    if calls == "auto":
+        doc["resources"]["caption"]["num_cpus"] = 2
     doc["ray"]["feeder_tasks"] = feeder_tasks
     two = parse_spec(doc)
     fps = two.fingerprints()
@@ -251,10 +258,16 @@ def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_r
     assert len(units) >= 3
 
     class Timed(CaptionUnits):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            if self.plan and not self.plan.decided:  # both ways within a few videos
+                self.plan = CallPlan(self.plan.cpus, intervals=1, rounds=2)
+
         def __call__(self, batch):
             started, prepared = time.time(), batch.column("prepared")[0].is_valid
+            way = self.plan and self.plan.mode
             rows = super().__call__(batch).to_pylist()
-            rows[0]["seconds_json"] = json.dumps({"span": [started, time.time()], "prepared": prepared})
+            rows[0]["seconds_json"] = json.dumps({"span": [started, time.time()], "prepared": prepared, "way": way})
             return pa.Table.from_pylist(rows, schema=UNIT)
 
     args = ray_args(two.resources.caption, actor=True) | {"batch_size": 1}
@@ -265,11 +278,13 @@ def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_r
         ds = add_stage(ds, BY_NAME["caption"].feeder, two, fps, gpus=0)
     ds = ds.map_batches(Timed, fn_constructor_kwargs={"spec": two, "fps": fps, "stage": BY_NAME["caption"],
                                                       "fed": feeder_tasks}, **args)
-    calls = [json.loads(r) for block in finished_blocks(ds) for r in block.column("seconds_json").to_pylist()]
-    assert [c["prepared"] for c in calls] == [feeder_tasks] * len(units)  # where the inputs were made
-    spans = sorted(c["span"] for c in calls)
+    made = [json.loads(r) for block in finished_blocks(ds) for r in block.column("seconds_json").to_pylist()]
+    assert [c["prepared"] for c in made] == [feeder_tasks] * len(units)  # where the inputs were made
+    spans = sorted(c["span"] for c in made)
     assert len(spans) == len(units)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two calls ran at once"
+    ways = {c["way"] for c in made}
+    assert ways == ({SERIAL, OVERLAP} if calls == "auto" else {None}), ways  # 2: one CPU, no way to choose
     for u in units:
         key = work_key("caption", fps["caption"], u)
         assert (tmp_path / "out" / key).read_bytes() == (out / key).read_bytes(), u

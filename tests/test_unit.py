@@ -363,3 +363,77 @@ def subprocess_pid_that_exited() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run_calls(plan, clock, seconds: dict, calls: int, prepare_s: float = 0.05) -> list[str]:
+    """Calls one after another, each taking ``seconds[way]`` from one generation's end to the
+    next in the way it started in; returns the ways."""
+    ways = []
+    for _ in range(calls):
+        way = plan.mode
+        clock.now += seconds[way]
+        plan.generated(way, 8, prepare_s, seconds[way] - prepare_s)
+        ways.append(way)
+    return ways
+
+
+@pytest.mark.parametrize("faster", ["serial", "overlap"])
+def test_call_plan_measures_both_ways_in_turn_and_keeps_the_faster(faster):
+    from pipeline.overlap import OVERLAP, SERIAL, CallPlan
+
+    clock = _Clock()
+    plan = CallPlan(2, intervals=2, rounds=2, clock=clock)
+    seconds = {SERIAL: 0.2, OVERLAP: 0.25} if faster == SERIAL else {SERIAL: 0.25, OVERLAP: 0.2}
+    ways = _run_calls(plan, clock, seconds, 30)
+    # the first generation (the model's load) and the first of each way after a change are not measured
+    assert ways[:12] == [SERIAL] * 3 + [OVERLAP] * 3 + [SERIAL] * 3 + [OVERLAP] * 3
+    assert plan.decided and plan.mode == faster and set(ways[12:]) == {faster}
+    assert plan.rate(SERIAL) == pytest.approx(8 / seconds[SERIAL])
+    assert plan.rate(OVERLAP) == pytest.approx(8 / seconds[OVERLAP])
+    assert plan.summary()["mode"] == faster
+    assert (plan.threads(SERIAL), plan.threads(OVERLAP)) == (2, 1)
+
+
+def test_call_plan_leaves_out_generations_that_changed_ways():
+    """A generation whose call started in the other way (or before the plan's change) is not
+    measured: here those intervals are very long, and the rates stay those of clean ones."""
+    from pipeline.overlap import OVERLAP, SERIAL, CallPlan
+
+    clock = _Clock()
+    plan = CallPlan(4, intervals=2, rounds=1, clock=clock)
+    for way, gap in ((SERIAL, 9.0), (SERIAL, 0.2), (SERIAL, 0.2), (OVERLAP, 9.0), (SERIAL, 9.0), (OVERLAP, 9.0),
+                     (OVERLAP, 0.1), (OVERLAP, 0.1)):
+        clock.now += gap
+        plan.generated(way, 8, 0.05, 0.1)
+    assert plan.rate(SERIAL) == pytest.approx(40) and plan.rate(OVERLAP) == pytest.approx(80)
+    assert plan.decided and plan.mode == OVERLAP
+
+
+def test_call_plan_keeps_serial_at_once_where_preparing_is_negligible():
+    """A model whose generation dwarfs the preparing (a real-sized one on CPUs) would only lose a
+    CPU by overlapping: serial is kept after the first measured interval, overlap never tried."""
+    from pipeline.overlap import OVERLAP, SERIAL, CallPlan
+
+    clock = _Clock()
+    plan = CallPlan(8, clock=clock)
+    ways = _run_calls(plan, clock, {SERIAL: 30.0, OVERLAP: 1.0}, 6, prepare_s=0.01)
+    assert ways == [SERIAL] * 6 and plan.decided and plan.mode == SERIAL and plan.rate(OVERLAP) is None
+
+
+def test_call_plan_fixed_never_changes():
+    from pipeline.overlap import OVERLAP, SERIAL, CallPlan
+
+    clock = _Clock()
+    plan = CallPlan(2, fixed=OVERLAP, clock=clock)
+    assert _run_calls(plan, clock, {SERIAL: 0.1, OVERLAP: 5.0}, 20) == [OVERLAP] * 20
+    assert plan.rate(SERIAL) is None and plan.rate(OVERLAP) is None
+    with pytest.raises(ValueError):
+        CallPlan(2, fixed="both")
