@@ -24,10 +24,13 @@ tokens):
   CPU threads on both sides (default 2, this machine's cores; the actor declares as many
   CPUs); Ray gets one logical CPU more, for prepare tasks.
 
-Both sides are timed as they go: raw after every batch, the pipeline as each block's results
-reach the driver. Besides the totals: the steady state, the rate over the clips after the
-first quarter (model load and warm-up done), and start-up, the total time less the clips at
-that rate. Inside the actor, the median milliseconds per clip in ``generate`` and outside it
+Both sides are timed as they go: raw after every batch, the pipeline as each video is
+committed inside the actor (its results reach the driver a block of videos at a time, and
+with two calls at once two blocks are worked on together and arrive in pairs, so a rate taken
+between block arrivals would depend on where the pairs fall); its total ends when the last
+block reaches the driver. Besides the totals: the steady state, the rate over the clips after
+the first quarter (model load and warm-up done), and start-up, the total time less the clips
+at that rate. Inside the actor, the median milliseconds per clip in ``generate`` and outside it
 (reading the inputs, preparing them where no task did, committing).
 
 Inside a job the caption pass never runs first: the analysis pass before it has already paid
@@ -90,14 +93,16 @@ def build_model(arch: str, folder: Path) -> str:
     return build_tiny_vlm(folder, sizes="tiny" if arch == "tiny" else "qwen2-vl-2b")["name_or_path"]
 
 
-def steady(marks: list[tuple[float, int]], total: int) -> dict:
+def steady(marks: list[tuple[float, int]], total: int, end: float | None = None) -> dict:
     """Steady state from (seconds since the start, clips done by then) marks: the rate over the
-    clips after the first quarter, and start-up, the total time less the clips at that rate."""
+    clips after the first quarter, and start-up, the total time (``end``, else the last mark's)
+    less the clips at that rate."""
     marks = sorted(marks)
-    end = marks[-1][0]
+    last = marks[-1]
+    end = last[0] if end is None else end
     warm = next(m for m in marks if m[1] >= total / 4)
-    rate = (total - warm[1]) / (end - warm[0]) if end > warm[0] else float("nan")
-    return {"s": end, "steady_clips_per_s": rate, "startup_s": end - total / rate, "window": (warm[0], end)}
+    rate = (last[1] - warm[1]) / (last[0] - warm[0]) if last[0] > warm[0] else float("nan")
+    return {"s": end, "steady_clips_per_s": rate, "startup_s": end - total / rate, "window": (warm[0], last[0])}
 
 
 def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, template: str, threads: int
@@ -268,10 +273,11 @@ def full_budget_actor(tokens: int):
             self.clock.generated, self.clock.waited, self.clock.spans = 0.0, 0.0, []
             self.phases.setdefault("first_call", time.time())
             out = super().__call__(batch).to_pylist()
-            call = time.perf_counter() - started
+            call, ended = time.perf_counter() - started, time.time()
             phases, self.phases = self.phases, {"done": True}
             for n, row in enumerate(out):
                 row["seconds_json"] = json.dumps({**json.loads(row["seconds_json"] or "{}"), "call": call / len(out),
+                                                  "ended": ended,
                                                   "generate": self.clock.generated / len(out),
                                                   "waited": self.clock.waited / len(out),
                                                   "spans": self.clock.spans if n == 0 else [],
@@ -284,16 +290,18 @@ def full_budget_actor(tokens: int):
 
 def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, out: Path,
                  backend: str, feeder_tasks: bool | None, threads: int, calls: int | str
-                 ) -> tuple[list[tuple[float, int]], dict]:
+                 ) -> tuple[list[tuple[float, int]], float, dict]:
     """The caption stage over ``rows`` (8 clips a video); returns (seconds, clips done) as each
-    block's results reach the driver, and figures from inside the actor: whether prepare tasks
+    video is committed inside the actor, the seconds until the last block reached the driver,
+    and figures from inside the actor: whether prepare tasks
     fed it, its calls at once (``calls``: resources.caption.calls_per_actor, a number or auto)
     and, on CPUs, the way it ran them (``way``: pipeline.overlap's choice), the median milliseconds per clip it spent in generation and outside it (waits for
     the model left out), ``model_busy_share``, the share of the steady state's wall time (as
     ``steady`` takes it) in which the model was generating, and the start-up's phases (seconds
     from the pass's start until the actor was constructed, first called and had its model, and
-    until the first block reached the driver; ``actor_process_started_s``: when its process was
-    started, so the process's boot shows apart from Ray Data's planning)."""
+    until the first video was committed and the first block reached the driver;
+    ``actor_process_started_s``: when its process was started, so the process's boot shows
+    apart from Ray Data's planning)."""
     import ray
 
     import schemas
@@ -330,11 +338,14 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
         ds = ds.map_batches(PrepareUnits(spec=spec, fps=fps, stage=stage.feeder), **prepare)
     ds = ds.map_batches(full_budget_actor(tokens), fn_constructor_kwargs={"spec": spec, "fps": fps, "stage": stage, "fed": feeding},
                         **caption)
-    marks, done_units, calls = [], 0, []
+    arrivals, done_units, calls = [], 0, []
     for block in finished_blocks(ds):  # as run_units reads them
         done_units += block.num_rows
-        marks.append((time.perf_counter() - start, min(len(rows), 8 * done_units)))
+        arrivals.append((time.perf_counter() - start, min(len(rows), 8 * done_units)))
         calls += [json.loads(r) for r in block.column("seconds_json").to_pylist()]
+    ends = sorted(c["ended"] - wall_start for c in calls)  # each video's commit, inside the actor
+    marks = [(t, min(len(rows), 8 * (n + 1))) for n, t in enumerate(ends)]
+    end = max(a[0] for a in arrivals)
     done = [c for u in units for c in decode_unit(store.read(work_key("caption", fps["caption"], u["unit_id"])))[1]
             .to_pylist()]
     assert len(done) == len(rows) and all(r["caption_text"] is not None for r in done)
@@ -349,13 +360,14 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
                "overlap_clips_per_s_measured": plan.get("overlap_clips_per_s"),
                "actor_ms_per_clip_outside_generate": round(1000 * outside[len(outside) // 2], 1),
                "actor_ms_per_clip_in_generate": round(1000 * generate[len(generate) // 2], 1)}
-    window = steady(marks, len(rows))["window"]
+    window = steady(marks, len(rows), end)["window"]
     spans = [(a - wall_start, b - wall_start) for c in calls for a, b in c["spans"]]
     busy = sum(max(0.0, min(b, window[1]) - max(a, window[0])) for a, b in spans)
     figures["model_busy_share"] = round(busy / (window[1] - window[0]), 3) if window[1] > window[0] else float("nan")
     figures |= {f"actor_{k}_s": round(v - wall_start, 2) for k, v in phases.items() if v is not None}
-    figures["first_block_s"] = round(min(m[0] for m in marks), 2)
-    return marks, figures
+    figures["first_block_s"] = round(min(a[0] for a in arrivals), 2)
+    figures["first_video_s"] = round(marks[0][0], 2)
+    return marks, end, figures
 
 
 def _calls(value: str) -> str | int:
@@ -398,11 +410,11 @@ def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder:
         ray.init(**ray_init)
         try:
             first = float("nan") if args.cold else warm_ray_data()
-            marks, inside = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
+            marks, end, inside = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
                                          folder / f"out{n}-{calls}", args.backend, feeder, args.threads, calls)
         finally:
             ray.shutdown()
-        pipes.append((steady(marks, len(rows)), inside, first))
+        pipes.append((steady(marks, len(rows), end), inside, first))
     marks, raw_generating = raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, folder,
                                                  args.threads)
     raw = steady(marks, len(rows))
