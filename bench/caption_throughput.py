@@ -290,10 +290,10 @@ def full_budget_actor(tokens: int):
 
 def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, out: Path,
                  backend: str, feeder_tasks: bool | None, threads: int, calls: int | str
-                 ) -> tuple[list[tuple[float, int]], float, dict]:
-    """The caption stage over ``rows`` (8 clips a video); returns (seconds, clips done) as each
-    video is committed inside the actor, the seconds until the last block reached the driver,
-    and figures from inside the actor: whether prepare tasks
+                 ) -> tuple[dict, dict]:
+    """The caption stage over ``rows`` (8 clips a video); returns its ``steady`` figures, from
+    (seconds, clips done) as each video is committed inside the actor and the seconds until
+    the last block reached the driver, and figures from inside the actor: whether prepare tasks
     fed it, its calls at once (``calls``: resources.caption.calls_per_actor, a number or auto)
     and, on CPUs, the way it ran them (``way``: pipeline.overlap's choice), the median milliseconds per clip it spent in generation and outside it (waits for
     the model left out), ``model_busy_share``, the share of the steady state's wall time (as
@@ -345,7 +345,7 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
         calls += [json.loads(r) for r in block.column("seconds_json").to_pylist()]
     ends = sorted(c["ended"] - wall_start for c in calls)  # each video's commit, inside the actor
     marks = [(t, min(len(rows), 8 * (n + 1))) for n, t in enumerate(ends)]
-    end = max(a[0] for a in arrivals)
+    timing = steady(marks, len(rows), max(a[0] for a in arrivals))
     done = [c for u in units for c in decode_unit(store.read(work_key("caption", fps["caption"], u["unit_id"])))[1]
             .to_pylist()]
     assert len(done) == len(rows) and all(r["caption_text"] is not None for r in done)
@@ -360,14 +360,14 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
                "overlap_clips_per_s_measured": plan.get("overlap_clips_per_s"),
                "actor_ms_per_clip_outside_generate": round(1000 * outside[len(outside) // 2], 1),
                "actor_ms_per_clip_in_generate": round(1000 * generate[len(generate) // 2], 1)}
-    window = steady(marks, len(rows), end)["window"]
+    window = timing["window"]
     spans = [(a - wall_start, b - wall_start) for c in calls for a, b in c["spans"]]
     busy = sum(max(0.0, min(b, window[1]) - max(a, window[0])) for a, b in spans)
     figures["model_busy_share"] = round(busy / (window[1] - window[0]), 3) if window[1] > window[0] else float("nan")
     figures |= {f"actor_{k}_s": round(v - wall_start, 2) for k, v in phases.items() if v is not None}
     figures["first_block_s"] = round(min(a[0] for a in arrivals), 2)
     figures["first_video_s"] = round(marks[0][0], 2)
-    return marks, end, figures
+    return timing, figures
 
 
 def _calls(value: str) -> str | int:
@@ -410,11 +410,11 @@ def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder:
         ray.init(**ray_init)
         try:
             first = float("nan") if args.cold else warm_ray_data()
-            marks, end, inside = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
-                                         folder / f"out{n}-{calls}", args.backend, feeder, args.threads, calls)
+            timing, inside = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
+                                           folder / f"out{n}-{calls}", args.backend, feeder, args.threads, calls)
         finally:
             ray.shutdown()
-        pipes.append((steady(marks, len(rows), end), inside, first))
+        pipes.append((timing, inside, first))
     marks, raw_generating = raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, folder,
                                                  args.threads)
     raw = steady(marks, len(rows))
