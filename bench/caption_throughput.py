@@ -73,6 +73,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+CLIPS_PER_VIDEO = 8  # the bench's videos: each a unit of this many clips, as the clip stage commits them
+
 
 def clip_rows(count: int) -> list[dict]:
     """Kept clip rows (with frames) from the analysis pass over real footage, repeated to ``count``."""
@@ -106,7 +108,7 @@ def steady(marks: list[tuple[float, int]], total: int, end: float | None = None)
     end = last[0] if end is None else end
     warm = next(m for m in marks if m[1] >= total / 4)
     rate = (last[1] - warm[1]) / (last[0] - warm[0]) if last[0] > warm[0] else float("nan")
-    first = next(m[0] for m in marks if m[1] >= min(total, 8))
+    first = next(m[0] for m in marks if m[1] >= min(total, CLIPS_PER_VIDEO))
     return {"s": end, "steady_clips_per_s": rate, "startup_s": end - total / rate, "window": (warm[0], last[0]),
             "first_video_s": first}
 
@@ -328,9 +330,9 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     fps = spec.fingerprints()
     store = open_store(str(out), spec.storage)
     units = []
-    for n in range(0, len(rows), 8):  # the clip stage's committed results, 8 clips a video
-        unit = f"u{n // 8:04d}"
-        store.write(work_key("clip", fps["clip"], unit), encode_unit({"video_id": unit}, schemas.work_table(rows[n:n + 8])))
+    for n in range(0, len(rows), CLIPS_PER_VIDEO):  # the clip stage's committed results
+        unit = f"u{n // CLIPS_PER_VIDEO:04d}"
+        store.write(work_key("clip", fps["clip"], unit), encode_unit({"video_id": unit}, schemas.work_table(rows[n:n + CLIPS_PER_VIDEO])))
         units.append({f.name: None for f in UNIT} | {"unit_id": unit, "todo": ["caption", "hierarchy"]})
     gpus = float(ray.cluster_resources().get("GPU", 0))
     stage = BY_NAME["caption"]
@@ -347,16 +349,16 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     arrivals, done_units, calls = [], 0, []
     for block in finished_blocks(ds):  # as run_units reads them
         done_units += block.num_rows
-        arrivals.append((time.perf_counter() - start, min(len(rows), 8 * done_units)))
+        arrivals.append((time.perf_counter() - start, min(len(rows), CLIPS_PER_VIDEO * done_units)))
         calls += [json.loads(r) for r in block.column("seconds_json").to_pylist()]
     ends = sorted(c["ended"] - wall_start for c in calls)  # each video's commit, inside the actor
-    marks = [(t, min(len(rows), 8 * (n + 1))) for n, t in enumerate(ends)]
+    marks = [(t, min(len(rows), CLIPS_PER_VIDEO * (n + 1))) for n, t in enumerate(ends)]
     timing = steady(marks, len(rows), max(a[0] for a in arrivals))
     done = [c for u in units for c in decode_unit(store.read(work_key("caption", fps["caption"], u["unit_id"])))[1]
             .to_pylist()]
     assert len(done) == len(rows) and all(r["caption_text"] is not None for r in done)
-    outside = sorted((c["call"] - c["generate"] - c["waited"]) / 8 for c in calls)
-    generate = sorted(c["generate"] / 8 for c in calls)
+    outside = sorted((c["call"] - c["generate"] - c["waited"]) / CLIPS_PER_VIDEO for c in calls)
+    generate = sorted(c["generate"] / CLIPS_PER_VIDEO for c in calls)
     phases = next(c["phases"] for c in calls if c.get("phases"))
     plan = calls[-1].get("plan") or {}
     figures = {"prepare_tasks": feeding, "calls": spec.resources.caption.calls_per_actor,
