@@ -53,6 +53,9 @@ line has the medians over the rounds: ``RESULT pipeline_vs_raw=<raw s / pipeline
 steady_vs_raw=<pipeline steady clips/s / raw steady clips/s> steady_vs_raw_beside_ray=<the
 same against raw beside an idle Ray> startup_over_raw_s=<pipeline start-up - raw start-up>
 first_video_over_raw_s=<the pipeline's first video done - raw's>
+first_video_outside_generate_over_raw_s=<the same, each side less its seconds in ``generate``
+for those clips: the start-up the pipeline adds around the model, which a difference in the
+model's own speed between the two runs cannot move>
 ray_data_first_s=<> clips_per_s=<pipeline> device=<cpu|gpu name> backend=<transformers|vllm>
 rounds=<n>``.
 
@@ -114,12 +117,13 @@ def steady(marks: list[tuple[float, int]], total: int, end: float | None = None)
 
 
 def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, template: str, threads: int
-            ) -> tuple[list[tuple[float, int]], float]:
+            ) -> tuple[list[tuple[float, int]], float, dict]:
     """The baseline, meant to run in a fresh process (``--raw``): the clock starts before torch
     and transformers are imported, as the pipeline's actor process imports them too; then
     processor + batched ``generate`` straight from transformers, batch after batch. Returns
-    (seconds, clips done) after each batch, and the median seconds per clip in ``generate``
-    (the first batch left out)."""
+    (seconds, clips done) after each batch, the median seconds per clip in ``generate`` (the
+    first batch left out), and start-up's parts: seconds until the model was loaded, and the
+    seconds in ``generate`` for the first video's clips."""
     start = time.perf_counter()
     from stages.torchvision_cpu_guard import ensure_torchvision
 
@@ -138,6 +142,7 @@ def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: i
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(dev).eval()
+    parts = {"model_ready_s": time.perf_counter() - start, "first_video_generate_s": 0.0}
     marks, generating = [], []
     for i in range(0, len(rows), batch):
         group = rows[i:i + batch]
@@ -150,13 +155,14 @@ def run_raw(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: i
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
         generating.append((time.perf_counter() - t) / len(group))
+        parts["first_video_generate_s"] += generating[-1] * max(0, min(len(group), CLIPS_PER_VIDEO - i))
         processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         marks.append((time.perf_counter() - start, i + len(group)))
-    return marks, statistics.median(generating[1:] or generating)
+    return marks, statistics.median(generating[1:] or generating), parts
 
 
 def raw_in_fresh_process(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, folder: Path,
-                         threads: int) -> tuple[list[tuple[float, int]], float]:
+                         threads: int) -> tuple[list[tuple[float, int]], float, dict]:
     import pickle
     import subprocess
 
@@ -167,8 +173,8 @@ def raw_in_fresh_process(model_dir: str, rows: list[dict], batch: int, tokens: i
                           "--threads", str(threads)], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"raw baseline failed:\n{out.stderr[-3000:]}")
-    marks, generating = json.loads(out.stdout.strip().splitlines()[-1])
-    return [tuple(m) for m in marks], generating
+    marks, generating, parts = json.loads(out.stdout.strip().splitlines()[-1])
+    return [tuple(m) for m in marks], generating, parts
 
 
 def warm_ray_data() -> float:
@@ -182,7 +188,7 @@ def warm_ray_data() -> float:
 
 
 def raw_beside_ray(model_dir: str, rows: list[dict], batch: int, tokens: int, frames: int, folder: Path,
-                   threads: int, ray_init: dict) -> tuple[list[tuple[float, int]], float]:
+                   threads: int, ray_init: dict) -> tuple[list[tuple[float, int]], float, dict]:
     """The raw loop in a fresh process while a Ray session is up and idle, with an actor holding
     the CPUs the caption actor would hold (as in a caption pass, less the pass itself)."""
     import ray
@@ -374,6 +380,8 @@ def run_pipeline(model_dir: str, rows: list[dict], batch: int, tokens: int, fram
     figures["model_busy_share"] = round(busy / (window[1] - window[0]), 3) if window[1] > window[0] else float("nan")
     figures |= {f"actor_{k}_s": round(v - wall_start, 2) for k, v in phases.items() if v is not None}
     figures["first_block_s"] = round(min(a[0] for a in arrivals), 2)
+    first_call = min(calls, key=lambda c: c["ended"])  # the first video's call (one video a call)
+    timing["first_video_generate_s"] = first_call["generate"] * sum(c["ended"] == first_call["ended"] for c in calls)
     return timing, figures
 
 
@@ -422,12 +430,12 @@ def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder:
         finally:
             ray.shutdown()
         pipes.append((timing, inside, first))
-    marks, raw_generating = raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, folder,
-                                                 args.threads)
-    raw = steady(marks, len(rows))
-    marks, beside_generating = raw_beside_ray(model_dir, rows, args.batch, args.tokens, args.frames, folder,
-                                              args.threads, ray_init)
-    beside = steady(marks, len(rows))
+    marks, raw_generating, parts = raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, folder,
+                                                        args.threads)
+    raw = steady(marks, len(rows)) | parts
+    marks, beside_generating, parts = raw_beside_ray(model_dir, rows, args.batch, args.tokens, args.frames, folder,
+                                                     args.threads, ray_init)
+    beside = steady(marks, len(rows)) | parts
     out = []
     for pipe, inside, first in pipes:
         figures = {"round": n + 1, "arch": arch, "backend": args.backend, "clips": len(rows),
@@ -437,6 +445,7 @@ def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder:
         for side, f in (("raw", raw), ("raw_beside_ray", beside), ("pipeline", pipe)):
             figures |= {f"{side}_s": round(f["s"], 2), f"{side}_startup_s": round(f["startup_s"], 2),
                         f"{side}_first_video_s": round(f["first_video_s"], 2),
+                        f"{side}_first_video_outside_generate_s": round(f["first_video_s"] - f["first_video_generate_s"], 2),
                         f"{side}_steady_clips_per_s": round(f["steady_clips_per_s"], 2),
                         f"{side}_steady_tokens_per_s": round(f["steady_clips_per_s"] * args.tokens, 1)}
         figures |= {"pipeline_vs_raw": round(raw["s"] / pipe["s"], 3),
@@ -444,7 +453,12 @@ def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder:
                     "steady_vs_raw_beside_ray": round(pipe["steady_clips_per_s"] / beside["steady_clips_per_s"], 3),
                     "ray_data_first_s": round(first, 2),
                     "startup_over_raw_s": round(pipe["startup_s"] - raw["startup_s"], 2),
-                    "first_video_over_raw_s": round(pipe["first_video_s"] - raw["first_video_s"], 2)}
+                    "first_video_over_raw_s": round(pipe["first_video_s"] - raw["first_video_s"], 2),
+                    "first_video_outside_generate_over_raw_s": round(
+                        (pipe["first_video_s"] - pipe["first_video_generate_s"])
+                        - (raw["first_video_s"] - raw["first_video_generate_s"]), 2),
+                    "raw_model_ready_s": round(raw["model_ready_s"], 2),
+                    "raw_beside_ray_model_ready_s": round(beside["model_ready_s"], 2)}
         out.append(figures)
     return out
 
@@ -460,7 +474,9 @@ def print_results(rounds: list[dict], clips: int, device: str, backend: str) -> 
         print(f"RESULT pipeline_vs_raw={median('pipeline_vs_raw'):.2f} steady_vs_raw={median('steady_vs_raw'):.2f} "
               f"steady_vs_raw_beside_ray={median('steady_vs_raw_beside_ray'):.2f} "
               f"startup_over_raw_s={median('startup_over_raw_s'):.2f} "
-              f"first_video_over_raw_s={median('first_video_over_raw_s'):.2f} model_busy_share={median('model_busy_share'):.2f} "
+              f"first_video_over_raw_s={median('first_video_over_raw_s'):.2f} "
+              f"first_video_outside_generate_over_raw_s={median('first_video_outside_generate_over_raw_s'):.2f} "
+              f"model_busy_share={median('model_busy_share'):.2f} "
               f"ray_data_first_s={median('ray_data_first_s'):.2f} "
               f"clips_per_s={statistics.median(clips / r['pipeline_s'] for r in mine):.2f} "
               f"steady_clips_per_s={median('pipeline_steady_clips_per_s'):.2f} "
