@@ -48,7 +48,8 @@ clip (``steady_vs_raw_beside_ray``).
 
 So ``--backend vllm`` compares vLLM's engine, inside the pipeline, with the raw transformers
 loop on the same clips; ``--backend transformers`` what the pipeline around transformers costs.
-Each of ``--repeat`` rounds (pipeline, raw, raw beside Ray) prints a JSON line with its figures; the last
+Each of ``--repeat`` rounds (pipeline, raw, raw beside Ray, in an order rotated by one each round)
+prints a JSON line with its figures; the last
 line has the medians over the rounds: ``RESULT pipeline_vs_raw=<raw s / pipeline s>
 steady_vs_raw=<pipeline steady clips/s / raw steady clips/s> steady_vs_raw_beside_ray=<the
 same against raw beside an idle Ray> startup_over_raw_s=<pipeline start-up - raw start-up>
@@ -408,37 +409,53 @@ def parse_args() -> argparse.Namespace:
                    "raw runs")
     p.add_argument("--cold", action="store_true", help="no Ray Data warm-up before the caption pass (it pays the "
                    "session's first execution, which a job's analysis pass pays before it)")
-    p.add_argument("--repeat", type=int, default=3, help="rounds of pipeline, raw and raw beside Ray; the RESULT line has medians")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of pipeline, raw and raw beside Ray (their order rotates each round); the RESULT line "
+                   "has medians")
     p.add_argument("--raw", help=argparse.SUPPRESS)  # internal: run the baseline on this model folder
     p.add_argument("--rows", help=argparse.SUPPRESS)
     return p.parse_args()
 
 
 def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder: Path, ray_init: dict) -> list[dict]:
-    """Round ``n``: the pipeline once per ``--calls`` value, then the raw loop, quiet and beside an
-    idle Ray; one dict of figures per pipeline run."""
+    """Round ``n``: the pipeline once per ``--calls`` value, the raw loop, and the raw loop beside
+    an idle Ray, in an order that rotates by one each round (so no side always runs first, or
+    always right after another, when the machine's speed drifts); one dict of figures per
+    pipeline run."""
     import ray
 
     feeder = {"auto": None, "on": True, "off": False}[args.feeder_tasks]
-    pipes = []
-    for calls in args.calls:
-        ray.init(**ray_init)
-        try:
-            first = float("nan") if args.cold else warm_ray_data()
-            timing, inside = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
-                                           folder / f"out{n}-{calls}", args.backend, feeder, args.threads, calls)
-        finally:
-            ray.shutdown()
-        pipes.append((timing, inside, first))
-    marks, raw_generating, parts = raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, folder,
+    pipes, sides = [], {}
+
+    def pipeline():
+        for calls in args.calls:
+            ray.init(**ray_init)
+            try:
+                first = float("nan") if args.cold else warm_ray_data()
+                timing, inside = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
+                                              folder / f"out{n}-{calls}", args.backend, feeder, args.threads, calls)
+            finally:
+                ray.shutdown()
+            pipes.append((timing, inside, first))
+
+    def raw():
+        marks, generating, parts = raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, folder,
                                                         args.threads)
-    raw = steady(marks, len(rows)) | parts
-    marks, beside_generating, parts = raw_beside_ray(model_dir, rows, args.batch, args.tokens, args.frames, folder,
-                                                     args.threads, ray_init)
-    beside = steady(marks, len(rows)) | parts
+        sides["raw"] = (steady(marks, len(rows)) | parts, generating)
+
+    def beside():
+        marks, generating, parts = raw_beside_ray(model_dir, rows, args.batch, args.tokens, args.frames, folder,
+                                                  args.threads, ray_init)
+        sides["raw_beside_ray"] = (steady(marks, len(rows)) | parts, generating)
+
+    steps = [pipeline, raw, beside]
+    steps = steps[n % 3:] + steps[:n % 3]
+    for step in steps:
+        step()
+    (raw, raw_generating), (beside, beside_generating) = sides["raw"], sides["raw_beside_ray"]
     out = []
     for pipe, inside, first in pipes:
-        figures = {"round": n + 1, "arch": arch, "backend": args.backend, "clips": len(rows),
+        figures = {"round": n + 1, "order": "/".join(step.__name__ for step in steps), "arch": arch,
+                   "backend": args.backend, "clips": len(rows),
                    "batch": args.batch, "tokens": args.tokens, "threads": args.threads, **inside,
                    "raw_ms_per_clip_in_generate": round(1000 * raw_generating, 1),
                    "raw_beside_ray_ms_per_clip_in_generate": round(1000 * beside_generating, 1)}
@@ -446,6 +463,8 @@ def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder:
             figures |= {f"{side}_s": round(f["s"], 2), f"{side}_startup_s": round(f["startup_s"], 2),
                         f"{side}_first_video_s": round(f["first_video_s"], 2),
                         f"{side}_first_video_outside_generate_s": round(f["first_video_s"] - f["first_video_generate_s"], 2),
+                        f"{side}_first_video_s_a_clip_in_generate": round(
+                            f["first_video_generate_s"] / min(len(rows), CLIPS_PER_VIDEO), 2),
                         f"{side}_steady_clips_per_s": round(f["steady_clips_per_s"], 2),
                         f"{side}_steady_tokens_per_s": round(f["steady_clips_per_s"] * args.tokens, 1)}
         figures |= {"pipeline_vs_raw": round(raw["s"] / pipe["s"], 3),
@@ -508,7 +527,7 @@ def main() -> None:
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(arch, Path(tmp) / "vlm")
-        for n in range(args.repeat):  # pipeline and raw alternate, so drift in the machine's speed hits both
+        for n in range(args.repeat):  # the sides take turns (one_round), so drift in the machine's speed hits each
             for figures in one_round(n, args, arch, model_dir, rows, Path(tmp), ray_init):
                 print(json.dumps(figures), flush=True)
                 rounds.append(figures)
