@@ -409,11 +409,19 @@ def parse_args() -> argparse.Namespace:
                    "raw runs")
     p.add_argument("--cold", action="store_true", help="no Ray Data warm-up before the caption pass (it pays the "
                    "session's first execution, which a job's analysis pass pays before it)")
+    p.add_argument("--worker-niceness", type=int, default=None, help="the niceness of the pipeline's Ray worker "
+                   "processes, the caption actor's included (Ray's worker_niceness; default: Ray's own, 15)")
     p.add_argument("--repeat", type=int, default=3, help="rounds of pipeline, raw and raw beside Ray (their order rotates each round); the RESULT line "
                    "has medians")
     p.add_argument("--raw", help=argparse.SUPPRESS)  # internal: run the baseline on this model folder
     p.add_argument("--rows", help=argparse.SUPPRESS)
     return p.parse_args()
+
+
+def niceness(value: int | None) -> dict:
+    """``ray.init`` arguments giving the session's worker processes this niceness (Ray's default
+    is 15: its workers yield every core to its own nice-0 processes and the driver)."""
+    return {} if value is None else {"_system_config": {"worker_niceness": value}}
 
 
 def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder: Path, ray_init: dict) -> list[dict]:
@@ -428,7 +436,7 @@ def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder:
 
     def pipeline():
         for calls in args.calls:
-            ray.init(**ray_init)
+            ray.init(**ray_init, **niceness(args.worker_niceness))
             try:
                 first = float("nan") if args.cold else warm_ray_data()
                 timing, inside = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
@@ -454,7 +462,7 @@ def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder:
     (raw, raw_generating), (beside, beside_generating) = sides["raw"], sides["raw_beside_ray"]
     out = []
     for pipe, inside, first in pipes:
-        figures = {"round": n + 1, "order": "/".join(step.__name__ for step in steps), "arch": arch,
+        figures = {"round": n + 1, "worker_niceness": args.worker_niceness, "order": "/".join(step.__name__ for step in steps), "arch": arch,
                    "backend": args.backend, "clips": len(rows),
                    "batch": args.batch, "tokens": args.tokens, "threads": args.threads, **inside,
                    "raw_ms_per_clip_in_generate": round(1000 * raw_generating, 1),
