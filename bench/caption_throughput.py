@@ -390,6 +390,10 @@ def _calls(value: str) -> str | int:
     return value if value == "auto" else int(value)
 
 
+def _niceness(value: str) -> int | None:
+    return None if value == "ray" else int(value)
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", choices=["tiny", "2b"], default=None, help="default: 2b on a GPU, tiny on CPU")
@@ -409,8 +413,10 @@ def parse_args() -> argparse.Namespace:
                    "raw runs")
     p.add_argument("--cold", action="store_true", help="no Ray Data warm-up before the caption pass (it pays the "
                    "session's first execution, which a job's analysis pass pays before it)")
-    p.add_argument("--worker-niceness", type=int, default=None, help="the niceness of the pipeline's Ray worker "
-                   "processes, the caption actor's included (Ray's worker_niceness; default: Ray's own, 15)")
+    p.add_argument("--worker-niceness", type=_niceness, nargs="+", default=[None], help="the niceness of the "
+                   "pipeline's Ray worker processes, the caption actor's included (Ray's worker_niceness; default: "
+                   "ray, Ray's own, 15); several values: each round runs the pipeline once with each, in an order "
+                   "rotated by one each round, against the same raw runs")
     p.add_argument("--repeat", type=int, default=3, help="rounds of pipeline, raw and raw beside Ray (their order "
                    "rotates each round); the RESULT line has medians")
     p.add_argument("--raw", help=argparse.SUPPRESS)  # internal: run the baseline on this model folder
@@ -435,15 +441,19 @@ def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder:
     pipes, sides = [], {}
 
     def pipeline():
+        turn = n % len(args.worker_niceness)
+        nices = args.worker_niceness[turn:] + args.worker_niceness[:turn]
         for calls in args.calls:
-            ray.init(**ray_init, **niceness(args.worker_niceness))
-            try:
-                first = float("nan") if args.cold else warm_ray_data()
-                timing, inside = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
-                                              folder / f"out{n}-{calls}", args.backend, feeder, args.threads, calls)
-            finally:
-                ray.shutdown()
-            pipes.append((timing, inside, first))
+            for nice in nices:
+                ray.init(**ray_init, **niceness(nice))
+                try:
+                    first = float("nan") if args.cold else warm_ray_data()
+                    timing, inside = run_pipeline(model_dir, rows, args.batch, args.tokens, args.frames,
+                                                  folder / f"out{n}-{calls}-{nice}", args.backend, feeder,
+                                                  args.threads, calls)
+                finally:
+                    ray.shutdown()
+                pipes.append((timing, inside, first, nice))
 
     def raw():
         marks, generating, parts = raw_in_fresh_process(model_dir, rows, args.batch, args.tokens, args.frames, folder,
@@ -460,11 +470,11 @@ def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder:
     for step in steps:
         step()
     (raw, raw_generating), (beside, beside_generating) = sides["raw"], sides["raw_beside_ray"]
-    for f in [raw, beside] + [pipe for pipe, _, _ in pipes]:  # the first video less its seconds in generate
+    for f in [raw, beside] + [pipe for pipe, *_ in pipes]:  # the first video less its seconds in generate
         f["first_video_outside_s"] = f["first_video_s"] - f["first_video_generate_s"]
     out = []
-    for pipe, inside, first in pipes:
-        figures = {"round": n + 1, "worker_niceness": args.worker_niceness,
+    for pipe, inside, first, nice in pipes:
+        figures = {"round": n + 1, "worker_niceness": "ray" if nice is None else nice,
                    "order": "/".join(step.__name__ for step in steps), "arch": arch,
                    "backend": args.backend, "clips": len(rows),
                    "batch": args.batch, "tokens": args.tokens, "threads": args.threads, **inside,
@@ -493,9 +503,9 @@ def one_round(n: int, args, arch: str, model_dir: str, rows: list[dict], folder:
 
 
 def print_results(rounds: list[dict], clips: int, device: str, backend: str) -> None:
-    """One RESULT line of medians over the rounds for each ``--calls`` value."""
-    for calls in dict.fromkeys(r["calls"] for r in rounds):
-        mine = [r for r in rounds if r["calls"] == calls]
+    """One RESULT line of medians over the rounds for each ``--calls`` and ``--worker-niceness`` value."""
+    for calls, nice in dict.fromkeys((r["calls"], r["worker_niceness"]) for r in rounds):
+        mine = [r for r in rounds if (r["calls"], r["worker_niceness"]) == (calls, nice)]
 
         def median(key: str) -> float:
             return statistics.median(r[key] for r in mine)
@@ -510,7 +520,7 @@ def print_results(rounds: list[dict], clips: int, device: str, backend: str) -> 
               f"clips_per_s={statistics.median(clips / r['pipeline_s'] for r in mine):.2f} "
               f"steady_clips_per_s={median('pipeline_steady_clips_per_s'):.2f} "
               f"steady_tokens_per_s={median('pipeline_steady_tokens_per_s'):.1f} "
-              f"calls_per_actor={calls} ways={'/'.join(sorted({str(r['way']) for r in mine}))} "
+              f"calls_per_actor={calls} worker_niceness={nice} ways={'/'.join(sorted({str(r['way']) for r in mine}))} "
               f"device={device} backend={backend} rounds={len(mine)}")
 
 
