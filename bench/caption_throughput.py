@@ -421,7 +421,7 @@ def parse_args() -> argparse.Namespace:
                    "pipeline.overlap); several values: each round runs the pipeline once with each, against the same "
                    "raw runs")
     p.add_argument("--cold", action="store_true", help="no Ray Data warm-up before the caption pass (it pays the "
-                   "session's first execution, which a job's analysis pass pays before it)")
+                   "session's first execution, which a job's analysis and CLIP passes pay before it)")
     p.add_argument("--worker-niceness", type=_niceness, nargs="+", default=[None], help="the niceness of the "
                    "pipeline's Ray worker processes, the caption actor's included (Ray's worker_niceness; default: "
                    "ray, Ray's own, 15); several values: each round runs the pipeline once with each, in an order "
