@@ -29,7 +29,8 @@ committed inside the actor (its results reach the driver a block of videos at a 
 with two calls at once two blocks are worked on together and arrive in pairs, so a rate taken
 between block arrivals would depend on where the pairs fall); its total ends when the last
 block reaches the driver. Besides the totals: the steady state, the rate over the clips after
-the first quarter (model load and warm-up done), and start-up, the total time less the clips
+the first quarter, rounded up to whole videos (model load and warm-up done; the same clips on
+both sides), and start-up, the total time less the clips
 at that rate; and when each side had finished its first video's clips (8), a start-up figure
 that a drift of the machine's speed over a long run cannot move as it moves the other.
 Inside the actor, the median milliseconds per clip in ``generate`` and outside it (reading
@@ -107,11 +108,14 @@ def steady(marks: list[tuple[float, int]], total: int, end: float | None = None)
     """Steady state from (seconds since the start, clips done by then) marks: the rate over the
     clips after the first quarter, and start-up, the total time (``end``, else the last mark's)
     less the clips at that rate; and when the first video's clips (8) were done, a start-up
-    figure that the rate's drift over a long run does not move."""
+    figure that the rate's drift over a long run does not move. The first quarter is rounded up to
+    whole videos where the run has two or more, so both sides' windows start at the same clip:
+    the pipeline marks a video's clips at its commit, the raw loop every batch."""
     marks = sorted(marks)
     last = marks[-1]
     end = last[0] if end is None else end
-    warm = next(m for m in marks if m[1] >= total / 4)
+    videos = -(-total // 4 // CLIPS_PER_VIDEO) * CLIPS_PER_VIDEO
+    warm = next(m for m in marks if m[1] >= (videos if videos < total else total / 4))
     rate = (last[1] - warm[1]) / (last[0] - warm[0]) if last[0] > warm[0] else float("nan")
     first = next(m[0] for m in marks if m[1] >= min(total, CLIPS_PER_VIDEO))
     return {"s": end, "steady_clips_per_s": rate, "startup_s": end - total / rate, "window": (warm[0], last[0]),
