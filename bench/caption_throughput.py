@@ -30,8 +30,7 @@ with two calls at once two blocks are worked on together and arrive in pairs, so
 between block arrivals would depend on where the pairs fall); its total ends when the last
 block reaches the driver. Besides the totals: the steady state, the rate over the clips after
 the first quarter, rounded up to whole videos (model load and warm-up done; the same clips on
-both sides), and start-up, the total time less the clips
-at that rate; and when each side had finished its first video's clips (8), a start-up figure
+both sides), and start-up, the total time less the clips at that rate; and when each side had finished its first video's clips (8), a start-up figure
 that a drift of the machine's speed over a long run cannot move as it moves the other.
 Inside the actor, the median milliseconds per clip in ``generate`` and outside it (reading
 the inputs, preparing them where no task did, committing).
@@ -70,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -114,8 +114,9 @@ def steady(marks: list[tuple[float, int]], total: int, end: float | None = None)
     marks = sorted(marks)
     last = marks[-1]
     end = last[0] if end is None else end
-    videos = -(-total // 4 // CLIPS_PER_VIDEO) * CLIPS_PER_VIDEO
-    warm = next(m for m in marks if m[1] >= (videos if videos < total else total / 4))
+    whole_videos = math.ceil(total / (4 * CLIPS_PER_VIDEO)) * CLIPS_PER_VIDEO
+    start = whole_videos if whole_videos < total else total / 4
+    warm = next(m for m in marks if m[1] >= start)
     rate = (last[1] - warm[1]) / (last[0] - warm[0]) if last[0] > warm[0] else float("nan")
     first = next(m[0] for m in marks if m[1] >= min(total, CLIPS_PER_VIDEO))
     return {"s": end, "steady_clips_per_s": rate, "startup_s": end - total / rate, "window": (warm[0], last[0]),
