@@ -9,6 +9,7 @@ are fixed per score (not fitted to the data), so merging is adding counts.
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 from pipeline.assemble import run_stats
@@ -131,3 +132,48 @@ def merge(summaries: list[dict]) -> dict:
     for name in ("entity_naming", "clip_reasons"):
         out["stats"][name] = dict(sorted(out["stats"][name].items()))
     return out
+
+
+LOPSIDED = 0.5  # a filter that drops more than this share of the clips is called out
+
+
+def _setting(spec: dict, dotted: str | None):
+    node = spec
+    for key in (dotted or "").split(".") if dotted else ():
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _reason_line(reason: str, n: int, clips: int, spec: dict) -> str:
+    from stages.base import CLIP_REASON_SETTINGS
+
+    key = CLIP_REASON_SETTINGS.get(reason)
+    why = f" ({key}: {json.dumps(_setting(spec, key))})" if key else ""
+    return f"{reason} dropped {n} of {clips} clips{why}"
+
+
+def lopsided(stats: dict, spec: dict) -> list[str]:
+    """One line per filter that dropped more than half of the clips, naming its setting and value."""
+    clips = stats["counts"]["clips"]
+    return [_reason_line(r, n, clips, spec) for r, n in sorted(stats["clip_reasons"].items(), key=lambda x: (-x[1], x[0]))
+            if clips and n > LOPSIDED * clips]
+
+
+def empty_result(stats: dict, spec: dict) -> str | None:
+    """Why a run kept no clip, in one line (None when it kept some): the filter that dropped the
+    most, with its setting; or the inputs' reasons when no video was accepted."""
+    c = stats["counts"]
+    if c["clips_kept"]:
+        return None
+    if not c["videos_in"]:
+        return "no clip kept: no input video"
+    if not c["videos_ok"]:
+        drops = sorted(((k[len("dropped_"):], v) for k, v in stats["video_reasons"].items()
+                        if k.startswith("dropped_")), key=lambda x: (-x[1], x[0]))
+        return (f"no clip kept: none of the {c['videos_in']} input videos was accepted ("
+                + ", ".join(f"{n} {r}" for r, n in drops) + "; the videos table has each one's reason and message)")
+    if not c["clips"]:
+        return f"no clip kept: the {c['videos_ok']} accepted videos gave no clips (shots.min_clip_s: " \
+               f"{json.dumps(_setting(spec, 'shots.min_clip_s'))})"
+    reason, n = sorted(stats["clip_reasons"].items(), key=lambda x: (-x[1], x[0]))[0]
+    return "no clip kept: " + _reason_line(reason, n, c["clips"], spec)

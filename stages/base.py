@@ -19,6 +19,17 @@ CLIP_REASONS = (
     "low_contrast", "black_frames", "frozen", "letterboxed", "low_dynamic_degree",
     "clip_reject_prompt", "clip_low_keep_sim", "extract_error",
 )
+# The spec key whose threshold drops a clip with each reason (None: no single threshold decides it).
+CLIP_REASON_SETTINGS = {
+    "too_short": "shots.min_clip_s", "transition": None, "low_motion": "scores.min_motion",
+    "high_motion": "scores.max_motion", "blurry": "scores.min_sharpness", "too_dark": "scores.min_brightness",
+    "too_bright": "scores.max_brightness", "low_contrast": "scores.min_contrast",
+    "black_frames": "scores.max_black_fraction", "frozen": "scores.max_frozen_fraction",
+    "letterboxed": "scores.max_letterbox", "low_dynamic_degree": "scores.min_dynamic_degree",
+    "clip_reject_prompt": "clip_filter.max_reject_margin", "clip_low_keep_sim": "clip_filter.min_keep_sim",
+    "extract_error": None,
+}
+assert set(CLIP_REASON_SETTINGS) == set(CLIP_REASONS)
 
 
 class Rejected(Exception):
