@@ -22,7 +22,7 @@ class _Section(BaseModel):
 
 
 class Inputs(_Section):
-    paths: list[str] = Field(default_factory=list, description="Files, directories or glob patterns, local or "
+    paths: list[str] = Field([], description="Files, directories or glob patterns, local or "
                              "s3://bucket/prefix (every object below it) and s3://bucket/prefix/*.mp4.")
     manifest: Optional[str] = Field(None, description="Parquet, CSV or JSONL file (local or s3://) with a `uri` column, and optionally "
                                     "`description` (chapter timestamps) and `subtitles` (a .srt/.vtt path).")
@@ -87,7 +87,7 @@ class Probe(_Section):
     min_side: int = Field(32, ge=1)
     max_side: int = Field(8192, ge=1)
     max_pixels: int = Field(8192 * 4352, ge=1, description="Width x height bound (decompression bombs).")
-    formats: list[str] = Field(default_factory=lambda: list(DEFAULT_FORMATS), min_length=1,
+    formats: list[str] = Field(list(DEFAULT_FORMATS), min_length=1,
                                description="FFmpeg demuxers allowed to open inputs (playlists and concat are not).")
     guard: bool = Field(True, description="Decode in a child process with a watchdog and a memory limit.")
     timeout_s: float = Field(1800, gt=0, description="Wall-clock limit of one video's analysis.")
@@ -187,11 +187,15 @@ class Scores(_Section):
 
 
 class ClipFilter(_Section):
-    keep_prompts: list[str] = Field(default_factory=lambda: ["a video frame"], min_length=1)
-    reject_prompts: list[str] = Field(default_factory=lambda: ["a blank screen", "a title card with text"])
-    frames: int = Field(3, ge=1)
-    max_reject_margin: Optional[float] = Field(0.0, description="Reject when reject_sim - keep_sim exceeds this.")
-    min_keep_sim: Optional[float] = None
+    keep_prompts: list[str] = Field(["a video frame"], min_length=1, description="Text prompts of what to keep: a "
+                                    "clip's keep similarity is the best CLIP cosine between its frames and these.")
+    reject_prompts: list[str] = Field(["a blank screen", "a title card with text"], description="Text prompts of "
+                                      "what to drop; []: no reject test.")
+    frames: int = Field(3, ge=1, description="Frames of each clip embedded (evenly spaced).")
+    max_reject_margin: Optional[float] = Field(0.0, description="Reject (clip_reject_prompt) when the best reject "
+                                               "similarity exceeds the keep similarity by more than this; null: off.")
+    min_keep_sim: Optional[float] = Field(None, description="Reject (clip_low_keep_sim) below this keep "
+                                          "similarity; null: off.")
 
 
 class Caption(_Section):
