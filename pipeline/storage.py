@@ -31,8 +31,24 @@ def open_store(uri: str, settings):
     return LocalStore(uri[len("file://"):] if uri.startswith("file://") else uri)
 
 
+def file_mode() -> int:
+    """The mode the process's umask gives a new file (0o644 under umask 022): committed files
+    get it whatever made their staging file (``tempfile.mkstemp`` makes 0o600)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)  # no /proc: read it by setting it, and put it back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 class LocalStore:
-    """A directory. Temporary files end in ``.tmp`` next to their target."""
+    """A directory. Temporary files end in ``.tmp`` next to their target. Committed files get
+    the mode the umask gives, as any file the user writes."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).absolute()
@@ -73,6 +89,7 @@ class LocalStore:
             os.replace(local, tmp)
         except OSError:
             shutil.copyfile(local, tmp)
+        os.chmod(tmp, file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
