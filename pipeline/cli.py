@@ -43,11 +43,24 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from pipeline.preflight import check_inputs
-    from pipeline.spec import load_spec, resolved_yaml
+    """The checks a run makes before any work: the spec, its inputs, its models, its output."""
+    from pipeline.output import output_dir
+    from pipeline.preflight import check_inputs, check_models, output_problem
+    from pipeline.spec import SpecError, load_spec, resolved_yaml
+    from pipeline.storage import open_store
 
     spec = load_spec(args.job, args.set)
     check_inputs(spec)
+    check_models(spec)
+    problem = output_problem(spec)
+    if problem:
+        try:
+            committed = open_store(output_dir(spec), spec.storage).exists("manifest.json")
+        except Exception:
+            committed = False
+        if not committed:
+            raise SpecError(f"output.uri: {problem}")
+        print(f"note: output.uri: {problem}; a run can only find its committed output there")
     print(f"{args.job}: valid")
     if args.print:
         print(resolved_yaml(spec))

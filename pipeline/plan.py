@@ -22,7 +22,7 @@ from pipeline.output import (clean, finished, output_dir, prepare_output, record
                              run_key)
 from pipeline.graph import setting
 from pipeline.partitions import Writers, assign, content_key, is_current, read_records, run_dataset_stages
-from pipeline.preflight import check_inputs
+from pipeline.preflight import check_inputs, check_models, check_output
 from pipeline.report import report_for
 from pipeline.runner import run_units
 from pipeline.sinks import json_bytes, put_if_changed
@@ -104,6 +104,8 @@ def run_job(spec: JobSpec, log=print) -> dict:
     if done is not None:
         log(f"vidcurate: {store.uri()} already holds this job's complete output; nothing to do")
         return done
+    check_output(spec)  # work is coming: the output must take it, and every model must resolve
+    check_models(spec)
     with OutputLock(store, log):  # one run per output: a second driver stops here, before any change
         if spec.output.overwrite:
             doomed = [k for k, _ in store.list() if k != LOCK_KEY]

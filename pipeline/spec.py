@@ -74,6 +74,11 @@ class Storage(_Section):
     timeout_s: float = Field(60, gt=0, description="Connect and read timeout of one S3 request.")
     multipart_threshold_mb: int = Field(64, ge=5, description="Objects from this size are uploaded in parts.")
     part_size_mb: int = Field(32, ge=5, description="Part size of multipart uploads (S3's minimum is 5).")
+    conditional_writes: Literal["require", "warn"] = Field(
+        "require", description="The output's lease (one run per output) is taken and renewed by conditional "
+        "writes: If-None-Match / If-Match on S3 (AWS S3, MinIO), an exclusive file lock and link on a file system "
+        "(local disks, NFS). require: refuse to run on a store that cannot do them (checked at start). warn: run "
+        "there with a warning; two runs started together could then both write the output.")
 
 
 DEFAULT_FORMATS = ["mov", "mp4", "matroska", "webm", "avi", "mpegts", "flv", "h264", "hevc", "mpeg",
@@ -395,7 +400,12 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise SpecError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        _set_dotted(doc, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            problem = " ".join(str(getattr(err, "problem", None) or err).split())
+            raise SpecError(f"--set {key.strip()}: {raw!r} is not valid YAML: {problem}") from None
+        _set_dotted(doc, key.strip(), value)
     return doc
 
 
@@ -417,6 +427,18 @@ def parse_spec(doc: dict) -> JobSpec:
         raise SpecError(_format_error(err)) from None
 
 
+def _yaml_where(path, err: yaml.YAMLError) -> str:
+    """``FILE:LINE:COLUMN: not valid YAML: PROBLEM`` in one line (PyYAML's own text names
+    ``<unicode string>`` and spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    context, cmark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and cmark is not None and mark is not None and cmark.line != mark.line:
+        context += f" that starts on line {cmark.line + 1}"
+    return f"{where}: not valid YAML: {problem}" + (f" ({' '.join(context.split())})" if context else "")
+
+
 def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> JobSpec:
     try:
         text = Path(path).read_text()
@@ -425,7 +447,7 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Jo
     try:
         doc = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise SpecError(f"job spec {path} is not valid YAML: {err}") from None
+        raise SpecError(f"job spec {_yaml_where(path, err)}") from None
     return parse_spec(apply_overrides(doc, overrides or []))
 
 

@@ -88,7 +88,7 @@ def ensure_torchvision() -> list[str]:
                 raise
             _state["lib"].define(name + _PLACEHOLDER_SCHEMA)
             _state["applied"].append(name)
-            log.warning(
+            log.info(  # expected on such machines, and harmless: no model here calls those ops
                 "torchvision's C++ ops are unavailable on this CPU-only machine; declared "
                 "torchvision::%s without a kernel so torchvision can be imported", name
             )
