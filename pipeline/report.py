@@ -4,8 +4,13 @@ no network) written as ``report.html`` with every run and rebuilt by ``vidcurate
 It shows what a threshold decision needs: the funnel from videos to shard samples, why videos
 and clips were dropped, each score's histogram (kept and dropped stacked) with the spec's
 thresholds drawn, the clip-length distribution, a contact sheet of kept and dropped clips per
-reason, and a timeline per video (clips by status, transitions, chapters, dense captions).
-The page holds no timestamps, so a rerun writes the same bytes.
+reason (with each clip's caption), and a timeline per video (clips by status, transitions,
+chapters, dense captions) on a time axis with round ticks. Where it pictures a sample it says how
+much of the whole it shows ("8 of 28 shown"); filters that drop most clips, and a run that kept
+none, are called out at the top. The page holds no timestamps, so a rerun writes the same bytes.
+
+The layout arithmetic (ticks, label widths and rows, caption shortening) is pure functions here,
+tested without a browser; a headless Chromium checks the drawn result.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import base64
 import html
 import io
 import json
+import unicodedata
 from collections import Counter, defaultdict
 
 import pyarrow.parquet as pq
 
-from pipeline.summary import BINS, SCALES, bin_edge, position
+from pipeline.summary import BINS, SCALES, bin_edge, empty_result, lopsided, position
 
 KEPT, DROPPED = "#2f7d4f", "#c8553d"
 PALETTE = ["#c8553d", "#e09f3e", "#8e6c8a", "#3d5a80", "#7a9e7e", "#b56576", "#6d597a", "#457b9d", "#a98467",
@@ -35,15 +41,129 @@ SCORES = {
     "dynamic_degree": ("dynamic degree", "scores", "min_dynamic_degree", None),
     "clip_keep_sim": ("CLIP keep-prompt similarity", "clip_filter", "min_keep_sim", None),
 }
+CAPTION_CHARS = 80  # a thumbnail's caption is cut to this (the whole text shows on hover)
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
+h3,p,td.long,figcaption,li{overflow-wrap:anywhere}td{white-space:nowrap}td.long{white-space:normal}
 .grid{display:flex;flex-wrap:wrap;gap:16px}.card{border:1px solid #e3e3e3;border-radius:6px;padding:8px}
 .sheet{display:flex;flex-wrap:wrap;gap:6px}.sheet figure{margin:0;width:168px;font-size:11px;color:#555}
 .sheet img{width:168px;border-radius:3px;display:block}.note{background:#fff4e0;padding:8px;border-radius:6px}
-table{border-collapse:collapse}td,th{padding:2px 10px;text-align:left}td.n{text-align:right}
-svg text{font:11px system-ui,sans-serif}
+.cap{display:block;color:#222}.shown{font-weight:normal;color:#666}
+.alert{background:#fde2dd;color:#7a1606;border:2px solid #c8553d;border-radius:6px;padding:10px 14px;
+font-size:18px;font-weight:bold}
+table{border-collapse:collapse;max-width:100%}td,th{padding:2px 10px;text-align:left;vertical-align:top}
+td.n{text-align:right}svg text{font:11px system-ui,sans-serif}
 """
+# Tick intervals a time axis may use (seconds): round to a reader at every scale.
+STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+# Advance widths in em of a wide sans-serif (DejaVu Sans, the widest of the usual system-ui
+# fallbacks), rounded up: estimates that a narrower face only makes roomier.
+_NARROW, _SEMI, _WIDE = set("iljI.,:;'|!"), set("frt()[]{}/\\\"-"), set("mwMW@%")
+
+
+def text_width(text: str, size: float = 11) -> float:
+    """The drawn width of ``text`` in px at font ``size``, estimated on the wide side."""
+    em = 0.0
+    for ch in text:
+        if ch in _NARROW:
+            em += 0.32
+        elif ch == " ":
+            em += 0.34
+        elif ch in _SEMI:
+            em += 0.46
+        elif ch in _WIDE:
+            em += 1.02
+        elif ch.isascii() and (ch.islower() or ch.isdigit()):
+            em += 0.66
+        elif ch.isascii() and ch.isupper():
+            em += 0.8
+        else:
+            em += 1.05 if unicodedata.east_asian_width(ch) in "WF" else 0.82
+    return em * size
+
+
+def fit_text(text: str, width: float, size: float = 11) -> str:
+    """``text``, or its longest start with an ellipsis, whose estimated width fits ``width``
+    ("" when not even one character does)."""
+    if text_width(text, size) <= width:
+        return text
+    for k in range(len(text) - 1, 0, -1):
+        cut = text[:k].rstrip() + "\u2026"
+        if text_width(cut, size) <= width:
+            return cut
+    return ""
+
+
+def shorten(text: str, limit: int = CAPTION_CHARS) -> str:
+    """``text`` on one line and at most ``limit`` characters: cut at a word boundary (or mid-word
+    when the last space is far back) and ended with an ellipsis."""
+    flat = " ".join((text or "").split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[:limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.-") + "\u2026"
+
+
+def shown_text(n: int, total: int) -> str:
+    """How much of a whole a sample pictures: "8 of 28 shown"."""
+    return f"{n} of {total} shown"
+
+
+def tick_step(duration: float, most: int = 10) -> float:
+    """The smallest round interval (STEPS) that puts at most ``most`` intervals on ``duration``."""
+    for step in STEPS:
+        if duration / step <= most:
+            return step
+    return STEPS[-1]
+
+
+def ticks(duration: float, most: int = 10) -> list[float]:
+    """Tick times from 0 to ``duration`` on the round interval of ``tick_step``."""
+    step = tick_step(duration, most)
+    return [round(i * step, 6) for i in range(int(duration / step + 1e-9) + 1)]
+
+
+def time_label(t: float, duration: float) -> str:
+    """A tick's label: seconds ("2 s", "0.5 s") on axes under a minute, else m:ss (h:mm:ss past an hour)."""
+    if duration < 60:
+        return f"{t:g} s" if t == int(t) else f"{t:.1f} s"
+    s = int(round(t))
+    if duration >= 3600:
+        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return f"{s // 60}:{s % 60:02d}"
+
+
+def label_lanes(starts: list[float], widths: list[float], right: float, lanes: int = 4, gap: float = 6,
+                least: float = 24) -> list[tuple[int, float, float] | None]:
+    """Lay out labels that belong at x = ``starts`` (px, ascending) with natural ``widths`` in at
+    most ``lanes`` rows, no two in a row closer than ``gap`` and none past ``right``. Each label
+    takes the first row free at its start (one that would cross ``right`` moves left); when no
+    row is free, the row whose last label keeps the most room is shortened to make space, down
+    to ``least`` at most; a label that finds no such room is left out. Returns (row, x, width)
+    per label, or None for one left out."""
+    placed: list[list | None] = [None] * len(starts)
+    last: list[int | None] = [None] * lanes
+    for i, (start, natural) in enumerate(zip(starts, widths)):
+        x = max(0.0, min(start, right - natural))
+        width = min(natural, right - x)
+        if width < min(least, natural):
+            continue
+        free = [r for r in range(lanes) if last[r] is None or placed[last[r]][1] + placed[last[r]][2] + gap <= x]
+        if free:
+            row = free[0]
+        else:
+            row = max(range(lanes), key=lambda r: (x - gap - placed[last[r]][1], -r))
+            room = x - gap - placed[last[row]][1]
+            if room < least:
+                continue
+            placed[last[row]][2] = room
+        placed[i] = [row, x, width]
+        last[row] = i
+    return [tuple(p) if p else None for p in placed]
 
 
 def _e(text) -> str:
@@ -120,7 +240,28 @@ def _thumb(jpeg: bytes | None) -> str:
     return f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}">'
 
 
+def _axis(duration: float, x, y: float, width: int) -> list[str]:
+    """A time axis at height ``y``: round ticks with labels, and the end's length where there is room."""
+    out = [f'<g class="axis"><line x1="{x(0):.1f}" y1="{y}" x2="{x(duration):.1f}" y2="{y}" stroke="#999"/>']
+    marks = ticks(duration)
+    for t in marks:
+        at = x(t)
+        anchor = "start" if t == 0 else "end" if at > width - 20 else "middle"
+        out.append(f'<line x1="{at:.1f}" y1="{y}" x2="{at:.1f}" y2="{y + 4}" stroke="#999"/>'
+                   f'<text class="tick" x="{at:.1f}" y="{y + 15}" text-anchor="{anchor}">'
+                   f'{time_label(t, duration)}</text>')
+    end = f"{duration:.1f} s" if duration < 60 else time_label(duration, duration)
+    if x(duration) - x(marks[-1]) > text_width(end) + text_width(time_label(marks[-1], duration)) / 2 + 12:
+        out.append(f'<line x1="{x(duration):.1f}" y1="{y}" x2="{x(duration):.1f}" y2="{y + 4}" stroke="#999"/>'
+                   f'<text class="end" x="{x(duration):.1f}" y="{y + 15}" text-anchor="end">{end}</text>')
+    out.append("</g>")
+    return out
+
+
 def _timeline(video: dict, clips: list[dict], chapters: list[dict], windows: list[dict], colour: dict) -> str:
+    """One video's strip: clips by status over transitions, chapters with their labels laid out
+    in rows that never overlap (numbered like the chapter bars), dense window captions, and a
+    time axis with round ticks."""
     duration = video.get("duration_s") or max([c["end_s"] for c in clips] + [1.0])
     width, left = 1000, 4
     scale = (width - 2 * left) / duration
@@ -128,34 +269,79 @@ def _timeline(video: dict, clips: list[dict], chapters: list[dict], windows: lis
     def x(t: float) -> float:
         return left + t * scale
 
-    out = [f'<svg width="{width}" height="96" role="img">']
+    body = []
     for b in video.get("boundaries") or []:
         if b["type"] != "cut":
-            out.append(f'<rect x="{x(b["start_s"]):.1f}" y="2" width="{max(1.0, (b["end_s"] - b["start_s"]) * scale):.1f}"'
-                       f' height="26" fill="#bbb"><title>{_e(b["type"])} {b["start_s"]:.2f}-{b["end_s"]:.2f}s</title></rect>')
+            w = max(1.0, (b["end_s"] - b["start_s"]) * scale)
+            body.append(f'<rect x="{x(b["start_s"]):.1f}" y="2" width="{w:.1f}" height="26" fill="#bbb"><title>'
+                        f'{_e(b["type"])} {b["start_s"]:.2f}-{b["end_s"]:.2f}s</title></rect>')
     for c in clips:
         fill = KEPT if c["status"] == "kept" else colour.get(c["reason"], DROPPED)
-        out.append(f'<rect x="{x(c["start_s"]):.1f}" y="4" width="{max(1.0, c["duration_s"] * scale - 1):.1f}" '
-                   f'height="22" fill="{fill}"><title>{_e(c["status"])} {_e(c["reason"] or "")} '
-                   f'{c["start_s"]:.2f}-{c["end_s"]:.2f}s</title></rect>')
-    for i, ch in enumerate(chapters):
-        out.append(f'<rect x="{x(ch["start_s"]):.1f}" y="34" width="{max(1.0, ch["duration_s"] * scale - 1):.1f}" '
-                   f'height="22" fill="{PALETTE[(i + 3) % len(PALETTE)]}" opacity="0.7"><title>{_e(ch["title"])}: '
-                   f'{_e(ch["summary"][:300])}</title></rect>'
-                   f'<text x="{x(ch["start_s"]) + 3:.1f}" y="49">{_e(ch["title"][:30])}</text>')
-    for w in windows:
-        out.append(f'<rect x="{x(w["start_s"]):.1f}" y="62" width="{max(1.0, w["duration_s"] * scale - 1):.1f}" '
-                   f'height="12" fill="#3d5a80"><title>{w["start_s"]:.1f}-{w["end_s"]:.1f}s {_e(w["text"][:300])}</title></rect>')
-    out.append(f'<text x="{left}" y="92">0 s</text><text x="{width - left}" y="92" text-anchor="end">'
-               f'{duration:.1f} s</text></svg>')
+        body.append(f'<rect x="{x(c["start_s"]):.1f}" y="4" width="{max(1.0, c["duration_s"] * scale - 1):.1f}" '
+                    f'height="22" fill="{fill}"><title>{_e(c["status"])} {_e(c["reason"] or "")} '
+                    f'{c["start_s"]:.2f}-{c["end_s"]:.2f}s</title></rect>')
+    y = 34
+    chapters = sorted(chapters, key=lambda ch: (ch["start_s"], ch["index"]))
+    if chapters:
+        names = [f'{n} {" ".join(ch["title"].split())}' for n, ch in enumerate(chapters, 1)]
+        lanes = label_lanes([x(ch["start_s"]) for ch in chapters], [11 + text_width(t) for t in names], width,
+                            least=40)
+        rows = 1 + max([p[0] for p in lanes if p] + [0])
+        for n, (ch, name, place) in enumerate(zip(chapters, names, lanes), 1):
+            fill, w = PALETTE[(n + 2) % len(PALETTE)], max(1.0, ch["duration_s"] * scale - 1)
+            tip = f'<title>{_e(name)} ({ch["start_s"]:.1f}-{ch["end_s"]:.1f}s): {_e(ch["summary"])}</title>'
+            body.append(f'<rect x="{x(ch["start_s"]):.1f}" y="{y}" width="{w:.1f}" height="16" fill="{fill}" '
+                        f'opacity="0.75">{tip}</rect>')
+            if w >= text_width(str(n)) + 4:
+                body.append(f'<text x="{x(ch["start_s"]) + 2:.1f}" y="{y + 12}" fill="#fff">{n}</text>')
+            if place:
+                row, at, room = place
+                top = y + 20 + 15 * row
+                body.append(f'<g class="chapter-label"><rect x="{at:.1f}" y="{top + 3}" width="8" height="8" '
+                            f'fill="{fill}"/><text x="{at + 11:.1f}" y="{top + 11}">{_e(fit_text(name, room - 11))}'
+                            f'</text>{tip}</g>')
+        y += 20 + 15 * rows + 4
+    if windows:
+        for win in windows:
+            w = max(1.0, win["duration_s"] * scale - 1)
+            body.append(f'<rect x="{x(win["start_s"]):.1f}" y="{y}" width="{w:.1f}" height="12" fill="#3d5a80"><title>'
+                        f'{win["start_s"]:.1f}-{win["end_s"]:.1f}s {_e(win["text"])}</title></rect>')
+        y += 18
+    body += _axis(duration, x, y + 2, width)
+    return "".join([f'<svg class="timeline" width="{width}" height="{y + 22}" role="img">', *body, "</svg>"])
+
+
+def _figure(clip: dict, jpeg: bytes | None, caption: str | None) -> str:
+    """A contact-sheet cell: thumbnail, file and span, the caption shortened (all of it on hover)."""
+    where = f"{_e(clip['uri'].rsplit('/', 1)[-1])} {clip['start_s']:.1f}-{clip['end_s']:.1f}s"
+    if not caption:
+        return f"<figure>{_thumb(jpeg)}<figcaption>{where}</figcaption></figure>"
+    return (f'<figure title="{_e(" ".join(caption.split()))}">{_thumb(jpeg)}<figcaption>{where}'
+            f'<span class="cap">{_e(shorten(caption))}</span></figcaption></figure>')
+
+
+def _warnings(stats: dict, spec: dict) -> str:
+    """Near the top: a run that kept no clip (loudly), and filters that dropped most clips."""
+    out = []
+    empty = empty_result(stats, spec)
+    if empty:
+        out.append(f'<p class="alert" role="alert">{_e(empty)}</p>')
+    lines = lopsided(stats, spec)
+    if lines:
+        out.append('<div class="note lopsided"><b>Lopsided filters</b>: each of these dropped more than half of '
+                   "the clips; check its setting.<ul>" + "".join(f"<li>{_e(line)}</li>" for line in lines)
+                   + "</ul></div>")
     return "".join(out)
 
 
-def build_report(summary: dict, manifest: dict, detail: dict[str, list[dict]], thumbs: dict[str, bytes]) -> str:
+def build_report(summary: dict, manifest: dict, detail: dict[str, list[dict]], thumbs: dict[str, bytes],
+                 captions: dict[str, str] | None = None) -> str:
     """The report's HTML from the merged partition summaries (counts, reasons, histograms and
     the sampled clips, videos and rejected inputs), the manifest, the table rows of the sampled
-    videos (``detail``) and clip thumbnails. Its cost does not grow with the output."""
-    spec, counts, stats, sample = manifest["spec"], manifest["counts"], summary["stats"], summary["sample"]
+    videos (``detail``), clip thumbnails and the pictured clips' captions (clip_id -> text).
+    Its cost does not grow with the output."""
+    spec, stats, sample = manifest["spec"], summary["stats"], summary["sample"]
+    counts, captions = stats["counts"], captions or {}
     reasons = Counter(stats["clip_reasons"])
     colour = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(sorted(reasons))}
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>vidcurate report: {_e(manifest['name'])}"
@@ -164,6 +350,7 @@ def build_report(summary: dict, manifest: dict, detail: dict[str, list[dict]], t
     if manifest.get("tiny_random_models"):
         parts.append('<p class="note">Made with tiny random-weight models: CLIP similarities and captions are '
                      "meaningless here; shots, scores and the pipeline around them are real.</p>")
+    parts.append(_warnings(stats, spec))
     funnel = [("videos in", counts["videos_in"]), ("videos accepted", counts["videos_ok"]),
               ("clips found", counts["clips"]), ("after shot rules", counts["clips_after_shots"]),
               ("after score filters", counts["clips_after_scores"]),
@@ -190,18 +377,20 @@ def build_report(summary: dict, manifest: dict, detail: dict[str, list[dict]], t
                              (shots["max_clip_s"], f"max {shots['max_clip_s']:g}")]))
     parts.append("</div>")
 
-    parts.append("<h2>Contact sheet</h2>")
+    parts.append("<h2>Contact sheet</h2><p>A sample of each group: the first clips of each partition, in order; "
+                 "hover a clip for its whole caption.</p>")
     sizes = {"kept": counts["clips_kept"], **reasons}
     for name in ["kept"] + [r for r, _ in reasons.most_common()]:
         members = sample["groups"].get(name, [])
-        parts.append(f"<h3>{_e(name)} ({sizes.get(name, 0)})</h3><div class=sheet>")
-        for c in members:
-            parts.append(f"<figure>{_thumb(thumbs.get(c['clip_id']))}<figcaption>"
-                         f"{_e(c['uri'].rsplit('/', 1)[-1])} {c['start_s']:.1f}-{c['end_s']:.1f}s</figcaption></figure>")
+        parts.append(f'<h3>{_e(name)}: <span class="shown">{shown_text(len(members), sizes.get(name, 0))}</span>'
+                     "</h3><div class=sheet>")
+        parts += [_figure(c, thumbs.get(c["clip_id"]), captions.get(c["clip_id"])) for c in members]
         parts.append("</div>")
 
-    parts.append("<h2>Videos</h2><p>Clips (green kept, other colours by reason; grey: transitions), chapters, "
-                 "and dense window captions; hover for details.</p>")
+    shown = [v for v in detail["videos"] if v["status"] == "ok"]
+    parts.append(f'<h2>Videos</h2><p>Accepted videos: <span class="shown">{shown_text(len(shown), counts["videos_ok"])}'
+                 "</span>. Clips (green kept, other colours by reason; grey: transitions), numbered chapters with "
+                 "their titles, and dense window captions; hover for details.</p>")
     by_video, chapters_of, windows_of, caption_of = (defaultdict(list) for _ in range(4))
     for c in detail["clips"]:
         by_video[c["video_id"]].append(c)
@@ -212,25 +401,22 @@ def build_report(summary: dict, manifest: dict, detail: dict[str, list[dict]], t
             windows_of[cap["video_id"]].append(cap)
         elif cap["level"] == "video":
             caption_of[cap["video_id"]].append(cap["text"])
-    shown = [v for v in detail["videos"] if v["status"] == "ok"]
     for v in shown:
         video_caption = (caption_of[v["video_id"]] or [""])[0]
         parts.append(f"<h3>{_e(v['uri'].rsplit('/', 1)[-1])} ({v['duration_s']:.1f} s, {v['width']}x{v['height']})</h3>"
                      + _timeline(v, by_video[v["video_id"]], chapters_of[v["video_id"]], windows_of[v["video_id"]],
                                  colour)
-                     + (f"<p>{_e(video_caption[:500])}</p>" if video_caption else ""))
-    if counts["videos_ok"] > len(shown):
-        parts.append(f"<p>{counts['videos_ok'] - len(shown)} more accepted videos not drawn.</p>")
+                     + (f"<p>{_e(video_caption)}</p>" if video_caption else ""))
     rejected = sample["rejected"]
     if rejected:
-        parts.append("<h2>Rejected inputs</h2><table><tr><th>input</th><th>status</th><th>reason</th><th>message</th></tr>")
+        total = counts["videos_in"] - counts["videos_ok"]
+        parts.append(f'<h2>Rejected inputs</h2><p><span class="shown">{shown_text(len(rejected), total)}</span> '
+                     "(the videos table has every one, with its whole message).</p>"
+                     "<table><tr><th>input</th><th>status</th><th>reason</th><th>message</th></tr>")
         for v in rejected:
-            parts.append(f"<tr><td>{_e(v['uri'])}</td><td>{_e(v['status'])}</td><td>{_e(v['reason'])}</td>"
-                         f"<td>{_e(v['message'])}</td></tr>")
+            parts.append(f"<tr><td class=long>{_e(v['uri'])}</td><td>{_e(v['status'])}</td>"
+                         f"<td>{_e(v['reason'])}</td><td class=long>{_e(v['message'])}</td></tr>")
         parts.append("</table>")
-        more = counts["videos_in"] - counts["videos_ok"] - len(rejected)
-        if more > 0:
-            parts.append(f"<p>{more} more rejected inputs not listed (the videos table has every one).</p>")
     parts.append("</body></html>\n")
     return "".join(parts)
 
@@ -269,12 +455,30 @@ def sampled_rows(store, manifest: dict, videos: list[dict]) -> dict[str, list[di
     return out
 
 
+def clip_captions(store, manifest: dict, refs: list[dict]) -> dict[str, str]:
+    """The clip-level caption of each pictured clip (``refs``: clip_id, partition): three
+    columns of their partitions' captions parts only."""
+    wanted: dict[int, set[str]] = defaultdict(set)
+    for r in refs:
+        wanted[r["partition"]].add(r["clip_id"])
+    index = {p["partition"]: i for i, p in enumerate(manifest["partitions"])}
+    parts = manifest["tables"]["captions"]["parts"]
+    out = {}
+    for p in sorted(wanted):
+        table = pq.read_table(io.BytesIO(store.read(parts[index[p]]["path"])), columns=["clip_id", "level", "text"])
+        for cid, level, text in zip(*(table.column(c).to_pylist() for c in ("clip_id", "level", "text"))):
+            if level == "clip" and cid in wanted[p]:
+                out[cid] = text
+    return out
+
+
 def report_for(store, manifest: dict, summary: dict) -> bytes:
     """report.html's bytes for an output whose merged partition summary is ``summary``."""
     sample = summary["sample"]
     detail = sampled_rows(store, manifest, sample["videos"])
-    thumbs = thumbnails(store, manifest["fingerprints"]["analyze"], [r for g in sample["groups"].values() for r in g])
-    return build_report(summary, manifest, detail, thumbs).encode()
+    refs = [r for g in sample["groups"].values() for r in g]
+    thumbs = thumbnails(store, manifest["fingerprints"]["analyze"], refs)
+    return build_report(summary, manifest, detail, thumbs, clip_captions(store, manifest, refs)).encode()
 
 
 def rebuild(output: str, storage=None) -> str:
