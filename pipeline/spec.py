@@ -36,7 +36,9 @@ class Inputs(_Section):
 
 class Output(_Section):
     uri: str = Field(description="Output directory: a local path, file:// URI or s3://bucket/prefix.")
-    samples_per_shard: int = Field(64, ge=1)
+    samples_per_shard: int = Field(64, ge=1, description="Samples per WebDataset shard (clip shards and "
+                                   "long_shards/); each partition starts its own shards, so its last one may hold "
+                                   "fewer. Larger: fewer, bigger files.")
     videos_per_partition: int = Field(64, ge=1, description="Inputs are written in partitions of at most this many "
                                       "videos: one Parquet part per table and its own shards each, written by a "
                                       "worker as soon as its videos are done. A rerun with more inputs adds "
@@ -86,11 +88,14 @@ DEFAULT_FORMATS = ["mov", "mp4", "matroska", "webm", "avi", "mpegts", "flv", "h2
 
 
 class Probe(_Section):
-    max_file_mb: float = Field(20_000, gt=0)
-    max_duration_s: float = Field(4 * 3600, gt=0)
+    max_file_mb: float = Field(20_000, gt=0, description="Larger files are rejected (file_too_large) unopened.")
+    max_duration_s: float = Field(4 * 3600, gt=0, description="Longer videos are rejected (too_long), whether "
+                                  "the container declares it or the decode finds it.")
     max_frames: int = Field(1_000_000, ge=1, description="Decoding stops with too_long past this many frames.")
-    min_side: int = Field(32, ge=1)
-    max_side: int = Field(8192, ge=1)
+    min_side: int = Field(32, ge=1, description="Videos whose shorter side is below this are rejected "
+                          "(resolution_out_of_bounds).")
+    max_side: int = Field(8192, ge=1, description="Videos whose longer side is above this are rejected "
+                          "(resolution_out_of_bounds).")
     max_pixels: int = Field(8192 * 4352, ge=1, description="Width x height bound (decompression bombs).")
     formats: list[str] = Field(list(DEFAULT_FORMATS), min_length=1,
                                description="FFmpeg demuxers allowed to open inputs (playlists and concat are not).")
@@ -110,8 +115,10 @@ class Analysis(_Section):
     width: int = Field(256, ge=32, description="Analysis frames are downscaled to this width.")
     sample_fps: float = Field(4.0, gt=0, description="Rate of the small frames kept for CLIP and the VLM.")
     frame_size: int = Field(224, ge=16, description="Short side of the kept frames, pixels.")
-    frames_per_clip: int = Field(4, ge=1, le=32)
-    jpeg_quality: int = Field(85, ge=10, le=100)
+    frames_per_clip: int = Field(4, ge=1, le=32, description="Small frames kept per clip (and per caption window), "
+                                 "evenly spread; clip_filter.frames and caption.frames pick from these, so values "
+                                 "above this one have no effect.")
+    jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of the kept small frames.")
     flow_width: int = Field(128, ge=16, description="Optical flow runs at this width.")
     flow_stride: int = Field(1, ge=1, description="Flow between every n-th frame (pixels per frame).")
     skip_loop_filter: bool = Field(True, description="Skip the decoder's deblocking filter (faster; "
@@ -153,8 +160,11 @@ class Shots(_Section):
                                                "and layout, cosine) is dropped. null: off (a stitched clip holds a jump "
                                                "cut, which generation training data should not).")
     min_scene_len: int = Field(15, ge=1, description="Frames (PySceneDetect detectors).")
-    min_clip_s: float = Field(1.0, ge=0)
-    max_clip_s: float = Field(20.0, gt=0)
+    min_clip_s: float = Field(1.0, ge=0, description="Shots shorter than this stay as rejected clip rows "
+                              "(too_short).")
+    max_clip_s: float = Field(20.0, gt=0, description="Longer shots are split into equal windows within "
+                              "[min_clip_s, max_clip_s] (max-length windows plus a remainder when no equal split "
+                              "fits).")
     trim_s: float = Field(0.0, ge=0, description="Trimmed from each end of a shot.")
     long_take: bool = Field(False, description="LVD-2M-style long takes: keep only uncut shots of at least "
                             "long_take_min_s, whole (windowed only past max_clip_s); scores still apply.")
@@ -171,10 +181,13 @@ class Shots(_Section):
 
 class Scores(_Section):
     min_motion: Optional[float] = Field(None, ge=0, description="Mean optical-flow magnitude, px/frame at flow_width.")
-    max_motion: Optional[float] = Field(None, ge=0)
+    max_motion: Optional[float] = Field(None, ge=0, description="Reject (high_motion) above this mean optical "
+                                        "flow, px/frame at flow_width.")
     min_sharpness: Optional[float] = Field(None, ge=0, description="Variance of the Laplacian.")
-    min_brightness: Optional[float] = Field(None, ge=0, le=255)
-    max_brightness: Optional[float] = Field(None, ge=0, le=255)
+    min_brightness: Optional[float] = Field(None, ge=0, le=255, description="Reject (too_dark) below this mean "
+                                            "luma (0-255).")
+    max_brightness: Optional[float] = Field(None, ge=0, le=255, description="Reject (too_bright) above this "
+                                            "mean luma (0-255).")
     min_contrast: Optional[float] = Field(None, ge=0, description="Std of luma.")
     max_black_fraction: Optional[float] = Field(None, ge=0, le=1, description="Share of black frames.")
     max_frozen_fraction: Optional[float] = Field(None, ge=0, le=1, description="Share of repeated frames.")
@@ -216,9 +229,12 @@ class Caption(_Section):
     retries: int = Field(1, ge=0, description="Extra attempts for a clip whose JSON could not be parsed.")
     window_s: Optional[float] = Field(10.0, gt=0, description="Kept clips longer than this are also captioned per "
                                       "window of at most this length (the dense layer, level `window`); null: off.")
-    frames: int = Field(4, ge=1)
-    max_new_tokens: int = Field(160, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    frames: int = Field(4, ge=1, description="Frames of each clip (and window) shown to the VLM, evenly spaced "
+                        "among the analysis.frames_per_clip kept.")
+    max_new_tokens: int = Field(160, ge=1, description="Token limit of one clip or window caption; a JSON reply "
+                                "cut off there is repaired where it can be.")
+    temperature: float = Field(0.0, ge=0, description="0: greedy decoding (reruns give the same captions); "
+                                "above 0: sampling, so captions may change between runs.")
     videos_per_batch: int = Field(1, ge=1, description="Videos whose clips may share a model batch. 1: batches "
                                   "never mix videos, so a video's captions are the same bytes whatever ran beside "
                                   "it. More keeps a GPU full on short videos; reruns may then differ where the "
@@ -241,24 +257,29 @@ class Chapters(_Section):
     text_threshold: Optional[float] = Field(0.05, ge=0, le=1, description="New chapter also where adjacent clip captions "
                                             "share less content than this (TF-IDF cosine of caption words, setting "
                                             "and subjects); null: pictures only.")
-    min_clips: int = Field(1, ge=1)
-    max_new_tokens: int = Field(128, ge=1)
+    min_clips: int = Field(1, ge=1, description="Clips an automatic chapter holds at least (a shorter last "
+                           "chapter joins the one before).")
+    max_new_tokens: int = Field(128, ge=1, description="Token limit of the text-only calls: chapter summaries "
+                                "and titles, video captions, entity lists.")
     entities: bool = Field(True, description="Name recurring people and objects consistently across a video's clip "
                            "and window captions (one text-only call per video).")
-    entity_prompt: str = "entities_v1"
-    chapter_prompt: str = "chapter_v1"
-    video_prompt: str = "video_v1"
+    entity_prompt: str = Field("entities_v1", description="Prompt file (stages/prompts/) or path for entity naming.")
+    chapter_prompt: str = Field("chapter_v1", description="Prompt file (stages/prompts/) or path for chapter "
+                                "summaries.")
+    video_prompt: str = Field("video_v1", description="Prompt file (stages/prompts/) or path for the video caption.")
 
 
 class ClipModel(_Section):
-    name: str = "ViT-B-32"
+    name: str = Field("ViT-B-32", description="open_clip model name (architecture).")
     pretrained: Optional[str] = Field("laion2b_s34b_b79k", description="open_clip tag, hf-hub id or local checkpoint path.")
     config: Optional[str] = Field(None, description="JSON model config to register (custom or tiny models).")
 
 
 class VlmModel(_Section):
-    name_or_path: str = "Qwen/Qwen2.5-VL-3B-Instruct"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    name_or_path: str = Field("Qwen/Qwen2.5-VL-3B-Instruct", description="Hugging Face hub id or local directory "
+                              "of a transformers image-text-to-text model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL family).")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto: bfloat16 on a "
+                                                                      "GPU, float32 on CPU.")
     backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm: vLLM's offline engine "
                                                      "in the caption and hierarchy actors (clip, window, chapter and "
                                                      "video captions, entity names); install vllm on GPU workers, "
@@ -279,8 +300,9 @@ class StageResources(_Section):
                                                      "for, else per num_cpus CPUs, less one task of its feeder when "
                                                      "ray.feeder_tasks runs one); "
                                                      "in a streaming chain, one.")
-    batch_size: int = Field(1, ge=1)
-    num_cpus: float = Field(1.0, ge=0)
+    batch_size: int = Field(1, ge=1, description="Model batch: clips per CLIP pass (clip), clips and windows per "
+                            "generate call (caption); the other stages take one video per call and ignore it.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for each task or actor of the stage.")
     num_gpus: Union[float, Literal["auto"]] = Field(0.0, description="'auto': 1 when the cluster has GPUs.")
     calls_per_actor: Union[int, Literal["auto"]] = Field(1, description="Calls one actor works on at once (the "
                                                          "caption stage only): while one call generates, the next "
@@ -358,7 +380,8 @@ class RayOptions(_Section):
 
 
 class JobSpec(_Section):
-    name: str = "job"
+    name: str = Field("job", description="The job's name, in manifest.json, the report's title and "
+                      "`vidcurate inspect`.")
     inputs: Inputs
     output: Output
     probe: Probe = Probe()
