@@ -107,14 +107,22 @@ def finished(store, listing: dict[str, int], key: str) -> dict | None:
     return None
 
 
-def clean(store, manifest: dict, listing: dict[str, int], log) -> None:
+def delete_keys(store, keys: list[str], check=None, batch: int = 100) -> None:
+    """Delete ``keys``, calling ``check()`` (the output lease's) before each ``batch`` of them."""
+    for n, k in enumerate(keys):
+        if check is not None and n % batch == 0:
+            check()
+        store.delete(k)
+
+
+def clean(store, manifest: dict, listing: dict[str, int], log, check=None) -> None:
     """Delete table parts and shards the new manifest does not list (of earlier plans or
-    interrupted runs). Partition records and committed per-video work stay for reuse."""
+    interrupted runs), ``check()`` before each batch. Partition records and committed per-video
+    work stay for reuse."""
     keep = {s["path"] for s in manifest["shards"] + manifest["long_shards"]}
     keep |= {p["path"] for t in manifest["tables"].values() for p in t["parts"]}
     stale = [k for k in listing if k.split("/")[0] in ("shards", "long_shards", *TABLES) and k not in keep]
-    for k in stale:
-        store.delete(k)
+    delete_keys(store, stale, check)
     if stale:
         log(f"[write] removed {len(stale)} file(s) no longer part of the output")
 
@@ -147,7 +155,8 @@ def collect_garbage(store, *, dry_run: bool = False, log=print) -> tuple[int, in
     fps = manifest.get("fingerprints") or {}
     current = {p["record"] for p in manifest.get("partitions", [])}
     drops = {key for p in manifest.get("partitions", []) for key in p.get("drops", [])}
-    with OutputLock(store, log):
+    settings = getattr(store, "settings", None)  # an S3 store's; a local one takes file locks
+    with OutputLock(store, log, conditional_writes=getattr(settings, "conditional_writes", "require")) as lease:
         doomed = []
         for key, size in store.list("_work/"):
             parts = key.split("/")
@@ -156,9 +165,8 @@ def collect_garbage(store, *, dry_run: bool = False, log=print) -> tuple[int, in
             stale_drops = key.startswith("_work/dataset/") and key not in drops  # dataset-level stages' drops
             if stale_stage or stale_record or stale_drops or key.endswith(".tmp"):
                 doomed.append((key, size))
-        for key, _ in doomed:
-            if not dry_run:
-                store.delete(key)
+        if not dry_run:
+            delete_keys(store, [key for key, _ in doomed], lease.check)
         if not dry_run and not is_s3(store.uri()):  # folders are real on disk: drop the emptied ones
             import os
 

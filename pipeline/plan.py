@@ -14,12 +14,13 @@ from collections import Counter
 from pathlib import Path
 
 import schemas
+from pipeline.console import LOG_DIR
 from pipeline.discover import discover
 from pipeline.graph import DATASET_STAGES
-from pipeline.lock import KEY as LOCK_KEY
+from pipeline.lock import KEYS as LOCK_KEYS
 from pipeline.lock import OutputLock
-from pipeline.output import (clean, finished, output_dir, prepare_output, record_timings, remove_orphans,
-                             run_key)
+from pipeline.output import (clean, delete_keys, finished, output_dir, prepare_output, record_timings,
+                             remove_orphans, run_key)
 from pipeline.graph import setting
 from pipeline.partitions import Writers, assign, content_key, is_current, read_records, run_dataset_stages
 from pipeline.preflight import check_inputs, check_models, check_output
@@ -69,14 +70,16 @@ def tiny_models_in_use(spec: JobSpec) -> bool:
 class _RaySession:
     """Ray, started (or joined) only when there is work for it; a finished job's rerun never starts it."""
 
-    def __init__(self, spec: JobSpec):
-        self.spec, self.started, self.ready = spec, False, False
+    def __init__(self, spec: JobSpec, before_ray=None):
+        self.spec, self.started, self.ready, self.before_ray = spec, False, False, before_ray
 
     def ensure(self) -> None:
         if self.ready:
             return
         import ray
 
+        if self.before_ray is not None:
+            self.before_ray()
         self.started = connect_ray(self.spec)
         progress = self.spec.ray.progress
         if progress is None:
@@ -93,8 +96,10 @@ class _RaySession:
             ray.shutdown()
 
 
-def run_job(spec: JobSpec, log=print) -> dict:
-    """Run the whole job, resuming from whatever the output already holds; returns the manifest."""
+def run_job(spec: JobSpec, log=print, *, before_ray=None, progress_s: float | None = None) -> dict:
+    """Run the whole job, resuming from whatever the output already holds; returns the manifest.
+    ``before_ray()`` is called once, just before Ray starts (a rerun of a finished job never
+    starts it); ``progress_s``: log each pass's progress this often (None: never)."""
     check_inputs(spec)
     inputs = discover(spec.inputs, spec.storage)
     store = open_store(output_dir(spec), spec.storage)
@@ -106,23 +111,25 @@ def run_job(spec: JobSpec, log=print) -> dict:
         return done
     check_output(spec)  # work is coming: the output must take it, and every model must resolve
     check_models(spec)
-    with OutputLock(store, log):  # one run per output: a second driver stops here, before any change
+    # one run per output: a second driver stops here, before any change; one that loses the lease
+    # stops at its next lease.check() (before writers start, deletions and the manifest)
+    with OutputLock(store, log, conditional_writes=spec.storage.conditional_writes) as lease:
         if spec.output.overwrite:
-            doomed = [k for k, _ in store.list() if k != LOCK_KEY]
+            doomed = [k for k, _ in store.list() if k not in LOCK_KEYS and not k.startswith(LOG_DIR + "/")]
             if doomed:
                 log(f"vidcurate: output.overwrite: deleting the previous output in {store.uri()} ({len(doomed)} files)")
-            for k in doomed:
-                store.delete(k)
+            delete_keys(store, doomed, lease.check)
             listing = {}
+        lease.check()
         if "manifest.json" in listing:  # the output is about to change: uncommitted until the new manifest
             store.delete("manifest.json")
             del listing["manifest.json"]
         orphans = remove_orphans(store)
         if orphans:
             log(f"vidcurate: removed {orphans} partial file(s) left by an interrupted run")
-        session = _RaySession(spec)
+        session = _RaySession(spec, before_ray)
         try:
-            return _run(spec, inputs, store, listing, key, session, log)
+            return _run(spec, inputs, store, listing, key, session, log, progress_s, lease=lease)
         finally:
             session.close()
 
@@ -131,7 +138,8 @@ def _unit_row(row: dict, partition: int) -> dict:
     return {**{f.name: row.get(f.name) for f in UNIT}, "partition": partition, "reused": []}
 
 
-def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, session: _RaySession, log) -> dict:
+def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, session: _RaySession, log,
+         progress_s: float | None = None, *, lease: OutputLock) -> dict:
     import time
 
     fps = spec.fingerprints()
@@ -153,9 +161,14 @@ def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, sess
     if pending:  # the per-video stages; without dataset stages, each partition is written as soon as it is done
         writers = Writers(spec, fps, pending, log, early=not dataset_stages)
         units = [_unit_row(u, p["partition"]) for p in pending for u in p["units"]]
-        stage_stats = run_units(spec, units, fps, log, on_done=writers.unit_done)
+        def unit_done(row: dict) -> None:  # may start its partition's writer
+            lease.check(max_age_s=5.0)
+            writers.unit_done(row)
+
+        stage_stats = run_units(spec, units, fps, log, on_done=unit_done, progress_s=progress_s)
         seconds["stages"] = time.perf_counter() - t
         if not dataset_stages:
+            lease.check()
             written = {r["partition"]: r for r in writers.finish()}
             seconds["writes_after_stages"] = time.perf_counter() - t - seconds["stages"]
             stage_stats["write"] = {"partitions": len(written), "worker_seconds": writers.seconds}
@@ -166,6 +179,7 @@ def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, sess
             part["content"] = content_key(fps, part["units"], part["drops"])
         rewrite = [p for p in plan if not is_current(records.get(p["partition"]), p["content"], listing)]
         if rewrite:
+            lease.check()
             writers = Writers(spec, fps, rewrite, log, early=False)
             written = {r["partition"]: r for r in writers.finish()}
             stage_stats["write"] = {"partitions": len(written), "worker_seconds": writers.seconds}
@@ -192,9 +206,11 @@ def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, sess
         log(f"[check] {checks['violations']} caption time violations, e.g. " + "; ".join(checks["examples"][:3]))
     manifest = build_manifest(spec, key, fps, parts, stats)
     files = {"stats.json": json_bytes({k: stats[k] for k in sorted(stats)}), "spec.yaml": resolved_yaml(spec).encode()}
+    lease.check()
     changed = sum(put_if_changed(store, path, data, listing) for path, data in sorted(files.items()))
     changed += put_if_changed(store, "report.html", report_for(store, manifest, summary), listing)
-    clean(store, manifest, listing, log)
+    clean(store, manifest, listing, log, check=lease.check)
+    lease.check()
     store.write("manifest.json", json_bytes(manifest))  # written last: the manifest is the commit
     seconds["write_manifest"] = time.perf_counter() - t
     record_timings(store, seconds, stage_stats, changed + sum(len(r["shards"]) + len(r["long_shards"]) + 4

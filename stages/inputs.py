@@ -3,13 +3,17 @@
 This sits beneath the stages (which never import the pipeline); pipeline.storage builds the
 output stores on the same S3 clients. S3 goes through boto3 with its standard credential chain;
 credentials are never read, logged or stored by vidcurate. botocore's ``standard`` retry mode
-retries throttling and transient errors with exponential backoff (``storage.max_attempts``).
+retries throttling and transient errors with exponential backoff (``storage.max_attempts``);
+a body cut off while it streams (past botocore's retries, which end with the reply's headers)
+is read again by ``read_body``, as many times.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import random
+import time
 from pathlib import Path
 
 
@@ -42,13 +46,32 @@ def s3_client(settings):
     return _clients[key]
 
 
+def read_body(get, attempts: int) -> tuple[bytes, dict]:
+    """(body, reply) of a GET, ``get()`` made again when the connection breaks while the body
+    streams (a reset, a short body: botocore checks the length), up to ``attempts`` GETs in all
+    with botocore's backoff (full jitter, doubling from 0.1 s)."""
+    from botocore.exceptions import BotoCoreError
+    from urllib3.exceptions import HTTPError
+
+    for attempt in range(1, attempts + 1):
+        reply = get()
+        try:
+            return reply["Body"].read(), reply
+        except (BotoCoreError, HTTPError, OSError):
+            if attempt >= attempts:
+                raise
+            time.sleep(random.random() * min(20.0, 0.1 * 2 ** attempt))
+    raise AssertionError("unreachable")
+
+
 class S3Reader(io.RawIOBase):
     """A read-only, seekable file over one S3 object, read with ranged GETs in ``block`` pieces
     (what the decoder asks for next is usually in the block already fetched)."""
 
-    def __init__(self, client, bucket: str, key: str, size: int, block: int = 4 << 20):
+    def __init__(self, client, bucket: str, key: str, size: int, block: int = 4 << 20, attempts: int = 8):
         super().__init__()
         self._c, self._bucket, self._key, self.size, self._block = client, bucket, key, size, block
+        self._attempts = attempts
         self._pos, self._buf_start, self._buf = 0, 0, b""
 
     def readable(self) -> bool:
@@ -71,8 +94,9 @@ class S3Reader(io.RawIOBase):
         end = self._buf_start + len(self._buf)
         if not (self._buf_start <= self._pos < end):
             last = min(self.size, self._pos + max(self._block, len(b))) - 1
-            body = self._c.get_object(Bucket=self._bucket, Key=self._key, Range=f"bytes={self._pos}-{last}")["Body"]
-            self._buf, self._buf_start = body.read(), self._pos
+            self._buf, _ = read_body(lambda: self._c.get_object(Bucket=self._bucket, Key=self._key,
+                                                                Range=f"bytes={self._pos}-{last}"), self._attempts)
+            self._buf_start = self._pos
             end = self._buf_start + len(self._buf)
             if not self._buf:
                 return 0
@@ -107,12 +131,13 @@ def open_input(uri: str, settings, size: int | None = None):
     bucket, key = split_s3(uri)
     if size is None:
         size = input_size(uri, settings)
-    return S3Reader(s3_client(settings), bucket, key, size)
+    return S3Reader(s3_client(settings), bucket, key, size, attempts=settings.max_attempts)
 
 
 def read_input_bytes(uri: str, settings) -> bytes:
     """The whole of a small input (a manifest, a subtitle file)."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        return s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+        client = s3_client(settings)
+        return read_body(lambda: client.get_object(Bucket=bucket, Key=key), settings.max_attempts)[0]
     return Path(uri).read_bytes()
