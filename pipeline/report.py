@@ -170,6 +170,12 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _long(text) -> str:
+    """Escaped text that may wrap after any "/" first (a path breaks between its folders), and
+    anywhere where it must (the CSS of ``td.long``)."""
+    return _e(text).replace("/", "/<wbr>")
+
+
 def _bars(items: list[tuple[str, float, str]], width: int = 560, unit: str = "") -> str:
     """Horizontal bars: (label, value, colour)."""
     if not items:
@@ -377,8 +383,8 @@ def build_report(summary: dict, manifest: dict, detail: dict[str, list[dict]], t
                              (shots["max_clip_s"], f"max {shots['max_clip_s']:g}")]))
     parts.append("</div>")
 
-    parts.append("<h2>Contact sheet</h2><p>A sample of each group: the first clips of each partition, in order; "
-                 "hover a clip for its whole caption.</p>")
+    parts.append("<h2>Contact sheet</h2><p>The first clips of each group, in partition order; hover a clip "
+                 "for its whole caption.</p>")
     sizes = {"kept": counts["clips_kept"], **reasons}
     for name in ["kept"] + [r for r, _ in reasons.most_common()]:
         members = sample["groups"].get(name, [])
@@ -414,8 +420,8 @@ def build_report(summary: dict, manifest: dict, detail: dict[str, list[dict]], t
                      "(the videos table has every one, with its whole message).</p>"
                      "<table><tr><th>input</th><th>status</th><th>reason</th><th>message</th></tr>")
         for v in rejected:
-            parts.append(f"<tr><td class=long>{_e(v['uri'])}</td><td>{_e(v['status'])}</td>"
-                         f"<td>{_e(v['reason'])}</td><td class=long>{_e(v['message'])}</td></tr>")
+            parts.append(f"<tr><td class=long>{_long(v['uri'])}</td><td>{_e(v['status'])}</td>"
+                         f"<td>{_e(v['reason'])}</td><td class=long>{_long(v['message'])}</td></tr>")
         parts.append("</table>")
     parts.append("</body></html>\n")
     return "".join(parts)
