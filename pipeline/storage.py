@@ -60,8 +60,9 @@ def file_mode() -> int:
 
 
 class LocalStore:
-    """A directory. Temporary files end in ``.tmp`` next to their target. Committed files get
-    the mode the umask gives, as any file the user writes."""
+    """A directory. Temporary files end in ``.tmp`` next to their target, one per writer (two
+    writers of one key, as a retried task beside its first attempt, never share one). Committed
+    files get the mode the umask gives, as any file the user writes."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).absolute()
@@ -84,7 +85,7 @@ class LocalStore:
     def write(self, key: str, data: bytes) -> None:
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = _staging(path)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -97,7 +98,7 @@ class LocalStore:
 
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = _staging(path)
         try:
             os.replace(local, tmp)
         except OSError:
@@ -152,7 +153,7 @@ class LocalStore:
             held = self.read_version(key)
             if (held[1] if held else None) != version:
                 return None
-            tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+            tmp = _staging(path)
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -210,6 +211,11 @@ class LocalStore:
                 yield
             finally:
                 os.close(fd)  # releases the flock
+
+
+def _staging(path: Path) -> Path:
+    """A temporary name beside ``path`` of this writer alone (process and thread)."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
 
 
 _thread_locks: dict[str, threading.Lock] = {}
@@ -392,15 +398,19 @@ class S3Store:
 
     def conditional_writes(self, key: str) -> str | None:
         """None when the store honours ``If-None-Match: *`` and ``If-Match`` on PUT, else why not.
-        Probed once per process and bucket on ``<key>.probe``: two PUTs whose condition is false
-        must both answer 412 Precondition Failed (a store that ignores a condition overwrites)."""
+        Probed once per process and bucket on an object of its own beside ``key`` (removed after;
+        its name ends in .tmp, as ``vidcurate gc`` expects of leftovers): two PUTs whose condition
+        is false must both answer 412 Precondition Failed (a store that ignores a condition
+        overwrites)."""
+        import uuid
+
         from botocore.exceptions import ClientError
 
         cache = (self.settings.endpoint_url, self.bucket)
         if cache in _conditional_support:
             return _conditional_support[cache]
         where = self.settings.endpoint_url or "S3"
-        c, k = self.client, self._key(key + ".probe")
+        c, k = self.client, self._key(f"{key}.{uuid.uuid4().hex}.probe.tmp")
         why = None
         c.put_object(Bucket=self.bucket, Key=k, Body=b"probe")
         try:
