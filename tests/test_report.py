@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,7 @@ def test_text_fitting_and_caption_shortening():
                "fishing boats and the lights come on")
     short = shorten(caption)
     assert len(short) <= CAPTION_CHARS and short.endswith("\u2026") and caption.startswith(short[:-1])
-    assert short[:-1] in caption.split(" ", 14)[0:14] or short[:-1].split()[-1] in caption.split()  # whole words
+    assert caption[len(short) - 1] == " "  # cut between words
     assert shorten("  a short\n caption ") == "a short caption"
     assert len(shorten("x" * 300)) == CAPTION_CHARS  # no space to cut at: cut mid-word
     assert shorten("") == ""
@@ -301,7 +302,7 @@ def make_output(root: Path, parts: list[dict]):
             clips = [c for c in rows["clips"] if c["video_id"] == v["video_id"]]
             if clips:
                 frames = pa.table({"clip_id": [c["clip_id"] for c in clips],
-                                   "frames": [[_jpeg(hash(c["clip_id"]) % 10007)] for c in clips]})
+                                   "frames": [[_jpeg(zlib.crc32(c["clip_id"].encode()))] for c in clips]})
                 store.write(work_key("analyze", fingerprint, units[v["video_id"]]), encode_unit(v, frames))
         summaries.append(partition_summary(p, units, rows, [], {"captions_checked": 0, "violations": 0,
                                                                 "examples": []}, {}))
