@@ -7,39 +7,75 @@ import json
 import sys
 
 
-def _print_summary(manifest: dict, out: str) -> None:
+def _print_summary(manifest: dict, out: str, say=print) -> None:
     c = manifest["counts"]
-    print("\nvidcurate summary")
-    print(f"  videos    in {c['videos_in']}, accepted {c['videos_ok']}, rejected {c['videos_rejected']}, "
-          f"errors {c['videos_error']}")
-    print(f"  clips     {c['clips']} found; kept after shots {c['clips_after_shots']}, after scores "
-          f"{c['clips_after_scores']}, after CLIP filter {c['clips_after_clip_filter']}")
+    say("\nvidcurate summary")
+    say(f"  videos    in {c['videos_in']}, accepted {c['videos_ok']}, rejected {c['videos_rejected']}, "
+        f"errors {c['videos_error']}")
+    say(f"  clips     {c['clips']} found; kept after shots {c['clips_after_shots']}, after scores "
+        f"{c['clips_after_scores']}, after CLIP filter {c['clips_after_clip_filter']}")
     caps = ", ".join(f"{k} {v}" for k, v in c["captions"].items()) or "none"
-    print(f"  captions  {caps}; chapters {c['chapters']}")
-    print(f"  shards    {c['shards']} ({c['samples']} samples) in {len(manifest['partitions'])} partition(s)")
+    say(f"  captions  {caps}; chapters {c['chapters']}")
+    say(f"  shards    {c['shards']} ({c['samples']} samples) in {len(manifest['partitions'])} partition(s)")
     if manifest.get("long_shards"):
-        print(f"  long      {len(manifest['long_shards'])} shards ({sum(s['samples'] for s in manifest['long_shards'])}"
-              " chapter samples)")
+        say(f"  long      {len(manifest['long_shards'])} shards ({sum(s['samples'] for s in manifest['long_shards'])}"
+            " chapter samples)")
     if manifest.get("tiny_random_models"):
-        print("  NOTE      tiny random-weight models were used: CLIP scores and captions are meaningless;"
-              " set models.clip / models.vlm to real weights for real results")
+        say("  NOTE      tiny random-weight models were used: CLIP scores and captions are meaningless;"
+            " set models.clip / models.vlm to real weights for real results")
     extra = ", long_shards/" if manifest.get("long_shards") else ""
-    print(f"  outputs   {out}  (manifest.json, videos/ clips/ captions/ chapters/ Parquet, shards/{extra}, stats.json)")
-    print(f"  report    {out.rstrip('/')}/report.html")
+    say(f"  outputs   {out}  (manifest.json, videos/ clips/ captions/ chapters/ Parquet, shards/{extra}, stats.json)")
+    say(f"  report    {out.rstrip('/')}/report.html")
+
+
+EXIT_EMPTY = 3  # the run finished and committed its outputs, but kept no clip
+EXIT_LEASE_LOST = 4  # another run took the output's lease
+
+
+def _funnel_findings(manifest: dict, out: str, say=print) -> int:
+    """Loud lines about a lopsided or empty result (from the committed stats); the exit code."""
+    import json as _json
+
+    from pipeline.storage import open_store
+    from pipeline.summary import empty_result, lopsided
+    from pipeline.spec import Storage
+
+    spec = manifest["spec"]
+    try:
+        stats = _json.loads(open_store(out, Storage(**spec.get("storage", {}))).read("stats.json"))
+    except Exception:  # an output written before stats.json held the reasons: the counts alone
+        stats = {"counts": manifest["counts"], "clip_reasons": {}, "video_reasons": {}}
+    for line in lopsided(stats, spec):
+        say(f"WARNING: {line}")
+    empty = empty_result(stats, spec)
+    if empty:
+        print(f"error: {empty}", file=sys.stderr)
+        return EXIT_EMPTY
+    return 0
 
 
 def cmd_run(args) -> int:
+    from pipeline.console import Console, log_path
     from pipeline.output import output_dir
     from pipeline.plan import run_job
     from pipeline.preflight import with_absolute_paths
     from pipeline.spec import load_spec
 
     spec = with_absolute_paths(load_spec(args.job, args.set))
-    if args.quiet:
+    out = str(output_dir(spec))
+    console = Console(log_path(out), verbose=args.verbose)
+    if args.quiet or not args.verbose:  # Ray Data's bars would go to the log file: vidcurate's lines instead
         spec = spec.model_copy(update={"ray": spec.ray.model_copy(update={"progress": False})})
-    manifest = run_job(spec)
-    _print_summary(manifest, str(output_dir(spec)))
-    return 0
+    progress = None if args.quiet or spec.ray.progress else 10.0
+    try:
+        with console:
+            manifest = run_job(spec, log=console.print, before_ray=console.divert, progress_s=progress)
+            _print_summary(manifest, out, console.print)
+    except Exception:
+        if console.log_file.exists() and not args.verbose:
+            print(f"vidcurate: Ray's and the libraries' output of this run: {console.log_file}", file=sys.stderr)
+        raise
+    return _funnel_findings(manifest, out, console.print)
 
 
 def cmd_validate(args) -> int:
@@ -284,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a job spec")
     run.add_argument("job")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress lines or bars")
+    run.add_argument("--verbose", action="store_true", help="show Ray's and the libraries' output here instead of "
+                     "in the output's _work/logs/run.log (with Ray Data's progress bars on a terminal)")
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a job spec without running it")
     val.add_argument("job")
@@ -332,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.lock import LeaseLost
     from pipeline.spec import SpecError
 
     args = build_parser().parse_args(argv)
@@ -340,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except LeaseLost as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_LEASE_LOST
 
 
 if __name__ == "__main__":

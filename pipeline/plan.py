@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import schemas
+from pipeline.console import LOG_DIR
 from pipeline.discover import discover
 from pipeline.graph import DATASET_STAGES
 from pipeline.lock import KEYS as LOCK_KEYS
@@ -69,14 +70,16 @@ def tiny_models_in_use(spec: JobSpec) -> bool:
 class _RaySession:
     """Ray, started (or joined) only when there is work for it; a finished job's rerun never starts it."""
 
-    def __init__(self, spec: JobSpec):
-        self.spec, self.started, self.ready = spec, False, False
+    def __init__(self, spec: JobSpec, before_ray=None):
+        self.spec, self.started, self.ready, self.before_ray = spec, False, False, before_ray
 
     def ensure(self) -> None:
         if self.ready:
             return
         import ray
 
+        if self.before_ray is not None:
+            self.before_ray()
         self.started = connect_ray(self.spec)
         progress = self.spec.ray.progress
         if progress is None:
@@ -93,8 +96,10 @@ class _RaySession:
             ray.shutdown()
 
 
-def run_job(spec: JobSpec, log=print) -> dict:
-    """Run the whole job, resuming from whatever the output already holds; returns the manifest."""
+def run_job(spec: JobSpec, log=print, *, before_ray=None, progress_s: float | None = None) -> dict:
+    """Run the whole job, resuming from whatever the output already holds; returns the manifest.
+    ``before_ray()`` is called once, just before Ray starts (a rerun of a finished job never
+    starts it); ``progress_s``: log each pass's progress this often (None: never)."""
     check_inputs(spec)
     inputs = discover(spec.inputs, spec.storage)
     store = open_store(output_dir(spec), spec.storage)
@@ -110,7 +115,7 @@ def run_job(spec: JobSpec, log=print) -> dict:
     # stops at its next lease.check() (before writers start, deletions and the manifest)
     with OutputLock(store, log, conditional_writes=spec.storage.conditional_writes) as lease:
         if spec.output.overwrite:
-            doomed = [k for k, _ in store.list() if k not in LOCK_KEYS]
+            doomed = [k for k, _ in store.list() if k not in LOCK_KEYS and not k.startswith(LOG_DIR + "/")]
             if doomed:
                 log(f"vidcurate: output.overwrite: deleting the previous output in {store.uri()} ({len(doomed)} files)")
             delete_keys(store, doomed, lease.check)
@@ -122,9 +127,9 @@ def run_job(spec: JobSpec, log=print) -> dict:
         orphans = remove_orphans(store)
         if orphans:
             log(f"vidcurate: removed {orphans} partial file(s) left by an interrupted run")
-        session = _RaySession(spec)
+        session = _RaySession(spec, before_ray)
         try:
-            return _run(spec, inputs, store, listing, key, session, log, lease=lease)
+            return _run(spec, inputs, store, listing, key, session, log, progress_s, lease=lease)
         finally:
             session.close()
 
@@ -133,8 +138,8 @@ def _unit_row(row: dict, partition: int) -> dict:
     return {**{f.name: row.get(f.name) for f in UNIT}, "partition": partition, "reused": []}
 
 
-def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, session: _RaySession, log, *,
-         lease: OutputLock) -> dict:
+def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, session: _RaySession, log,
+         progress_s: float | None = None, *, lease: OutputLock) -> dict:
     import time
 
     fps = spec.fingerprints()
@@ -160,7 +165,7 @@ def _run(spec: JobSpec, inputs: list[dict], store, listing: dict, key: str, sess
             lease.check(max_age_s=5.0)
             writers.unit_done(row)
 
-        stage_stats = run_units(spec, units, fps, log, on_done=unit_done)
+        stage_stats = run_units(spec, units, fps, log, on_done=unit_done, progress_s=progress_s)
         seconds["stages"] = time.perf_counter() - t
         if not dataset_stages:
             lease.check()

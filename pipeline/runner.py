@@ -204,10 +204,11 @@ class Tally:
         return {**self.stages, "passes": self.passes}
 
 
-def run_units(spec, units: list[dict], fps: dict, log, on_done=None) -> dict:
+def run_units(spec, units: list[dict], fps: dict, log, on_done=None, progress_s: float | None = None) -> dict:
     """Run every stage for ``units`` (rows of pipeline.units.UNIT; Ray connected), calling
-    ``on_done(row)`` for each unit once its last stage is committed. Returns the per-stage work
-    merged across workers ({stage: {videos, worker_seconds, num_frames}, "passes": {...}})."""
+    ``on_done(row)`` for each unit once its last stage is committed, and logging each pass's
+    progress every ``progress_s`` seconds (None: never). Returns the per-stage work merged
+    across workers ({stage: {videos, worker_seconds, num_frames}, "passes": {...}})."""
     import ray
 
     gpus = cluster_gpus()
@@ -225,7 +226,7 @@ def run_units(spec, units: list[dict], fps: dict, log, on_done=None) -> dict:
         for stage in _steps(spec, stages, gpus):
             ds = add_stage(ds, stage, spec, fps, gpus, sizes.get(stage.name))
         ds = ds.drop_columns(["prepared"])
-        done = 0
+        done, shown = 0, time.perf_counter()
         watch = ResourceWatch(needs(spec, stages, gpus, least=True), spec.ray.resource_wait_s, log)
         try:
             with watch:
@@ -235,6 +236,9 @@ def run_units(spec, units: list[dict], fps: dict, log, on_done=None) -> dict:
                         done += 1
                         if last and on_done is not None:
                             on_done(row)
+                    if progress_s is not None and time.perf_counter() - shown >= progress_s:
+                        shown = time.perf_counter()
+                        log(f"[{name}] {done}/{len(units)} videos done, {shown - t:.0f}s")
         except KeyboardInterrupt:
             if watch.reason:
                 raise RuntimeError(watch.reason) from None

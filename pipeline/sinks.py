@@ -78,6 +78,25 @@ def json_bytes(doc) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
+TIME_DIGITS = 6  # seconds in sample JSON: microseconds, so 1.6 reads 1.6, not 1.5999999999999996
+
+
+def rounded_times(doc):
+    """``doc`` with every float under a key ending in ``_s`` (a time in seconds) rounded to
+    microseconds; scores and other numbers untouched."""
+    if isinstance(doc, dict):
+        return {k: round(v, TIME_DIGITS) if k.endswith("_s") and isinstance(v, float) else rounded_times(v)
+                for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [rounded_times(v) for v in doc]
+    return doc
+
+
+def sample_json(doc: dict) -> bytes:
+    """A shard sample's ``.json`` member: keys sorted, times rounded to microseconds."""
+    return json.dumps(rounded_times(doc), sort_keys=True).encode()
+
+
 def put_if_changed(store, key: str, data: bytes, existing: dict[str, int]) -> bool:
     """Write ``data`` at ``key`` unless the store already holds exactly these bytes (``existing``:
     key -> size from one listing); True when written. A rerun of a finished job changes no file."""

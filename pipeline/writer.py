@@ -22,7 +22,7 @@ import schemas
 from pipeline.assemble import (apply_drops, apply_entity_names, apply_extraction, chapter_samples, join_results,
                                link_hierarchy, shard_samples, sorted_tables)
 from pipeline.checks import check_caption_times
-from pipeline.sinks import json_bytes, parquet_bytes, write_tar
+from pipeline.sinks import json_bytes, parquet_bytes, sample_json, write_tar
 from pipeline.storage import open_store
 from pipeline.summary import partition_summary
 from pipeline.units import fault_point, read_unit
@@ -133,7 +133,7 @@ def write_shards(store, folder: str, samples: list[dict], per: int, prefix: str,
             if s["key"] in cut:
                 data, methods[s["key"]] = cut[s["key"]]
                 members.append({"__key__": s["key"], "mp4": data,
-                                "json": json.dumps(s["json"], sort_keys=True).encode(), "txt": s["txt"].encode()})
+                                "json": sample_json(s["json"]), "txt": s["txt"].encode()})
         name = f"{prefix}-{n // per:06d}.tar"
         info = write_tar(store, f"{folder}/{name}", members)
         shards.append({"shard": name, "path": f"{folder}/{name}", **info})
