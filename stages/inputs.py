@@ -33,13 +33,15 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 def s3_client(settings):
-    """One boto3 S3 client per process and storage settings (clients are thread-safe, not fork-safe)."""
+    """One boto3 S3 client per process and storage settings (clients are thread-safe, not fork-safe).
+    ``storage.max_attempts`` counts every attempt, the first included: botocore's
+    ``total_max_attempts`` (its ``max_attempts`` counts retries only)."""
     key = (os.getpid(), settings.endpoint_url, settings.region, settings.max_attempts)
     if key not in _clients:
         import boto3
         from botocore.config import Config
 
-        config = Config(retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        config = Config(retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
                         connect_timeout=settings.timeout_s, read_timeout=settings.timeout_s)
         _clients[key] = boto3.session.Session().client("s3", endpoint_url=settings.endpoint_url,
                                                        region_name=settings.region, config=config)

@@ -17,7 +17,7 @@ one fault, drawn from ``kinds``:
 - ``cut_body``: a GET whose answer has a body: the headers and half the body, then the
   connection closed.
 
-``outage()`` makes every later request answer 503. ``delay_s`` holds requests whose path
+``outage()`` makes every later request (or every one after the next N) answer 503. ``delay_s`` holds requests whose path
 contains ``delay_match`` (the lease: ``lock.json``) before forwarding them, widening the window
 between one run's read and its write. ``strip_conditions`` drops ``If-Match`` and
 ``If-None-Match`` from PUT and DELETE requests: a store that ignores conditions. Counts:
@@ -70,7 +70,7 @@ class FaultProxy:
         self.rate, self.kinds, self.delay_s, self.delay_match = rate, tuple(kinds), delay_s, delay_match
         self.strip_conditions = strip_conditions
         self.requests, self.faults = 0, Counter()
-        self._down = False
+        self._down_at: int | None = None
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         proxy = self
@@ -97,9 +97,11 @@ class FaultProxy:
         self._thread.join()
         self._server.server_close()
 
-    def outage(self, down: bool = True) -> None:
-        """Every request from now on answers 503 SlowDown (until ``outage(False)``)."""
-        self._down = down
+    def outage(self, down: bool = True, after: int = 0) -> None:
+        """Every request from now on (or after ``after`` more) answers 503 SlowDown, until
+        ``outage(False)``."""
+        with self._lock:
+            self._down_at = (self.requests + after) if down else None
 
     def reset(self, rate: float | None = None, seed: int | None = None) -> None:
         with self._lock:
@@ -112,7 +114,7 @@ class FaultProxy:
     def _draw(self, method: str) -> str | None:
         with self._lock:
             self.requests += 1
-            if self._down:
+            if self._down_at is not None and self.requests > self._down_at:
                 self.faults["503"] += 1
                 return "503"
             if self._rng.random() >= self.rate:
