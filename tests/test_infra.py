@@ -111,6 +111,11 @@ def test_cluster_launcher_and_runtime_env():
     assert launcher["head_node_type"] in types and types["head"]["resources"] == {"CPU": 0}
     assert types["gpu_vlm"]["docker"]["worker_image"].endswith("vidcurate:gpu")
     assert any("--dashboard-host=127.0.0.1" in cmd for cmd in launcher["head_start_ray_commands"])
+    # token auth on every node: each ray start asks for it, and the token file reaches each node
+    starts = [c for c in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
+              if "ray start" in c]
+    assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ") for c in starts)
+    assert launcher["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
 
     from ray.runtime_env import RuntimeEnv
 
