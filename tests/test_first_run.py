@@ -197,7 +197,7 @@ def test_a_run_that_keeps_nothing_exits_3_naming_the_filter_and_prints_no_chatte
     stats = json.loads((out / "stats.json").read_text())
     clips = stats["counts"]["clips"]
     assert clips > 0 and stats["clip_reasons"] == {"low_motion": clips}
-    want = f"low_motion dropped {clips} of {clips} clips (scores.min_motion: 1000)"
+    want = f"low_motion dropped {clips} of {clips} clips (scores.min_motion: 1000.0)"
     assert _error_line(first) == f"error: no clip kept: {want}"
     assert f"WARNING: {want}" in first.stdout.splitlines()
     log = out / "_work" / "logs" / "run.log"
