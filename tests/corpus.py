@@ -11,45 +11,7 @@ import av
 import numpy as np
 
 from pipeline.demo import _pattern
-
-
-def encode(path: Path, frames: int = 50, size=(160, 90), *, codec="libx264", pix_fmt="yuv420p", fmt=None,
-           options=None, stream_options=None, rate=25, pts=None, time_base=None, flags=None,
-           rotation=None) -> Path:
-    """Encode moving test patterns; ``pts`` (a list) gives explicit timestamps in ``time_base``."""
-    w, h = size
-    with av.open(str(path), "w", format=fmt, options=options or {}) as out:
-        s = out.add_stream(codec, rate=rate)
-        s.width, s.height, s.pix_fmt = w, h, pix_fmt
-        if time_base is not None:
-            s.time_base = time_base
-            s.codec_context.time_base = time_base
-        s.options = dict(stream_options or {})
-        if flags is not None:
-            s.codec_context.flags |= flags
-        if rotation:
-            s.set_display_rotation(rotation)
-        for i in range(frames):
-            img = _pattern((i // 25) % 3, i, h, w)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format=pix_fmt)
-            if pts is not None:
-                frame.pts, frame.time_base = pts[i], time_base
-            out.mux(s.encode(frame))
-        out.mux(s.encode(None))
-    return path
-
-
-def _audio_only(path: Path) -> Path:
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("aac", rate=16000)
-        for _ in range(20):
-            frame = av.AudioFrame(format="fltp", layout="mono", samples=1024)
-            for p in frame.planes:
-                p.update(bytes(p.buffer_size))
-            frame.sample_rate = 16000
-            out.mux(s.encode(frame))
-        out.mux(s.encode(None))
-    return path
+from tests.media import encode
 
 
 def _cut(src: Path, dst: Path, fraction: float) -> Path:
@@ -118,7 +80,7 @@ def build_corpus(root: Path) -> dict[str, tuple[str, str | None]]:
     os.replace(root / "png.png", add("image_renamed.mp4", "rejected", "not_a_video"))
     Image.fromarray(_pattern(1, 0, 90, 160)).save(root / "gif.gif")
     os.replace(root / "gif.gif", add("gif_renamed.mp4", "rejected", "not_a_video"))
-    _audio_only(add("audio_only.m4a", "rejected", "no_video_stream"))
+    encode(add("audio_only.m4a", "rejected", "no_video_stream"), 0, audio=20)
     expect.update(decode_check_files(root))
     tail = encode(root / "_tail.mp4", 200)
     _cut(tail, add("truncated_index_end.mp4", "rejected", "truncated"), 0.5)

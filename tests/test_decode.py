@@ -4,7 +4,6 @@ what one decoder does; open GOPs fall back; errors and early exits are handled."
 from __future__ import annotations
 
 import threading
-from fractions import Fraction
 from types import SimpleNamespace
 
 import av
@@ -14,25 +13,19 @@ import pytest
 from pipeline.spec import parse_spec
 from stages.analyze import _decode_pass, decode_pass
 from stages.decode import ChunkedSource, ChunkMismatch, SequentialSource
+from tests.media import encode
 
 
 def _encode(path, options: dict, n: int = 150):
     """Moving texture with two hard cuts and a fade, B-frames, a keyframe every 12 frames."""
     rng = np.random.default_rng(1)
     canvases = [rng.integers(0, 255, (200, 600, 3), dtype=np.uint8) for _ in range(3)]
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 192, 108, "yuv420p"
-        s.options = {"g": "12", "bf": "3", **options}
-        for i in range(n):
-            img = canvases[i // 50][40:148, 3 * (i % 50):3 * (i % 50) + 192]
-            if 120 <= i < 135:
-                img = (img * (abs(127 - i) / 8.0)).clip(0, 255).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, 25)
-            out.mux(s.encode(frame))
-        out.mux(s.encode(None))
-    return str(path)
+
+    def picture(i):
+        img = canvases[i // 50][40:148, 3 * (i % 50):3 * (i % 50) + 192]
+        return (img * (abs(127 - i) / 8.0)).clip(0, 255).astype(np.uint8) if 120 <= i < 135 else img
+
+    return str(encode(path, n, (192, 108), picture=picture, stream_options={"g": "12", "bf": "3", **options}))
 
 
 def _spec(path):

@@ -11,7 +11,7 @@ import pytest
 from pipeline.demo import footage_dir
 from stages import extract
 from stages.extract import extract_clip, extract_clips
-from tests.corpus import encode
+from tests.media import encode
 
 BIKES = str(footage_dir() / "bikes.mp4")  # 250 frames at 25 fps, B-frames, keyframes at these frames:
 BIKES_KEYFRAMES = [0, 30, 76, 137, 187, 242]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import av
 import cv2
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 
 from pipeline.spec import parse_spec
 from stages.analyze import analysis_job
+from tests.media import encode
 
 W, H = 320, 180
 _JITTER = np.random.default_rng(5).integers(-8, 9, (100, 2))
@@ -39,15 +38,7 @@ def _encode(path, scene, n=50):
     rng = np.random.default_rng(0)
     canvas = cv2.normalize(cv2.GaussianBlur(rng.integers(0, 255, (600, 900, 3), dtype=np.uint8), (0, 0), 3),
                            None, 0, 255, cv2.NORM_MINMAX)
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(scene(canvas, i)), format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, 25)
-            out.mux(s.encode(frame))
-        out.mux(s.encode(None))
-    return path
+    return encode(path, n, (W, H), picture=lambda i: scene(canvas, i))
 
 
 @pytest.mark.parametrize("name", sorted(SCENES))
@@ -71,17 +62,8 @@ def test_rotation_metadata_is_applied(angle, tmp_path):
     upright[:30, :30] = 255  # a bright square at the top left of the upright picture
     turns = int(round(angle / 90)) % 4
     stored = np.ascontiguousarray(np.rot90(upright, -turns))  # what a camera held sideways writes
-    path = tmp_path / f"rot{turns}.mp4"
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = stored.shape[1], stored.shape[0], "yuv420p"
-        if angle:
-            s.set_display_rotation(angle)
-        for i in range(30):
-            frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, 25)
-            out.mux(s.encode(frame))
-        out.mux(s.encode(None))
+    path = encode(tmp_path / f"rot{turns}.mp4", 30, (stored.shape[1], stored.shape[0]), picture=lambda i: stored,
+                  rotation=angle)
     spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "o"}, "probe": {"guard": False},
                        "shots": {"min_clip_s": 0.5}})
     result = analysis_job({"uri": str(path), "video_id": "v", "size_bytes": 1}, spec)

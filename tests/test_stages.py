@@ -14,6 +14,7 @@ import pytest
 from pipeline.spec import parse_spec
 from stages.analyze import analyze_video
 from stages.extract import encode_clip, extract_clip
+from tests.media import encode, patterns
 
 SPEC = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "unused"},
                    "shots": {"min_clip_s": 1.0, "max_clip_s": 4.0}})
@@ -56,35 +57,20 @@ def test_bad_files_become_rejected_rows(demo, tmp_path):
     missing = analyze_video(_row(tmp_path / "nope.mp4"), SPEC)
     assert missing["reason"] == "not_found"
     # audio only: a real container without a video stream
-    path = tmp_path / "audio.m4a"
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("aac", rate=16000)
-        frame = av.AudioFrame(format="fltp", layout="mono", samples=1024)
-        for p in frame.planes:
-            p.update(bytes(p.buffer_size))
-        frame.sample_rate = 16000
-        for pkt in s.encode(frame):
-            out.mux(pkt)
-        out.mux(s.encode(None))
+    path = encode(tmp_path / "audio.m4a", 0, audio=1)
     assert analyze_video(_row(path), SPEC)["reason"] == "no_video_stream"
 
 
 def _synthetic(path, frames=100, fmt=None, options=None):
-    from pipeline.demo import _pattern
-
-    with av.open(str(path), "w", format=fmt, options=options or {}) as out:
-        s = out.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 160, 90, "yuv420p"
-        for i in range(frames):
-            out.mux(s.encode(av.VideoFrame.from_ndarray(_pattern(i // 50, i, 90, 160), format="rgb24")))
-        out.mux(s.encode(None))
-    return path
+    """A new test pattern every 2 s (the last nearly black); ``fmt``/``options``: the container's."""
+    return encode(path, frames, picture=patterns(every=50, kinds=(0, 1, 2, 3)), fmt=fmt, options=options)
 
 
 def test_truncated_file_is_rejected(tmp_path):
     # index at the start (faststart), then the file is cut: the decoder stops early without error
     full = _synthetic(tmp_path / "full.mp4", 200, options={"movflags": "faststart"})
     data = full.read_bytes()
+    assert 0 < data.find(b"moov") < data.find(b"mdat")
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 2])
     row = analyze_video(_row(cut), SPEC)
@@ -113,6 +99,7 @@ def test_truncated_file_is_rejected(tmp_path):
 
 def test_raw_elementary_stream_is_analyzed_and_extracted(tmp_path):
     raw = _synthetic(tmp_path / "raw.h264", 100, fmt="h264")
+    assert raw.read_bytes()[:4] == b"\x00\x00\x00\x01"  # an Annex B start code: no container around it
     row = analyze_video(_row(raw), SPEC)
     assert row["status"] == "ok" and row["num_frames"] == 100
     kept = [c for c in row["clips"] if c["status"] == "kept"]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
-
-import av
 import numpy as np
 
 from pipeline.spec import parse_spec
 from stages.analyze import analysis_job
 from stages.subtitles import parse_subtitles, sidecar, speech_between
+from tests.media import encode, patterns
 
 SRT = """1
 00:00:00,500 --> 00:00:01,800
@@ -47,17 +45,8 @@ def test_parse_srt_and_vtt():
 
 
 def _video(path, n=100):
-    from pipeline.demo import _pattern
-
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 160, 90, "yuv420p"
-        for i in range(n):
-            f = av.VideoFrame.from_ndarray(_pattern(0 if i < 50 else 1, i, 90, 160), format="rgb24")
-            f.pts, f.time_base = i, Fraction(1, 25)
-            out.mux(s.encode(f))
-        out.mux(s.encode(None))
-    return path
+    """A cut at 2 s (frame 50) between two test patterns."""
+    return encode(path, n, picture=patterns(every=50))
 
 
 SPEC = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "o"}, "probe": {"guard": False},
@@ -99,21 +88,10 @@ def test_sidecar_names_match_whole_stems_with_dots(tmp_path):
 def test_embedded_subtitle_stream(tmp_path):
     srt = tmp_path / "s.srt"
     srt.write_text(SRT)
-    with av.open(str(srt)) as src, av.open(str(tmp_path / "muxed.mkv"), "w") as out:
-        v = out.add_stream("libx264", rate=25)
-        v.width, v.height, v.pix_fmt = 160, 90, "yuv420p"
-        s = out.add_stream_from_template(src.streams.subtitles[0])
-        for i in range(100):
-            f = av.VideoFrame.from_ndarray(np.full((90, 160, 3), 60 if i < 50 else 200, np.uint8), format="rgb24")
-            f.pts, f.time_base = i, Fraction(1, 25)
-            out.mux(v.encode(f))
-        out.mux(v.encode(None))
-        for packet in src.demux(src.streams.subtitles[0]):
-            if packet.size:
-                packet.stream = s
-                out.mux(packet)
+    muxed = encode(tmp_path / "muxed.mkv", 100, subtitles=srt,
+                   picture=lambda i: np.full((90, 160, 3), 60 if i < 50 else 200, np.uint8))
     spec = SPEC.model_copy(update={"scores": SPEC.scores})
-    result = analysis_job({"uri": str(tmp_path / "muxed.mkv"), "video_id": "v", "size_bytes": 1}, spec)
+    result = analysis_job({"uri": str(muxed), "video_id": "v", "size_bytes": 1}, spec)
     assert result["meta"]["subtitles"] == "embedded"
     assert "Hello there!" in result["clips"][0]["speech"]
 
