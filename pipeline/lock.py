@@ -219,7 +219,7 @@ class OutputLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self.lost is not None or self.version is None:
+        if self.version is None:
             return
         try:  # the run's own error, if any, is the one to see: a lease left behind only expires
             got = self._read()
