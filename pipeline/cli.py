@@ -181,9 +181,12 @@ def _decode_check(video: dict, spec, fingerprint: str) -> tuple[dict, dict]:
     and clips are null where the decode did not run to its end."""
     from pipeline.units import analyze_input
 
+    from stages.decide import kept_ids
+
     row = analyze_input(video, spec, fingerprint)
+    kept = len(kept_ids(row["clips"], spec)) if row.get("clips") else row.get("num_clips_kept")
     found = {"checked": True, "frames": row.get("num_frames"), "decoded_s": row.get("duration_s"),
-             "clips": row.get("num_clips"), "clips_kept": row.get("num_clips_kept")}
+             "clips": row.get("num_clips"), "clips_kept": kept}
     return {k: row.get(k) for k in _VERDICT}, found
 
 

@@ -19,7 +19,7 @@ SPEED_ONLY = ("analysis.decode_workers", "analysis.decoder_threads")
 
 def fingerprints(spec) -> dict[str, str]:
     """{stage: 16 hex digits} for a pipeline.spec.JobSpec, plus "output" (what shapes the written
-    parts and shards); prompt texts are hashed, not their names."""
+    parts and shards) and "decide" (the thresholds); prompt texts are hashed, not their names."""
     import schemas
     from pipeline import __version__
     from pipeline.assemble import CHAPTER_BYTES
@@ -40,4 +40,9 @@ def fingerprints(spec) -> dict[str, str]:
             picked["encoder"], picked["chapter_bytes"] = ENCODER, CHAPTER_BYTES
         blob = json.dumps([prev, stage, picked], sort_keys=True).encode()
         out[stage] = prev = hashlib.sha256(blob).hexdigest()[:16]
+    # the thresholds: they shape which clips are kept (the written partitions), no measurement
+    from stages.decide import THRESHOLDS
+
+    blob = json.dumps(["decide", {k: setting(doc, k) for k in THRESHOLDS}], sort_keys=True).encode()
+    out["decide"] = hashlib.sha256(blob).hexdigest()[:16]
     return out

@@ -1,7 +1,8 @@
 """The stage graph, declared once.
 
-Each row is one per-video stage: its name, the stage it follows, the spec sections that shape
-its results (hashed into its fingerprint), the prompts it reads, the resources it runs with
+Each row is one per-video stage: its name, the stage it follows, the spec settings that shape
+its measurements (hashed into its fingerprint; thresholds never are: they only decide, in
+stages.decide, and their own "decide" fingerprint covers them), the prompts it reads, the resources it runs with
 (``spec.resources.<name>``), whether it runs as Ray tasks or as an actor pool, and the class
 that does the work (``module:Class``, imported where it runs). Everything else is derived from
 this table: the order of the stages, the fingerprint chain, the keys of committed work, the
@@ -49,9 +50,10 @@ class Stage:
 
 
 GRAPH: tuple[Stage, ...] = (
-    Stage("analyze", None, ("probe", "analysis", "shots", "scores", "caption.window_s", "caption.subtitles",
+    Stage("analyze", None, ("probe", "analysis", "shots", "caption.window_s", "caption.subtitles",
                             "models.transnetv2"), "task", "pipeline.units:AnalyzeUnits"),
-    Stage("clip", "analyze", ("models.clip", "clip_filter"), "actor", "pipeline.units:ClipUnits"),
+    Stage("clip", "analyze", ("models.clip", "clip_filter.keep_prompts", "clip_filter.reject_prompts",
+                              "clip_filter.frames"), "actor", "pipeline.units:ClipUnits"),
     Stage("caption", "clip", ("models.vlm", "caption"), "actor", "pipeline.units:CaptionUnits",
           prompts=("caption.prompt_name",), unit_batch="caption.videos_per_batch",
           feeder=Stage("prepare", "clip", (), "task", "pipeline.units:PrepareUnits")),
@@ -102,9 +104,10 @@ def _check(graph: tuple[Stage, ...]) -> None:
 _check(GRAPH)
 
 
-def work_key(stage: str, fingerprint: str, unit: str) -> str:
-    """Where a unit's committed result of ``stage`` lives (the file is the commit)."""
-    return f"_work/{stage}/{fingerprint}/{unit}.{BY_NAME[stage].result}"
+def work_key(stage: str, fingerprint: str, unit: str, variant: str | None = None) -> str:
+    """Where a unit's committed result of ``stage`` lives (the file is the commit); ``variant``:
+    what else it was made from (the hierarchy: which of the unit's clips the thresholds keep)."""
+    return f"_work/{stage}/{fingerprint}/{unit}{'-' + variant if variant else ''}.{BY_NAME[stage].result}"
 
 
 def settings_view(spec, keys: tuple[str, ...], extra: tuple[str, ...] = ("storage",)):

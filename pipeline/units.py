@@ -74,6 +74,48 @@ def _timed(row: dict, stage: str, started: float, seconds_taken: float | None = 
     seconds[stage] = time.perf_counter() - started if seconds_taken is None else seconds_taken
     row["seconds_json"] = json.dumps(seconds)
 
+CAPTION_COLUMNS = ("caption_text", "caption_fields", "caption_parse_status", "caption_model",
+                   "caption_prompt_version", "caption_generation")
+
+
+def with_captions(measured: list[dict], committed: list[dict] | None) -> list[dict]:
+    """The measured clip rows (the clip stage's result) with the captions a committed caption
+    result already holds (clip and window captions of every clip it captioned)."""
+    done = {c["clip_id"]: c for c in committed or () if c.get("caption_model")}
+    out = []
+    for c in measured:
+        d = done.get(c["clip_id"])
+        if d is None:
+            out.append(dict(c))
+            continue
+        windows = c.get("windows")
+        if windows and d.get("windows"):
+            windows = [{**w, **{k: v for k, v in dw.items() if k.startswith("caption_")}}
+                       for w, dw in zip(windows, d["windows"])]
+        out.append({**c, **{k: d.get(k) for k in CAPTION_COLUMNS}, "windows": windows})
+    return out
+
+
+def to_caption(rows: list[dict], spec) -> set[str]:
+    """The clips the thresholds keep that have no caption yet."""
+    from stages.decide import kept_ids
+
+    have = {c["clip_id"] for c in rows if c.get("caption_model")}
+    return {i for i in kept_ids(rows, spec) if i not in have}
+
+
+def caption_work(rows: list[dict], todo: set[str]) -> list[dict]:
+    """Copies marked so that the caption stage captions exactly ``todo`` (status ``kept`` there,
+    ``rejected`` elsewhere); restore_status puts the measured status back before committing."""
+    return [{**r, "status": "kept" if r["clip_id"] in todo else "rejected"} for r in rows]
+
+
+def restore_status(work: list[dict], measured: list[dict]) -> list[dict]:
+    for w, m in zip(work, measured):
+        w.update(status=m["status"], reason=m["reason"])
+    return work
+
+
 class _UnitStage(abc.ABC):
     """One stage (a row of pipeline.graph.GRAPH) over a batch of unit rows: for each unit whose
     result of this stage is not committed yet, compute it (``work``: bytes) and commit it; a
@@ -96,11 +138,16 @@ class _UnitStage(abc.ABC):
     def work(self, store, row: dict) -> bytes:
         """The committed result of this stage for one unit."""
 
+    def result_key(self, store, row: dict) -> str:
+        """Where this stage commits the unit's result (a stage whose result also depends on the
+        decision, the hierarchy, reads what it needs to name it)."""
+        return self.key(row)
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         store = open_store(self.spec.output.uri, self.spec.storage)
         rows = batch.to_pylist()
         for row in rows:
-            key = self.key(row)
+            key = self.result_key(store, row)
             if store.exists(key):
                 row["reused"] = [*(row["reused"] or []), self.stage.name]
                 continue
@@ -155,11 +202,19 @@ class ClipUnits(_UnitStage):
         return encode_unit(video, pa.concat_tables(parts) if parts else schemas.work_table([]))
 
 
+def committed_captions(store, key: str) -> list[dict] | None:
+    """The clip rows of a unit's committed caption result (None: there is none yet)."""
+    if not store.exists(key):
+        return None
+    return decode_unit(store.read(key))[1].to_pylist()
+
+
 class PrepareUnits(_UnitStage):
     """Ray task stage feeding the caption actors: reads each unit's clip-stage result and makes
-    the captioner's inputs (prompts, decoded frames, processor arrays) on CPU workers; they travel
-    to the actor in the row (``prepared``), so the GPU only generates. Nothing is committed: a
-    lost prepared row is made again. A unit whose captions are committed passes on as reused."""
+    the captioner's inputs (prompts, decoded frames, processor arrays) on CPU workers for the
+    clips the thresholds keep that have no caption yet; they travel to the actor in the row
+    (``prepared``), so the GPU only generates. Nothing is committed: a lost prepared row is made
+    again. A unit whose committed captions cover every kept clip passes on as reused."""
 
     def __init__(self, *, spec, fps: dict[str, str], stage):
         from stages.caption import CaptionStage
@@ -167,23 +222,27 @@ class PrepareUnits(_UnitStage):
         super().__init__(spec=spec, fps=fps, stage=stage)
         self.caption = CaptionStage(model=spec.models.vlm, settings=spec.caption)  # its processor loads in the task
 
-    def work(self, store, row: dict) -> bytes:
+    def work(self, store, row: dict, committed: list[dict] | None = None) -> bytes:
         import pickle
 
-        data = store.read(self.key(row, self.stage.after))
-        _, clips = decode_unit(data)
-        return pickle.dumps({"unit": data, "inputs": self.caption.prepare(clips.to_pylist())}, protocol=5)
+        video, clips = decode_unit(store.read(self.key(row, self.stage.after)))
+        measured = clips.to_pylist()
+        rows = with_captions(measured, committed)
+        work = caption_work(rows, to_caption(rows, self.spec))
+        return pickle.dumps({"video": video, "measured": measured, "rows": work,
+                             "inputs": self.caption.prepare(work)}, protocol=5)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         store = open_store(self.spec.output.uri, self.spec.storage)
         rows = batch.to_pylist()
         for row in rows:
-            if store.exists(self.key(row, "caption")):
+            committed = committed_captions(store, self.key(row, "caption"))
+            if committed is not None and not to_caption(committed, self.spec):
                 row["reused"] = [*(row["reused"] or []), "caption"]
                 continue
             fault_point("prepare")
             started = time.perf_counter()
-            row["prepared"] = self.work(store, row)
+            row["prepared"] = self.work(store, row, committed)
             _timed(row, "prepare", started)
         return pa.Table.from_pylist(rows, schema=UNIT)
 
@@ -208,6 +267,7 @@ class CaptionUnits(_UnitStage):
         # reads and prepares its units on its own, the model runs one call at a time (and in the
         # ``serial`` way of pipeline.overlap, the whole call does)
         self._model_lock, self._inputs_lock, self._call_lock = threading.Lock(), threading.Lock(), threading.Lock()
+        self._committed: dict[str, list[dict] | None] = {}  # unit -> committed caption rows, between two calls
         self.plan = self.call_plan(spec.resources.caption)
 
     @staticmethod
@@ -232,29 +292,34 @@ class CaptionUnits(_UnitStage):
         (with a feeder, PrepareUnits did that and sent no inputs)."""
         if self.fed:
             return row["prepared"] is not None
-        if store.exists(self.key(row)):
+        committed = committed_captions(store, self.key(row))
+        if committed is not None and not to_caption(committed, self.spec):
             row["reused"] = [*(row["reused"] or []), "caption"]
             return False
+        self._committed[row["unit_id"]] = committed
         return True
 
-    def _inputs(self, store, row: dict) -> tuple[dict, list[dict], list[dict]]:
-        """(videos row, clip rows, model inputs) of a pending unit: from the row (fed), else made
-        here from the unit's clip-stage result (timed as ``prepare``)."""
+    def _inputs(self, store, row: dict) -> tuple[dict, list[dict], list[dict], list[dict]]:
+        """(videos row, measured clip rows, rows to caption, model inputs) of a pending unit:
+        from the row (fed), else made here from the unit's clip-stage result and the captions
+        already committed (timed as ``prepare``). The rows to caption mark as kept exactly the
+        clips the thresholds keep that have no caption yet."""
         import pickle
 
         if self.fed:
             ready = pickle.loads(row["prepared"])
-            video, clips = decode_unit(ready["unit"])
-            return video, clips.to_pylist(), ready["inputs"]
+            return ready["video"], ready["measured"], ready["rows"], ready["inputs"]
         fault_point("prepare")
         started = time.perf_counter()
         video, clips = self.previous(store, row)
-        clips = clips.to_pylist()
+        measured = clips.to_pylist()
+        rows = with_captions(measured, self._committed.pop(row["unit_id"], None))
+        work = caption_work(rows, to_caption(rows, self.spec))
         with self._inputs_lock:  # the processor loads once, whichever call comes first
             self.model_stage.setup_inputs()
-        inputs = self.model_stage.prepare(clips)
+        inputs = self.model_stage.prepare(work)
         _timed(row, "prepare", started)
-        return video, clips, inputs
+        return video, measured, work, inputs
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         store = open_store(self.spec.output.uri, self.spec.storage)
@@ -272,37 +337,58 @@ class CaptionUnits(_UnitStage):
                     self.model_stage.ensure_ready()  # the model's load counts as captioning time
                     if self.plan:
                         self.model_stage.use_cpu_threads(self.plan.threads(mode))
-                    self.model_stage.caption([(clips, inputs) for _, clips, inputs in units])
+                    self.model_stage.caption([(work, inputs) for _, _, work, inputs in units])
                     taken = time.perf_counter() - started
                     if self.plan:
-                        self.plan.generated(mode, sum(len(inputs) for _, _, inputs in units), preparing, taken)
+                        self.plan.generated(mode, sum(len(inputs) for *_, inputs in units), preparing, taken)
                         self.model_stage.free_cpu_threads()  # the next call may generate from another thread
                     share = taken / len(todo)  # the batch's time, split evenly
-            for row, (video, clips, _) in zip(todo, units):
-                for c in clips:
-                    c["frames"] = None  # not needed past captioning
-                store.write(self.key(row), encode_unit(video, schemas.work_table(clips)))
+            for row, (video, measured, work, _) in zip(todo, units):
+                for c in restore_status(work, measured):
+                    c["frames"] = None  # not needed past captioning (a later caption reads the clip stage's)
+                    for w in c.get("windows") or []:
+                        w["frames"] = None
+                store.write(self.key(row), encode_unit(video, schemas.work_table(work)))
                 _timed(row, "caption", started, share)
         for row in rows:
             row["prepared"] = None
         return pa.Table.from_pylist(rows, schema=UNIT)
 
 
+def kept_variant(kept: list[str]) -> str | None:
+    """The hierarchy result's name part for a kept set (None when nothing is kept)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()[:16] if kept else None
+
+
 class HierarchyUnits(_UnitStage):
-    """Ray actor stage: chapters, chapter and video captions and entity names of each unit."""
+    """Ray actor stage: chapters, chapter and video captions and entity names of each unit, over
+    the clips the thresholds keep. Committed per video and kept set: moving a threshold reruns
+    the hierarchy only of the videos whose kept clips change."""
 
     def __init__(self, *, spec, fps: dict[str, str], stage):
         from stages.chapters import HierarchyStage
 
         super().__init__(spec=spec, fps=fps, stage=stage)
         self.model_stage = HierarchyStage(model=spec.models.vlm, settings=spec.chapters)
+        self._read: dict[str, tuple[dict, list[dict]]] = {}
+
+    def result_key(self, store, row: dict) -> str:
+        from stages.decide import decided
+
+        video, clips = self.previous(store, row)
+        rows = decided(clips.drop_columns(["frames"]).to_pylist(), self.spec)
+        self._read[row["unit_id"]] = (video, rows)
+        variant = kept_variant([c["clip_id"] for c in rows if c["status"] == "kept"])
+        return work_key("hierarchy", self.fps["hierarchy"], row["unit_id"], variant)
 
     def work(self, store, row: dict) -> bytes:
         from stages.chapters import chapter_marks
 
-        video, clips = self.previous(store, row)
+        video, clips = self._read.pop(row["unit_id"])
         result = {"chapters": [], "captions": [], "entities": None}
-        kept = [c for c in clips.drop_columns(["frames"]).to_pylist() if c["status"] == "kept"]
+        kept = [c for c in clips if c["status"] == "kept"]
         if kept:
             cs = []
             for c in kept:
@@ -319,10 +405,23 @@ class HierarchyUnits(_UnitStage):
         return json_bytes(result)
 
 
-def read_unit(store, fps: dict[str, str], unit: str) -> tuple[dict, list[dict], dict]:
+def read_unit(store, fps: dict[str, str], unit: str, spec) -> tuple[dict, list[dict], dict]:
     """(videos row, clip rows, hierarchy result) of one finished unit: the committed results of
-    the graph's last two stages."""
+    the graph's last two stages, with each clip's fate as the spec's thresholds decide. A clip
+    they drop carries no caption (one made under other thresholds stays committed, for reuse),
+    so the rows are the same whatever thresholds ran before."""
+    from stages.decide import decided
+
     last, before = GRAPH[-1], GRAPH[-2]
     video, clips = decode_unit(store.read(work_key(before.name, fps[before.name], unit)))
-    hierarchy = json.loads(store.read(work_key(last.name, fps[last.name], unit)))
-    return video, clips.drop_columns(["frames"]).to_pylist(), hierarchy
+    rows = decided(clips.drop_columns(["frames"]).to_pylist(), spec)
+    kept = [c["clip_id"] for c in rows if c["status"] == "kept"]
+    for c in rows:
+        if c["status"] != "kept":
+            c.update({k: None for k in CAPTION_COLUMNS})
+            c["windows"] = [{**w, **{k: None for k in w if k.startswith("caption_")}}
+                            for w in c.get("windows") or []] or None
+    if video.get("status") == "ok":
+        video = {**video, "num_clips_kept": len(kept)}
+    hierarchy = json.loads(store.read(work_key(last.name, fps[last.name], unit, kept_variant(kept))))
+    return video, rows, hierarchy

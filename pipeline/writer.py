@@ -151,7 +151,7 @@ def write_partition(spec, fps: dict[str, str], partition: dict) -> dict:
     p, units = partition["partition"], partition["units"]
     name = part_name(p)
     with ThreadPoolExecutor(8) as pool:  # S3 round trips overlap; local reads barely notice
-        results = list(pool.map(lambda u: read_unit(store, fps, u["unit_id"]), units))
+        results = list(pool.map(lambda u: read_unit(store, fps, u["unit_id"], spec), units))
     rows = join_results(results)
     for key in partition.get("drops") or []:  # clips dropped by dataset-level stages
         apply_drops(rows, json.loads(store.read(key)))

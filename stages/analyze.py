@@ -25,7 +25,6 @@ from stages.base import Rejected, clip_id
 from stages.frames import Shrinker, ThumbStore, quarter_turns
 from stages.guard import GuardFailure, run_guarded
 from stages.probe import open_video
-from stages.scores import score_reason
 from stages.signals import FrameSignals, clip_summary, prepare_frame
 from stages.shots import assemble_clips, boundary_detector, shot_starts, shots_from_boundaries
 
@@ -282,7 +281,7 @@ def build_clips(video: dict, meta: dict, analysis: dict, spec, cues=()) -> list[
         a, b = c["start_frame"], c["end_frame"]
         start_s, end_s = frame_time(times, a, fps), frame_time(times, b, fps)
         scores = clip_summary(signals, a, b)
-        reason = c["reason"] or score_reason(scores, spec.scores)
+        reason = c["reason"]  # the cut's own; score thresholds decide later (stages.decide)
         rows.append({
             "clip_id": clip_id(video["video_id"], a, b, fingerprint), "video_id": video["video_id"],
             "uri": video["uri"], "index": index, "start_frame": a, "end_frame": b,

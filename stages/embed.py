@@ -1,8 +1,9 @@
-"""CLIP filter: open_clip image embeddings of sampled frames, similarity to keep/reject prompts.
+"""CLIP measurement: open_clip image embeddings of sampled frames, similarity to keep/reject prompts.
 
 Reads: frames, status. Adds: embedding (mean of normalized frame embeddings, normalized),
-clip_keep_sim, clip_reject_sim, clip_model; rejects with clip_reject_prompt or
-clip_low_keep_sim. Rows already rejected pass through untouched.
+clip_keep_sim, clip_reject_sim, clip_model, for every clip its cut keeps (whatever its scores:
+thresholds decide later, in stages.decide, from what is recorded here). Rows the cut rejected
+pass through untouched.
 Resources: resources.clip (actor pool; GPU when given).
 """
 
@@ -13,15 +14,7 @@ import pyarrow as pa
 
 import schemas
 from stages.base import ModelStage, decode_jpegs, subsample
-
-
-def clip_reason(keep_sim: float, reject_sim: float, *, max_reject_margin, min_keep_sim) -> str | None:
-    """Early-return filter on prompt similarities (CLIP-style zero-shot filtering)."""
-    if max_reject_margin is not None and reject_sim - keep_sim > max_reject_margin:
-        return "clip_reject_prompt"
-    if min_keep_sim is not None and keep_sim < min_keep_sim:
-        return "clip_low_keep_sim"
-    return None
+from stages.decide import clip_reason  # noqa: F401  (the filter's rule, kept importable where it was)
 
 
 def mean_embedding(frame_embeddings: np.ndarray) -> np.ndarray:
@@ -32,7 +25,7 @@ def mean_embedding(frame_embeddings: np.ndarray) -> np.ndarray:
 
 
 class ClipEmbedStage(ModelStage):
-    """Ray actor stage: embeds kept clips' frames and applies the prompt filter."""
+    """Ray actor stage: embeds the frames of the clips the cut keeps and measures their prompt similarities."""
 
     def setup(self) -> None:
         import torch
@@ -67,10 +60,6 @@ class ClipEmbedStage(ModelStage):
             emb = self._embed(row["frames"])
             keep_sim = float((self._keep @ emb).max())
             reject_sim = float((self._reject @ emb).max()) if len(self._reject) else -1.0
-            reason = clip_reason(keep_sim, reject_sim, max_reject_margin=self.settings.max_reject_margin,
-                                 min_keep_sim=self.settings.min_keep_sim)
             row.update(embedding=emb.astype(np.float32).tolist(), clip_keep_sim=keep_sim,
                        clip_reject_sim=reject_sim, clip_model=self._model_id)
-            if reason:
-                row.update(status="rejected", reason=reason)
         return schemas.work_table(rows)

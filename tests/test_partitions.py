@@ -25,11 +25,20 @@ def test_graph_is_one_chain_and_derives_keys_and_fingerprints():
     assert [s.after for s in graph.GRAPH] == [None, "analyze", "clip", "caption"]
     assert graph.work_key("hierarchy", "f", "u") == "_work/hierarchy/f/u.json"
     assert graph.work_key("clip", "f", "u") == "_work/clip/f/u.parquet"
+    assert graph.work_key("hierarchy", "f", "u", "k") == "_work/hierarchy/f/u-k.json"
     fps = SPEC.fingerprints()
-    assert list(fps) == [*graph.STAGES, "output"]
+    assert list(fps) == [*graph.STAGES, "output", "decide"]
     # a stage's settings move its fingerprint and every later one, never an earlier one
     other = parse_spec({**SPEC.model_dump(mode="json"), "caption": {"max_new_tokens": 7}}).fingerprints()
-    assert [fps[s] == other[s] for s in fps] == [True, True, False, False, False]
+    assert [fps[s] == other[s] for s in fps] == [True, True, False, False, False, True]
+    # thresholds move only the decision: no measurement, caption or hierarchy is made again
+    doc = SPEC.model_dump(mode="json")
+    for change in ({"scores": {"min_sharpness": 25.0}}, {"clip_filter": {"max_reject_margin": 0.3}},
+                   {"clip_filter": {"min_keep_sim": 0.1}}):
+        moved = parse_spec({**doc, **{k: {**doc[k], **v} for k, v in change.items()}}).fingerprints()
+        assert [fps[s] == moved[s] for s in fps] == [True, True, True, True, True, False], change
+    prompts = parse_spec({**doc, "clip_filter": {**doc["clip_filter"], "keep_prompts": ["a dog"]}}).fingerprints()
+    assert [fps[s] == prompts[s] for s in fps] == [True, False, False, False, False, True]
     with pytest.raises(ValueError, match="follows"):
         graph._check((graph.GRAPH[1], graph.GRAPH[0]))
     for stage in graph.GRAPH:  # every runner named by the table exists
