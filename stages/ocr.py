@@ -25,12 +25,16 @@ import pyarrow as pa
 
 from stages.base import ModelStage, decode_jpegs, subsample
 
-# What the stage reads and adds, its score and its reason: plain data for a stage registry.
+# Declarations for the stage registry (the shape stages.aesthetic uses): columns read, columns
+# added, the score, its reason.
 READS = {"frames": pa.list_(pa.binary()), "status": pa.string()}
-ADDS = {"text_area": pa.float64(), "text_model": pa.string()}
-SCORE = {"name": "text_area", "scale": (0.0, 1.0), "direction": "higher is worse",
-         "threshold": "scores.max_text_area", "reason": "text_overlay"}
-REASONS = {"text_overlay": "scores.max_text_area"}
+COLUMNS = {"text_area": pa.float64(), "text_model": pa.string()}
+REASON = "text_overlay"
+SCORE = {
+    "name": "text_area", "title": "on-screen text (share of the frame)",
+    "scale": (0.0, 1.0, False),  # (low, high, log)
+    "direction": "higher is worse", "threshold": "scores.max_text_area", "reason": REASON,
+}
 PACKAGE = "rapidocr-onnxruntime"
 # Areas are counted at cell centres on a grid with this many cells along the frame's long side:
 # about 1.5 px a cell on the 224-px frames analysis keeps, so a box edge moves the area by at
@@ -161,8 +165,8 @@ class TextAreaStage(ModelStage):
         model_id = self.model_id
         models = [None if a is None else model_id for a in areas]
         for name, values in (("text_area", areas), ("text_model", models)):
-            column = pa.array(values, ADDS[name])
+            column = pa.array(values, COLUMNS[name])
             i = batch.schema.get_field_index(name)
-            batch = (batch.set_column(i, pa.field(name, ADDS[name]), column) if i >= 0
-                     else batch.append_column(pa.field(name, ADDS[name]), column))
+            batch = (batch.set_column(i, pa.field(name, COLUMNS[name]), column) if i >= 0
+                     else batch.append_column(pa.field(name, COLUMNS[name]), column))
         return batch

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stages.ocr import ADDS, READS, SCORE, TextAreaStage, polygon_cells, text_area
+from stages.ocr import COLUMNS, READS, SCORE, TextAreaStage, polygon_cells, text_area
 
 
 def rect(x0, y0, x1, y1):
@@ -79,9 +79,9 @@ def test_stage_settings_declaration_and_laziness():
             TextAreaStage(**bad)
     stage = pickle.loads(pickle.dumps(TextAreaStage()))  # cheap and picklable: no detector yet
     assert not stage._ready and not hasattr(stage, "_engine")
-    assert ADDS["text_area"] == pa.float64() and READS["frames"] == pa.list_(pa.binary())
+    assert COLUMNS["text_area"] == pa.float64() and READS["frames"] == pa.list_(pa.binary())
     assert SCORE["name"] == "text_area" and SCORE["reason"] == "text_overlay"
-    assert SCORE["threshold"] == "scores.max_text_area" and SCORE["scale"] == (0.0, 1.0)
+    assert SCORE["threshold"] == "scores.max_text_area" and SCORE["scale"] == (0.0, 1.0, False)
 
 
 # --- the real detector on real footage ------------------------------------------------------
