@@ -205,7 +205,7 @@ class LocalStore:
         mutex = path.with_name(path.name + MUTEX_SUFFIX)
         with _thread_lock(str(mutex)):
             mutex.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(mutex, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(mutex, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies, as to any file
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
