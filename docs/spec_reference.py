@@ -107,6 +107,11 @@ def reruns(path: str) -> str:
     def covers(setting: str) -> bool:
         return path == setting or path.startswith(setting + ".")
 
+    from stages.decide import THRESHOLDS
+
+    if any(covers(t) for t in THRESHOLDS):
+        return ("re-decides from the recorded scores: no decode and no CLIP call; captions only for clips it "
+                "newly keeps, chapters only of videos whose kept clips change; rewrites the outputs")
     if path not in SPEED_ONLY:
         for i, stage in enumerate(GRAPH):
             if any(covers(s) for s in stage.settings):

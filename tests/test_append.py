@@ -96,7 +96,7 @@ def longest_map(spec, fps, partition: dict) -> dict:
     store = open_store(spec.output.uri, spec.storage)
     clips = []
     for unit in partition["units"]:
-        _, rows, _ = read_unit(store, fps, unit["unit_id"])
+        _, rows, _ = read_unit(store, fps, unit["unit_id"], spec)
         clips += [(c["duration_s"], c["clip_id"]) for c in rows if c["status"] == "kept"]
     return {"partition": partition["partition"], "clips": clips}
 

@@ -42,12 +42,20 @@ def test_analysis_finds_known_cuts(demo):
     assert row["clips"][0]["start_s"] == 0.0 and row["clips"][-1]["end_s"] == pytest.approx(6.4)
 
 
-def test_analysis_scores_reject_dark_static(demo):
-    spec = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "u"},
-                       "scores": {"min_brightness": 20}})
-    row = analyze_video(_row(demo["root"] / "videos" / "dark_static.mp4"), spec)
-    assert [c["reason"] for c in row["clips"]] == ["too_dark"]
-    assert row["clips"][0]["brightness"] < 20 and len(row["clips"][0]["frames"]) == 1
+def test_analysis_measures_and_the_decision_rejects_dark_static(demo):
+    """The analysis records scores and keeps every frame a later decision may need; the
+    threshold rejects in stages.decide, and moving it needs no second analysis."""
+    from stages.decide import decided
+
+    dark = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "u"}, "scores": {"min_brightness": 20}})
+    row = analyze_video(_row(demo["root"] / "videos" / "dark_static.mp4"), SPEC)
+    (clip,) = row["clips"]
+    assert clip["status"] == "kept" and clip["reason"] is None and clip["brightness"] < 20
+    assert len(clip["frames"]) == SPEC.analysis.frames_per_clip
+    assert [(c["status"], c["reason"]) for c in decided(row["clips"], dark)] == [("rejected", "too_dark")]
+    assert [(c["status"], c["reason"]) for c in decided(row["clips"], SPEC)] == [("kept", None)]
+    assert analyze_video(_row(demo["root"] / "videos" / "dark_static.mp4"), dark)["clips"][0]["clip_id"] == \
+        clip["clip_id"]  # the threshold is no part of the clip's id
 
 
 def test_bad_files_become_rejected_rows(demo, tmp_path):
