@@ -136,7 +136,6 @@ def _shot(name: str, start: int, end: int, n: int = 4) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def stage():
-    pytest.importorskip("rapidocr_onnxruntime", reason="the OCR extra (rapidocr-onnxruntime) is not installed")
     return TextAreaStage()
 
 
