@@ -150,12 +150,14 @@ def build_models(log=print) -> dict:
     if record.exists():
         models = json.loads(record.read_text())
         if all(Path(p).exists() for p in (models["clip"]["pretrained"], models["clip"]["config"],
-                                           models["vlm"]["name_or_path"])):
+                                           models["vlm"]["name_or_path"], models.get("aesthetic", ""))):
             return models
-    from pipeline.tiny_models import build_tiny_clip, build_tiny_vlm
+    from pipeline.tiny_models import TINY_CLIP_CONFIG, build_tiny_clip, build_tiny_vlm
+    from stages.aesthetic import build_tiny_aesthetic_head
 
     log(f"building the tiny random-weight models in {record.parent}", flush=True)
     models = {"clip": build_tiny_clip(record.parent / "tiny-clip"),
+              "aesthetic": build_tiny_aesthetic_head(record.parent / "tiny-aesthetic", TINY_CLIP_CONFIG["embed_dim"]),
               "vlm": build_tiny_vlm(record.parent / "tiny-vlm")}
     record.write_text(json.dumps(models, indent=1))
     return models
@@ -199,6 +201,7 @@ def run_size(n: int, paths: list[Path], models: dict, cpus: int, extra: list[str
         f"output.uri={out}",
         f"models.clip.pretrained={models['clip']['pretrained']}",
         f"models.clip.config={models['clip']['config']}",
+        f"models.clip.aesthetic_head={models['aesthetic']}",
         f"models.vlm.name_or_path={models['vlm']['name_or_path']}",
         f"ray.num_cpus={cpus}",
         "ray.progress=false",

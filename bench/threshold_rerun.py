@@ -56,6 +56,7 @@ def main() -> int:
     base = [f"inputs.paths=[{root}/videos/*.mp4, {root}/bad/*]", f"output.uri={out}",
             f"models.clip.pretrained={root}/models/tiny-clip/random_weights.pt",
             f"models.clip.config={root}/models/tiny-clip/vidcurate-tiny-clip.json",
+            f"models.clip.aesthetic_head={root}/models/tiny-aesthetic/tiny-aesthetic-64-linear.pth",
             f"models.vlm.name_or_path={root}/models/tiny-vlm"]
     job = ROOT / "jobs" / "demo.yaml"
     rows = []

@@ -72,7 +72,8 @@ def write_bad_files(directory: Path) -> dict[str, str]:
 
 
 def prepare_demo(root: str | os.PathLike = "data/demo", *, models: bool = True, log=print) -> dict:
-    from pipeline.tiny_models import build_tiny_clip, build_tiny_vlm
+    from pipeline.tiny_models import TINY_CLIP_CONFIG, build_tiny_clip, build_tiny_vlm
+    from stages.aesthetic import build_tiny_aesthetic_head
 
     root = Path(root)
     videos = root / "videos"
@@ -87,6 +88,7 @@ def prepare_demo(root: str | os.PathLike = "data/demo", *, models: bool = True, 
     info = {"videos": sorted(str(p) for p in videos.iterdir()), "synthetic_cuts": cuts, "bad": bad}
     if models:
         info["clip"] = build_tiny_clip(root / "models" / "tiny-clip")
+        info["aesthetic"] = build_tiny_aesthetic_head(root / "models" / "tiny-aesthetic", TINY_CLIP_CONFIG["embed_dim"])
         info["vlm"] = build_tiny_vlm(root / "models" / "tiny-vlm")
     log(f"demo inputs ready in {root}/ ({len(info['videos'])} videos, {len(bad)} bad files"
         + (", tiny random-weight models)" if models else ")"))

@@ -36,6 +36,7 @@ def check_inputs(spec: JobSpec) -> None:
         if "://" not in pattern and not glob.glob(os.path.expanduser(pattern)) and not Path(pattern).exists():
             raise SpecError(f"inputs.paths[{i}]: nothing matches {pattern!r}{_against(pattern)}")
     local = {"models.clip.pretrained": spec.models.clip.pretrained, "models.clip.config": spec.models.clip.config,
+             "models.clip.aesthetic_head": spec.models.clip.aesthetic_head,
              "models.vlm.name_or_path": spec.models.vlm.name_or_path, "models.transnetv2": spec.models.transnetv2}
     for key, value in local.items():
         if value and _looks_local(value) and not Path(value).expanduser().exists():
@@ -123,6 +124,24 @@ def _clip_weights(name: str, tag: str) -> tuple[str, tuple[str, ...]] | None:
     return repo, (filename, stem + ".safetensors")
 
 
+def _check_aesthetic_head(clip) -> None:
+    """The aesthetic head takes the CLIP model's embedding width (read from both configs)."""
+    from stages.aesthetic import check_head
+    from stages.models import ensure_torchvision, register_open_clip_config
+
+    ensure_torchvision()
+    import open_clip
+
+    name = register_open_clip_config(clip.config) if clip.config else clip.name
+    config = open_clip.get_model_config(name) if not name.startswith("hf-hub:") else None
+    if config is None:
+        return  # a hub model's width is known once it is fetched; the CLIP stage checks it then
+    try:
+        check_head(clip.aesthetic_head, config["embed_dim"])
+    except (ValueError, FileNotFoundError) as err:
+        raise SpecError(f"models.clip.aesthetic_head: {err}") from None
+
+
 def check_models(spec: JobSpec) -> None:
     """Every model the job loads resolves before any video is decoded: a local path that exists
     (check_inputs), or weights in the local Hugging Face cache, or a hub that answers. Names
@@ -148,6 +167,8 @@ def check_models(spec: JobSpec) -> None:
             _hub_or_cache("models.clip.pretrained", f"{clip.pretrained!r} ({weights[0]}) for {clip.name}", *weights)
     elif clip.name.startswith("hf-hub:"):
         _hub_or_cache("models.clip.name", clip.name, *_clip_weights(clip.name, ""))
+    if clip.aesthetic_head:
+        _check_aesthetic_head(clip)
     if not _looks_local(vlm.name_or_path) and not Path(vlm.name_or_path).exists():
         _hub_or_cache("models.vlm.name_or_path", repr(vlm.name_or_path), vlm.name_or_path,
                       ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))

@@ -40,6 +40,7 @@ SCORES = {
     "letterbox": ("letterbox bars (fraction)", "scores", None, "max_letterbox"),
     "dynamic_degree": ("dynamic degree", "scores", "min_dynamic_degree", None),
     "clip_keep_sim": ("CLIP keep-prompt similarity", "clip_filter", "min_keep_sim", None),
+    "aesthetic": ("aesthetic (LAION predictor, least aesthetic frame)", "scores", "min_aesthetic", None),
 }
 CAPTION_CHARS = 80  # a thumbnail's caption is cut to this (the whole text shows on hover)
 CSS = """

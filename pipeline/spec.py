@@ -194,6 +194,9 @@ class Scores(_Section):
     max_letterbox: Optional[float] = Field(None, ge=0, le=1, description="Share of the frame under bars.")
     min_dynamic_degree: Optional[float] = Field(None, ge=0, le=1, description="Share of frames with "
                                                 "95th-percentile flow above 1 px/frame (LVD-2M/VBench style).")
+    min_aesthetic: Optional[float] = Field(None, description="Reject (low_aesthetic) below this score of the clip's "
+                                           "least aesthetic frame (LAION predictor, about 1-10; Cosmos-Curate and "
+                                           "NeMo Curator use 3.5); needs models.clip.aesthetic_head.")
 
     @model_validator(mode="after")
     def _order(self):
@@ -273,6 +276,10 @@ class ClipModel(_Section):
     name: str = Field("ViT-B-32", description="open_clip model name (architecture).")
     pretrained: Optional[str] = Field("laion2b_s34b_b79k", description="open_clip tag, hf-hub id or local checkpoint path.")
     config: Optional[str] = Field(None, description="JSON model config to register (custom or tiny models).")
+    aesthetic_head: Optional[str] = Field(None, description="LAION improved-aesthetic-predictor head (.pth, "
+                                          ".ckpt or .safetensors) for this CLIP model's image embeddings, e.g. "
+                                          "sac+logos+ava1-l14-linearMSE.pth with ViT-L-14 / openai; scores each clip "
+                                          "(clips.aesthetic, its least aesthetic frame); null: no aesthetic score.")
 
 
 class VlmModel(_Section):
@@ -396,6 +403,12 @@ class JobSpec(_Section):
     ray: RayOptions = RayOptions()
     storage: Storage = Storage()
 
+    @model_validator(mode="after")
+    def _aesthetic_head(self):
+        if self.scores.min_aesthetic is not None and not self.models.clip.aesthetic_head:
+            raise ValueError("scores.min_aesthetic needs models.clip.aesthetic_head (the head that scores clips)")
+        return self
+
     def fingerprints(self) -> dict[str, str]:
         """Per stage, a hash of everything that shapes its per-video results: its settings
         (pipeline.fingerprint.STAGE_SETTINGS, prompt texts included), the previous stage's
@@ -435,9 +448,9 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"{key}: {msg}")
+        key = ".".join(str(p) for p in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        lines.append(f"{key}: {msg}" if key else msg)  # a whole-spec check names its keys itself
     return "invalid job spec:\n  " + "\n  ".join(lines)
 
 

@@ -26,6 +26,7 @@ SCALES = {
     "letterbox": (0.0, 1.0, False),
     "dynamic_degree": (0.0, 1.0, False),
     "clip_keep_sim": (-1.0, 1.0, False),
+    "aesthetic": (0.0, 10.0, False),
     "duration_s": (0.01, 3600.0, True),
 }
 PER_GROUP = 8  # contact-sheet clips per group (kept, or a drop reason)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 VIDEO_STATUS = ("ok", "rejected", "error")
 CLIP_STATUS = ("kept", "rejected")
@@ -79,6 +79,8 @@ CLIPS = _versioned("clips", [
     pa.field("clip_reject_sim", pa.float32()),
     pa.field("embedding", _list(pa.float32())),
     pa.field("clip_model", pa.string()),
+    pa.field("aesthetic", pa.float32()),  # LAION aesthetic predictor, the clip's least aesthetic frame
+    pa.field("aesthetic_model", pa.string()),
     pa.field("status", pa.string(), nullable=False),
     pa.field("reason", pa.string()),
     pa.field("chapter_id", pa.string()),

@@ -17,7 +17,7 @@ VIDEO_REASONS = (
 CLIP_REASONS = (
     "too_short", "transition", "low_motion", "high_motion", "blurry", "too_dark", "too_bright",
     "low_contrast", "black_frames", "frozen", "letterboxed", "low_dynamic_degree",
-    "clip_reject_prompt", "clip_low_keep_sim", "extract_error",
+    "clip_reject_prompt", "clip_low_keep_sim", "low_aesthetic", "extract_error",
 )
 # The spec key whose threshold drops a clip with each reason (None: no single threshold decides it).
 CLIP_REASON_SETTINGS = {
@@ -27,6 +27,7 @@ CLIP_REASON_SETTINGS = {
     "black_frames": "scores.max_black_fraction", "frozen": "scores.max_frozen_fraction",
     "letterboxed": "scores.max_letterbox", "low_dynamic_degree": "scores.min_dynamic_degree",
     "clip_reject_prompt": "clip_filter.max_reject_margin", "clip_low_keep_sim": "clip_filter.min_keep_sim",
+    "low_aesthetic": "scores.min_aesthetic",
     "extract_error": None,
 }
 assert set(CLIP_REASON_SETTINGS) == set(CLIP_REASONS)

@@ -11,6 +11,7 @@ clips to caption, which clips a video's hierarchy spans) and when a partition is
 
 from __future__ import annotations
 
+from stages.aesthetic import aesthetic_reason
 from stages.scores import score_reason
 
 NAN = float("nan")
@@ -42,6 +43,8 @@ def reason(clip: dict, scores, clip_filter) -> str | None:
     if why is None and clip.get("clip_keep_sim") is not None:
         why = clip_reason(clip["clip_keep_sim"], clip["clip_reject_sim"],
                           max_reject_margin=clip_filter.max_reject_margin, min_keep_sim=clip_filter.min_keep_sim)
+    if why is None and clip.get("aesthetic_model") and getattr(scores, "min_aesthetic", None) is not None:
+        why = aesthetic_reason(NAN if clip.get("aesthetic") is None else clip["aesthetic"], scores.min_aesthetic)
     return why
 
 

@@ -33,6 +33,7 @@ def demo_overrides(demo: dict, out: Path) -> list[str]:
         f"output.uri={out}",
         f"models.clip.pretrained={demo['clip']['pretrained']}",
         f"models.clip.config={demo['clip']['config']}",
+        f"models.clip.aesthetic_head={demo['aesthetic']}",
         f"models.vlm.name_or_path={demo['vlm']['name_or_path']}",
         "ray.progress=false",
     ]

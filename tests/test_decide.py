@@ -14,7 +14,7 @@ from tests.conftest import ROOT, demo_overrides
 
 SCORES = SimpleNamespace(min_motion=None, max_motion=None, min_sharpness=20.0, min_brightness=None,
                          max_brightness=None, min_contrast=None, max_black_fraction=None, max_frozen_fraction=None,
-                         max_letterbox=None, min_dynamic_degree=None)
+                         max_letterbox=None, min_dynamic_degree=None, min_aesthetic=4.0)
 CLIP_FILTER = SimpleNamespace(max_reject_margin=0.0, min_keep_sim=None)
 MEASURED = {"motion": 1.0, "sharpness": 50.0, "brightness": 100.0, "contrast": 30.0, "black_fraction": 0.0,
             "frozen_fraction": 0.0, "letterbox": 0.0, "dynamic_degree": 0.5}
@@ -33,6 +33,21 @@ def test_the_cut_decides_first_then_scores_then_clip():
     assert reason(_clip("a", clip_keep_sim=0.9, clip_reject_sim=0.1), SCORES, CLIP_FILTER) is None
     assert reason(_clip("a"), SCORES, CLIP_FILTER) is None  # not measured by CLIP yet: not judged on it
     assert reason(_clip("a", sharpness=None), SCORES, CLIP_FILTER) == "blurry"  # unmeasurable fails, as NaN does
+    ugly = _clip("a", clip_keep_sim=0.9, clip_reject_sim=0.1, aesthetic=3.0, aesthetic_model="head")
+    assert reason(ugly, SCORES, CLIP_FILTER) == "low_aesthetic"
+    assert reason({**ugly, "aesthetic": 4.5}, SCORES, CLIP_FILTER) is None
+    assert reason({**ugly, "aesthetic_model": None, "aesthetic": None}, SCORES, CLIP_FILTER) is None  # no head: not judged
+
+
+def test_the_clip_stage_scores_aesthetics_with_the_head_on_its_own_embeddings(demo_run):
+    """The demo job runs the tiny aesthetic head beside its tiny CLIP: every clip the cut keeps
+    gets the score of its least aesthetic frame and the head's provenance."""
+    out, _, _ = demo_run
+    clips = pq.read_table(out / "clips").to_pylist()
+    measured = [c for c in clips if c["reason"] not in ("too_short", "transition")]
+    assert measured and all(c["aesthetic"] is not None and c["aesthetic_model"].startswith("tiny-aesthetic-64")
+                            for c in measured)
+    assert len({round(c["aesthetic"], 4) for c in measured}) > 1
 
 
 def test_captions_are_reused_per_clip_and_only_missing_kept_ones_are_asked_for():

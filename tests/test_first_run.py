@@ -87,7 +87,7 @@ def test_default_models_unreachable_fail_validate_and_run_before_any_work(demo, 
     out = tmp_path / "out"
     sets = _sets([f"inputs.paths=[{demo['root']}/videos/bikes.mp4]", f"output.uri={out}",
                   "models.clip.name=ViT-B-32", "models.clip.pretrained=laion2b_s34b_b79k", "models.clip.config=null",
-                  f"models.vlm.name_or_path={demo['vlm']['name_or_path']}"])
+                  "models.clip.aesthetic_head=null", f"models.vlm.name_or_path={demo['vlm']['name_or_path']}"])
     cache = tmp_path / "hub"
     want = ("error: models.clip.pretrained: 'laion2b_s34b_b79k' (laion/CLIP-ViT-B-32-laion2B-s34B-b79K) for "
             f"ViT-B-32 is not in the local cache ({cache}) and the hub (https://huggingface.co) cannot be "
@@ -126,6 +126,7 @@ def test_models_in_the_local_cache_resolve_offline(demo, tmp_path):
     result = _cli("validate", JOB, *_sets([f"inputs.paths=[{demo['root']}/videos/bikes.mp4]",
                                            f"output.uri={tmp_path / 'out'}", "models.clip.name=ViT-B-32",
                                            "models.clip.pretrained=laion2b_s34b_b79k", "models.clip.config=null",
+                                           "models.clip.aesthetic_head=null",
                                            "models.vlm.name_or_path=Qwen/Qwen2.5-VL-3B-Instruct"]),
                   env={"HF_HUB_CACHE": str(cache)})
     assert result.returncode == 0 and result.stdout.startswith(f"{JOB}: valid"), result.stderr
@@ -161,6 +162,28 @@ def test_an_output_on_a_read_only_file_system_fails_in_one_line(demo, tmp_path):
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     line = f"error: output.uri: cannot write to {ro}/out: {ro} is on a read-only file system"
     assert result.stderr.strip().splitlines() == [line, "rc=2", line, "rc=2"], result.stderr
+
+
+def test_an_aesthetic_head_of_another_width_fails_in_one_line(demo, tmp_path):
+    import torch
+
+    from stages.aesthetic import KEYS
+
+    widths = (768, 1024, 128, 64, 16, 1)  # the published ViT-L/14 head's layout, random weights
+    layers = iter(zip(widths[:-1], widths[1:]))
+    state = {}
+    for key in KEYS[::2]:
+        n_in, n_out = next(layers)
+        state[key], state[key.replace("weight", "bias")] = torch.zeros(n_out, n_in), torch.zeros(n_out)
+    head = tmp_path / "sac+logos+ava1-l14-linearMSE.pth"
+    torch.save(state, head)
+    result = _cli("validate", JOB, *_sets(demo_overrides(demo, tmp_path / "out")),
+                  "--set", f"models.clip.aesthetic_head={head}")
+    assert result.returncode == 2 and _error_line(result).startswith(
+        f"error: models.clip.aesthetic_head: aesthetic head {head.name} takes 768-wide embeddings but the CLIP model "
+        "gives 64-wide ones"), result.stderr
+    needs = _cli("validate", JOB, "--set", "scores.min_aesthetic=3.5", "--set", "models.clip.aesthetic_head=null")
+    assert needs.returncode == 2 and "scores.min_aesthetic needs models.clip.aesthetic_head" in needs.stderr
 
 
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):

@@ -265,7 +265,7 @@ def _job(demo: dict, out: str, extra: list[str] = ()) -> list[str]:
     root = demo["root"]
     sets = [f"inputs.paths=[{root}/videos/synthetic_cuts.mp4]", f"output.uri={out}",
             f"models.clip.pretrained={demo['clip']['pretrained']}", f"models.clip.config={demo['clip']['config']}",
-            f"models.vlm.name_or_path={demo['vlm']['name_or_path']}", "output.samples_per_shard=2", *extra]
+            f"models.vlm.name_or_path={demo['vlm']['name_or_path']}", "output.samples_per_shard=2", f"models.clip.aesthetic_head={demo['aesthetic']}", *extra]
     return [sys.executable, "-m", "pipeline", "run", str(ROOT / "jobs" / "demo.yaml"), "--quiet"] + \
         [a for s in sets for a in ("--set", s)]
 

@@ -109,7 +109,7 @@ def test_storage_past_the_retry_budget(moto):
 def _job(demo: dict, out: str, endpoint: str, inputs: str, extra: list[str] = ()) -> list[str]:
     sets = [f"inputs.paths=[{inputs}]", f"output.uri={out}", f"storage.endpoint_url={endpoint}",
             f"models.clip.pretrained={demo['clip']['pretrained']}", f"models.clip.config={demo['clip']['config']}",
-            f"models.vlm.name_or_path={demo['vlm']['name_or_path']}", "output.samples_per_shard=2", *extra]
+            f"models.vlm.name_or_path={demo['vlm']['name_or_path']}", "output.samples_per_shard=2", f"models.clip.aesthetic_head={demo['aesthetic']}", *extra]
     return [sys.executable, "-m", "pipeline", "run", str(ROOT / "jobs" / "demo.yaml"), "--quiet"] + \
         [a for s in sets for a in ("--set", s)]
 

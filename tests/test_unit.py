@@ -268,7 +268,7 @@ def test_scaled_size_keeps_rows_for_wide_videos():
 
 
 def test_scores_and_prompt_specs_are_checked():
-    with pytest.raises(SpecError, match=r"scores: Value error, max_brightness must be >= min_brightness"):
+    with pytest.raises(SpecError, match=r"scores: max_brightness must be >= min_brightness"):
         parse_spec({**BASE, "scores": {"min_brightness": 50, "max_brightness": 10}})
     with pytest.raises(SpecError, match=r"clip_filter\.keep_prompts"):
         parse_spec({**BASE, "clip_filter": {"keep_prompts": []}})
