@@ -34,7 +34,7 @@ demo: setup
 	$(PY) -m pipeline run jobs/demo.yaml
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 # the vLLM backend's end-to-end test (tests/test_vllm.py), which `make test` skips without
 # vLLM; here a missing vLLM is an error, not a skip
