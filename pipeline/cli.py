@@ -385,6 +385,15 @@ def main(argv: list[str] | None = None) -> int:
     except LeaseLost as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_LEASE_LOST
+    except Exception as err:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if not isinstance(err, (BotoCoreError, ClientError)):
+            raise
+        cause = getattr(err, "cause", None) or err  # a Ray task's error wraps botocore's
+        print(f"error: the S3 store kept failing past the retry budget (storage.max_attempts): "
+              f"{' '.join(str(cause).split())}; committed work is kept: rerun to resume", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
