@@ -80,7 +80,9 @@ def test_inspect_prints_counts_tables_and_samples(demo_run):
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert f"videos  {manifest['counts']['videos_in']} in" in text
-    assert "schema v3" in text and text.count("  sample  ") == 2
+    from schemas import SCHEMA_VERSION
+
+    assert f"schema v{SCHEMA_VERSION}" in text and text.count("  sample  ") == 2
     for name in ("videos", "clips", "captions", "chapters"):
         assert f"table   {name}" in text
     missing = subprocess.run([sys.executable, "-m", "pipeline", "inspect", str(out / "nope")],

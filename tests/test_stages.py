@@ -47,7 +47,7 @@ def test_analysis_measures_and_the_decision_rejects_dark_static(demo):
     threshold rejects in stages.decide, and moving it needs no second analysis."""
     from stages.decide import decided
 
-    dark = parse_spec({"inputs": {"paths": ["x"]}, "output": {"uri": "u"}, "scores": {"min_brightness": 20}})
+    dark = SPEC.model_copy(update={"scores": SPEC.scores.model_copy(update={"min_brightness": 20})})
     row = analyze_video(_row(demo["root"] / "videos" / "dark_static.mp4"), SPEC)
     (clip,) = row["clips"]
     assert clip["status"] == "kept" and clip["reason"] is None and clip["brightness"] < 20
