@@ -294,8 +294,19 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float = 900) -> tuple[in
     return proc.returncode, text
 
 
-def _run(cmd, env=None) -> tuple[int, str]:
-    return _finish(*_start(cmd, env))
+# What Ray says when its local node does not come up in time (on a machine busy with other
+# work): the machine's failure, not the lease's. A run that fails so is run again.
+RAY_START_TIMEOUT = "The current node timed out during startup"
+
+
+def _run(cmd, env=None, tries: int = 3) -> tuple[int, str]:
+    """Run a job to its end; again (up to ``tries`` in all) when Ray's own start timed out."""
+    for _ in range(tries):
+        rc, text = _finish(*_start(cmd, env))
+        if rc == 0 or RAY_START_TIMEOUT not in text:
+            break
+        print("the local Ray did not start in time; the run again", flush=True)
+    return rc, text
 
 
 def _race_runs(cmds: list[list[str]], env: dict, offset: float) -> list[tuple[int, str, int]]:
@@ -306,16 +317,26 @@ def _race_runs(cmds: list[list[str]], env: dict, offset: float) -> list[tuple[in
     return [(*_finish(proc, log), proc.pid) for proc, log in started]
 
 
-def _one_won(results, holder_host: str) -> int:
-    """Exactly one run went on and ended well; the other stopped with exit 2 naming it. Returns
+def offset_of(n: int) -> float:
+    """How much later the second run of round ``n`` reaches the lease."""
+    return [0.0, 0.005, 0.02, 0.05][n % 4]
+
+
+def _one_won(results, holder_host: str, rerun) -> int:
+    """Exactly one run stopped, with exit 2 naming the other, which took the lease and ended
+    well (``rerun(i)`` runs run i again, alone, if its local Ray did not start in time). Returns
     the winner's index."""
-    won = [i for i, (rc, _, _) in enumerate(results) if rc == 0]
-    assert len(won) == 1, [(rc, text[-1500:]) for rc, text, _ in results]
-    loser = results[1 - won[0]]
-    assert loser[0] == 2, loser[1][-2000:]
-    assert f"another vidcurate run (pid {results[won[0]][2]} on {holder_host}, started " in loser[1], loser[1][-2000:]
+    refused = [i for i, (rc, text, _) in enumerate(results) if rc == 2 and "another vidcurate run (pid " in text]
+    assert len(refused) == 1, [(rc, text[-1500:]) for rc, text, _ in results]
+    won, loser = 1 - refused[0], results[refused[0]]
+    assert f"another vidcurate run (pid {results[won][2]} on {holder_host}, started " in loser[1], loser[1][-2000:]
     assert "vidcurate summary" not in loser[1]
-    return won[0]
+    rc, text, _ = results[won]
+    if rc != 0 and RAY_START_TIMEOUT in text:
+        print(f"run {won} took the lease and its local Ray did not start in time; it runs again", flush=True)
+        rc, text = rerun(won)
+    assert rc == 0, text[-3000:]
+    return won
 
 
 def _local_snapshot(out: Path) -> dict[str, bytes]:
@@ -324,8 +345,6 @@ def _local_snapshot(out: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("VIDCURATE_RACE_ROUNDS" not in os.environ, reason="failed once in a full suite run on a loaded "
-                    "2-core machine and passed alone; cause not found yet: run it with VIDCURATE_RACE_ROUNDS set")
 def test_two_runs_race_on_a_local_output(demo, tmp_path):
     """Two ``vidcurate run`` on one local output, started together (0-50 ms apart), several
     times, one round with other settings for the second: exactly one proceeds, the output is
@@ -344,9 +363,11 @@ def test_two_runs_race_on_a_local_output(demo, tmp_path):
 
     for n in range(RUN_ROUNDS + 1):
         second = tuple(other) if n == RUN_ROUNDS else ()
-        results = _race_runs([_job(demo, str(out)), _job(demo, str(out), list(second))], {},
-                             offset=[0.0, 0.005, 0.02, 0.05][n % 4])
-        won = _one_won(results, socket.gethostname())
+        cmds = [_job(demo, str(out)), _job(demo, str(out), list(second))]
+        results = _race_runs(cmds, {}, offset=offset_of(n))
+        won = _one_won(results, socket.gethostname(), lambda i: _run(cmds[i]))
+        print(f"local round {n}: run {won} of 2 went on (second {offset_of(n) * 1000:.0f} ms later"
+              f"{', other settings' if second else ''})", flush=True)
         got = _local_snapshot(out)
         shutil.rmtree(out)
         assert got == baseline(second if won == 1 else ()), f"round {n}: the output differs from a single run's"
@@ -389,9 +410,11 @@ def test_two_runs_race_on_s3(demo, s3):
 
         for n in range(RUN_ROUNDS + 1):
             second = tuple(other) if n == RUN_ROUNDS else ()
-            results = _race_runs([_job(demo, uri, [endpoint]), _job(demo, uri, [endpoint, *second])], CREDENTIALS,
-                                 offset=[0.0, 0.005, 0.02, 0.05][n % 4])
-            won = _one_won(results, socket.gethostname())
+            cmds = [_job(demo, uri, [endpoint]), _job(demo, uri, [endpoint, *second])]
+            results = _race_runs(cmds, CREDENTIALS, offset=offset_of(n))
+            won = _one_won(results, socket.gethostname(), lambda i: _run(cmds[i], CREDENTIALS))
+            print(f"s3 round {n}: run {won} of 2 went on (second {offset_of(n) * 1000:.0f} ms later"
+                  f"{', other settings' if second else ''})", flush=True)
             got = _s3_snapshot(client, "lease", "runs")
             _s3_clear(client, "lease", "runs")
             assert got == baseline(second if won == 1 else ()), f"round {n}: the output differs from a single run's"
