@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 
-from stages.base import Stats
+from schemas.scores import thresholds
+from stages.base import CUT_REASONS, Stats
 from stages.chapters import caption_id
 from stages.entities import renamer
 from stages.structured import COLUMNS as STRUCTURED_COLUMNS
@@ -209,12 +210,13 @@ def run_stats(videos, clips, captions, shards) -> dict:
         if v["status"] != "ok":
             analyze.drop(v["reason"])
     reasons = Counter(c["reason"] for c in clips if c["status"] == "rejected")
-    shot_drops = {"too_short", "transition"}
-    score_drops = {"low_motion", "high_motion", "blurry", "too_dark", "too_bright", "low_contrast",
-                   "black_frames", "frozen", "letterboxed", "low_dynamic_degree"}
+    # the funnel's groups: the cut's rules, then the thresholds by spec section (schemas.scores)
+    shot_drops = set(CUT_REASONS)
+    score_drops = {t.reason for _, t in thresholds() if t.section == "scores"}
+    clip_drops = {t.reason for _, t in thresholds() if t.section == "clip_filter"}
     after_shots = len(clips) - sum(n for r, n in reasons.items() if r in shot_drops)
     after_scores = after_shots - sum(n for r, n in reasons.items() if r in score_drops)
-    after_clip = after_scores - sum(n for r, n in reasons.items() if r.startswith("clip_"))
+    after_clip = after_scores - sum(n for r, n in reasons.items() if r in clip_drops)
     kept = sum(c["status"] == "kept" for c in clips)
     levels = Counter(c["level"] for c in captions)
     counts = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pipeline.graph import GRAPH, OUTPUT_SETTINGS, setting
+from pipeline.graph import OUTPUT_SETTINGS, chain, setting
 
 # Settings that change how fast a stage runs, never what it computes (tests/test_guard.py checks
 # the decoders'): left out of the fingerprints, so changing them reuses committed work.
@@ -27,7 +27,7 @@ def fingerprints(spec) -> dict[str, str]:
     from stages.models import load_prompt
 
     doc = spec.model_dump(mode="json")
-    rows = [(s.name, s.settings, s.prompts) for s in GRAPH] + [("output", OUTPUT_SETTINGS, ())]
+    rows = [(s.name, s.settings, s.prompts) for s in chain(spec)] + [("output", OUTPUT_SETTINGS, ())]
     out, prev = {}, f"{schemas.SCHEMA_VERSION}:{__version__}"
     for stage, keys, prompts in rows:
         picked = {k: setting(doc, k) for k in keys}

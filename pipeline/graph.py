@@ -9,7 +9,9 @@ this table: the order of the stages, the fingerprint chain, the keys of committe
 reads of the previous stage's result, both run modes (one streaming chain or stage by stage)
 and what ``vidcurate gc`` may delete.
 
-Adding a per-video stage means one stage module, one row here and one spec section.
+Adding a per-video stage means one stage module, one row here and one spec section (and, for a
+score, its row in schemas.scores). A stage with an ``enabled`` setting runs only when that is
+on; ``chain(spec)`` is the graph a job runs.
 
 Dataset-level stages (they need every video's results first, e.g. near-duplicate removal
 across the dataset) are rows of ``DATASET_STAGES``: they run as Ray tasks over the partitions
@@ -20,7 +22,7 @@ writers which clips to drop.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Stage:
     result: str = "parquet"  # how the committed result is stored: parquet (clip rows) or json
     feeder: "Stage | None" = None
     unit_batch: str | None = None
+    enabled: str | None = None  # a spec setting that switches the stage on (None: always on)
 
     @property
     def resources(self) -> str:
@@ -54,9 +57,10 @@ GRAPH: tuple[Stage, ...] = (
                             "models.transnetv2"), "task", "pipeline.units:AnalyzeUnits"),
     Stage("clip", "analyze", ("models.clip", "clip_filter.keep_prompts", "clip_filter.reject_prompts",
                               "clip_filter.frames"), "actor", "pipeline.units:ClipUnits"),
-    Stage("caption", "clip", ("models.vlm", "caption"), "actor", "pipeline.units:CaptionUnits",
+    Stage("text", "clip", ("text",), "task", "pipeline.units:TextUnits", enabled="text.enabled"),
+    Stage("caption", "text", ("models.vlm", "caption"), "actor", "pipeline.units:CaptionUnits",
           prompts=("caption.prompt_name",), unit_batch="caption.videos_per_batch",
-          feeder=Stage("prepare", "clip", (), "task", "pipeline.units:PrepareUnits")),
+          feeder=Stage("prepare", "text", (), "task", "pipeline.units:PrepareUnits")),
     Stage("hierarchy", "caption", ("chapters",), "actor", "pipeline.units:HierarchyUnits",
           prompts=("chapters.chapter_prompt", "chapters.video_prompt", "chapters.entity_prompt", "chapter_title_v1"),
           result="json"),
@@ -102,6 +106,20 @@ def _check(graph: tuple[Stage, ...]) -> None:
 
 
 _check(GRAPH)
+
+
+def chain(spec) -> tuple[Stage, ...]:
+    """The stages ``spec`` runs, in graph order, each following the one before it: a stage
+    whose ``enabled`` setting is off drops out (it measures nothing, and nothing of it is
+    committed), and the next one reads the result of the stage before it."""
+    out, prev = [], None
+    for s in GRAPH:
+        if s.enabled is not None and not setting(spec, s.enabled):
+            continue
+        feeder = replace(s.feeder, after=prev) if s.feeder is not None else None
+        out.append(replace(s, after=prev, feeder=feeder))
+        prev = s.name
+    return tuple(out)
 
 
 def work_key(stage: str, fingerprint: str, unit: str, variant: str | None = None) -> str:

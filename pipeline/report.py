@@ -25,23 +25,11 @@ from collections import Counter, defaultdict
 import pyarrow.parquet as pq
 
 from pipeline.summary import BINS, SCALES, bin_edge, empty_result, lopsided, position
+from schemas.scores import SCORES
 
 KEPT, DROPPED = "#2f7d4f", "#c8553d"
 PALETTE = ["#c8553d", "#e09f3e", "#8e6c8a", "#3d5a80", "#7a9e7e", "#b56576", "#6d597a", "#457b9d", "#a98467",
            "#588157", "#bc6c25", "#5e548e", "#9c6644", "#2a9d8f", "#e76f51"]
-# score column -> (title, spec section, lower threshold key, upper threshold key)
-SCORES = {
-    "motion": ("motion (px/frame at flow width)", "scores", "min_motion", "max_motion"),
-    "sharpness": ("sharpness (Laplacian variance)", "scores", "min_sharpness", None),
-    "brightness": ("brightness (0-255)", "scores", "min_brightness", "max_brightness"),
-    "contrast": ("contrast (luma std)", "scores", "min_contrast", None),
-    "black_fraction": ("black frames (fraction)", "scores", None, "max_black_fraction"),
-    "frozen_fraction": ("frozen frames (fraction)", "scores", None, "max_frozen_fraction"),
-    "letterbox": ("letterbox bars (fraction)", "scores", None, "max_letterbox"),
-    "dynamic_degree": ("dynamic degree", "scores", "min_dynamic_degree", None),
-    "clip_keep_sim": ("CLIP keep-prompt similarity", "clip_filter", "min_keep_sim", None),
-    "aesthetic": ("aesthetic (LAION predictor, least aesthetic frame)", "scores", "min_aesthetic", None),
-}
 CAPTION_CHARS = 80  # a thumbnail's caption is cut to this (the whole text shows on hover)
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
@@ -374,10 +362,16 @@ def build_report(summary: dict, manifest: dict, detail: dict[str, list[dict]], t
     parts.append('<h2>Scores</h2><p>Kept clips in green, dropped in red; dashed lines are the job\'s thresholds.</p>'
                  '<div class="grid">')
     hists = summary["histograms"]
-    for column, (title, section, low, high) in SCORES.items():
-        lines = [(spec[section][k], f"{k} {spec[section][k]:g}") for k in (low, high)
-                 if k and spec[section].get(k) is not None]
-        parts.append(_histogram(hists[column], column, title, lines))
+    for score in SCORES:  # every declared score (schemas.scores), a line at each threshold the job set
+        if score.name not in hists:  # an output written before the score existed
+            continue
+        lines = []
+        for t in score.thresholds:
+            section, name = t.key.split(".", 1)
+            value = (spec.get(section) or {}).get(name)
+            if value is not None:
+                lines.append((value, f"{name} {value:g}"))
+        parts.append(_histogram(hists[score.name], score.name, score.title, lines))
     shots = spec["shots"]
     parts.append(_histogram(hists["duration_s"], "duration_s", "clip length (s)",
                             [(shots["min_clip_s"], f"min {shots['min_clip_s']:g}"),

@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 
-from pipeline.graph import GRAPH, Stage, setting
+from pipeline.graph import Stage, chain, setting
 from pipeline.resources import cluster_gpus, gpus_per_worker, pool_size, ray_args
 
 
@@ -110,7 +110,7 @@ def stream_all(spec, cpus: list[float] | None = None, gpus: float = 0.0) -> bool
     if spec.ray.stream is not None:
         return spec.ray.stream
     cpus = node_cpus() if cpus is None else cpus
-    return usable_cpus(cpus) >= needs(spec, list(GRAPH), gpus)["CPU"]
+    return usable_cpus(cpus) >= needs(spec, list(chain(spec)), gpus)["CPU"]
 
 
 def videos_per_block(spec, units: int, cpus: float) -> int:
@@ -214,7 +214,8 @@ def run_units(spec, units: list[dict], fps: dict, log, on_done=None, progress_s:
     gpus = cluster_gpus()
     cpus = node_cpus()
     per_block = videos_per_block(spec, len(units), sum(cpus))
-    passes = [("all stages", list(GRAPH))] if stream_all(spec, cpus, gpus) else [(s.name, [s]) for s in GRAPH]
+    stages_run = chain(spec)
+    passes = [("all stages", list(stages_run))] if stream_all(spec, cpus, gpus) else [(s.name, [s]) for s in stages_run]
     tally = Tally()
     for n, (name, stages) in enumerate(passes):
         last = n == len(passes) - 1
@@ -254,6 +255,6 @@ def run_units(spec, units: list[dict], fps: dict, log, on_done=None, progress_s:
         log(f"[{name}] {done} videos in {wall:.1f}s ({done / wall:.2f} videos/s{rate}; worker time: {busy or 'none'}"
             f"{pools})")
     if tally.reused:
-        log("[resume] committed results reused: " + ", ".join(f"{s.name} {tally.reused[s.name]}" for s in GRAPH
+        log("[resume] committed results reused: " + ", ".join(f"{s.name} {tally.reused[s.name]}" for s in stages_run
                                                                if tally.reused.get(s.name)))
     return tally.as_dict()

@@ -197,6 +197,9 @@ class Scores(_Section):
     min_aesthetic: Optional[float] = Field(None, description="Reject (low_aesthetic) below this score of the clip's "
                                            "least aesthetic frame (LAION predictor, about 1-10; Cosmos-Curate and "
                                            "NeMo Curator use 3.5); needs models.clip.aesthetic_head.")
+    max_text_area: Optional[float] = Field(None, ge=0, le=1, description="Reject (text_overlay) above this share "
+                                           "of the frame covered by on-screen text that persists over the clip "
+                                           "(subtitles, captions, watermarks, logos); needs text.enabled.")
 
     @model_validator(mode="after")
     def _order(self):
@@ -204,6 +207,27 @@ class Scores(_Section):
             a, b = getattr(self, lo), getattr(self, hi)
             if a is not None and b is not None and b < a:
                 raise ValueError(f"{hi} must be >= {lo}")
+        return self
+
+
+class Text(_Section):
+    enabled: bool = Field(False, description="Measure on-screen text (clips.text_area) with PP-OCRv4 text "
+                          "detection (the rapidocr-onnxruntime package, weights in its wheel; install "
+                          "vidcurate[text]) on the frames analysis sampled, in CPU tasks after the CLIP stage.")
+    frames: int = Field(4, ge=1, description="Sampled frames of each clip the detector looks at (evenly spread).")
+    min_persist: int = Field(2, ge=1, description="Frames a text box must be covered in to count: text that "
+                             "stays (subtitles, watermarks) counts, a sign glimpsed once does not (Cosmos-Curate's "
+                             "overlay-text rule, as coverage over the few sampled frames). At most text.frames.")
+    min_cover: float = Field(0.5, gt=0, le=1, description="Share of a box another frame's text must cover for the "
+                             "box to persist there.")
+    det_side: int = Field(448, ge=32, description="Short side, in pixels, of the frames the detector sees.")
+    box_thresh: float = Field(0.6, gt=0, lt=1, description="The detector's mean box score (PaddleOCR's "
+                              "det_db_box_thresh).")
+
+    @model_validator(mode="after")
+    def _persist(self):
+        if self.min_persist > self.frames:
+            raise ValueError("min_persist must be <= frames")
         return self
 
 
@@ -336,6 +360,8 @@ class Resources(_Section):
     analyze: StageResources = StageResources(concurrency=2)
     clip: StageResources = StageResources(concurrency="auto", batch_size=16, num_gpus="auto")
     caption: StageResources = StageResources(concurrency="auto", batch_size=4, num_gpus="auto", calls_per_actor="auto")
+    text: StageResources = Field(StageResources(concurrency=2), description="CPU tasks detecting on-screen "
+                                 "text (text.enabled); num_cpus is also the detector's threads.")
     prepare: StageResources = Field(StageResources(concurrency=2), description="CPU tasks making the captioner's "
                                     "inputs (frames, prompts, processor) ahead of the caption actors.")
     hierarchy: StageResources = StageResources(concurrency="auto", batch_size=4, num_gpus="auto")
@@ -396,6 +422,7 @@ class JobSpec(_Section):
     shots: Shots = Shots()
     scores: Scores = Scores()
     clip_filter: ClipFilter = ClipFilter()
+    text: Text = Text()
     caption: Caption = Caption()
     chapters: Chapters = Chapters()
     models: Models = Models()
@@ -407,6 +434,12 @@ class JobSpec(_Section):
     def _aesthetic_head(self):
         if self.scores.min_aesthetic is not None and not self.models.clip.aesthetic_head:
             raise ValueError("scores.min_aesthetic needs models.clip.aesthetic_head (the head that scores clips)")
+        return self
+
+    @model_validator(mode="after")
+    def _text(self):
+        if self.scores.max_text_area is not None and not self.text.enabled:
+            raise ValueError("scores.max_text_area needs text.enabled: true (the stage that measures text_area)")
         return self
 
     def fingerprints(self) -> dict[str, str]:

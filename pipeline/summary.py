@@ -13,22 +13,13 @@ import json
 import math
 
 from pipeline.assemble import run_stats
+from schemas.scores import BY_NAME as SCORE_BY_NAME
+from schemas.scores import SCORES
 
 BINS = 512
-# score column -> (low, high, log scale): the range of its fixed bins; values outside fall in the end bins
-SCALES = {
-    "motion": (1e-3, 100.0, True),
-    "sharpness": (1.0, 1e5, True),
-    "brightness": (0.0, 255.0, False),
-    "contrast": (0.0, 128.0, False),
-    "black_fraction": (0.0, 1.0, False),
-    "frozen_fraction": (0.0, 1.0, False),
-    "letterbox": (0.0, 1.0, False),
-    "dynamic_degree": (0.0, 1.0, False),
-    "clip_keep_sim": (-1.0, 1.0, False),
-    "aesthetic": (0.0, 10.0, False),
-    "duration_s": (0.01, 3600.0, True),
-}
+# score -> (low, high, log scale): the range of its fixed bins (declared in schemas.scores); values
+# outside fall in the end bins
+SCALES = {**{s.name: s.scale for s in SCORES}, "duration_s": (0.01, 3600.0, True)}
 PER_GROUP = 8  # contact-sheet clips per group (kept, or a drop reason)
 VIDEOS = 20  # videos drawn as timelines
 REJECTED = 50  # rejected inputs listed by name
@@ -59,8 +50,11 @@ def histograms(clips: list[dict]) -> dict:
     out = {}
     for column in SCALES:
         h = {"kept": {}, "dropped": {}}
+        score = SCORE_BY_NAME.get(column)
         for c in clips:
-            x = c.get(column)
+            if score is not None and not score.measured(c):
+                continue
+            x = score.value(c) if score is not None else c.get(column)
             if isinstance(x, (int, float)) and math.isfinite(x):
                 side = h["kept" if c["status"] == "kept" else "dropped"]
                 b = str(bin_of(column, x))

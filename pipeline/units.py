@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.sinks import json_bytes, parquet_bytes
-from pipeline.graph import BY_NAME, GRAPH, settings_view, work_key
+from pipeline.graph import BY_NAME, chain, settings_view, work_key
 from pipeline.overlap import SERIAL
 from pipeline.storage import open_store
 
@@ -200,6 +200,27 @@ class ClipUnits(_UnitStage):
             kept = "kept" in part.column("status").to_pylist()
             parts.append(self.model_stage(part) if kept else schemas.work_table(part.to_pylist()))
         return encode_unit(video, pa.concat_tables(parts) if parts else schemas.work_table([]))
+
+
+_TEXT = {}  # per worker process: the text detector for each settings (it loads once)
+
+
+class TextUnits(_UnitStage):
+    """Ray task stage: on-screen text (stages.ocr) of each unit's clips that the cut keeps,
+    measured on the frames analysis sampled, committed per video. It decides nothing: the
+    ``text_overlay`` threshold is applied by stages.decide."""
+
+    def work(self, store, row: dict) -> bytes:
+        from stages.ocr import TextAreaStage
+
+        t = self.spec.text
+        threads = max(1, int(self.spec.resources.text.num_cpus))
+        settings = (t.frames, t.min_persist, t.min_cover, t.det_side, t.box_thresh, threads)
+        if settings not in _TEXT:
+            _TEXT[settings] = TextAreaStage(frames=t.frames, min_persist=t.min_persist, min_cover=t.min_cover,
+                                            det_side=t.det_side, box_thresh=t.box_thresh, threads=threads)
+        video, clips = self.previous(store, row)
+        return encode_unit(video, _TEXT[settings].process(clips))
 
 
 def committed_captions(store, key: str) -> list[dict] | None:
@@ -412,7 +433,7 @@ def read_unit(store, fps: dict[str, str], unit: str, spec) -> tuple[dict, list[d
     so the rows are the same whatever thresholds ran before."""
     from stages.decide import decided
 
-    last, before = GRAPH[-1], GRAPH[-2]
+    last, before = chain(spec)[-2:][::-1]
     video, clips = decode_unit(store.read(work_key(before.name, fps[before.name], unit)))
     rows = decided(clips.drop_columns(["frames"]).to_pylist(), spec)
     kept = [c["clip_id"] for c in rows if c["status"] == "kept"]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "4"
+from schemas.scores import score_fields
+
+SCHEMA_VERSION = "5"
 
 VIDEO_STATUS = ("ok", "rejected", "error")
 CLIP_STATUS = ("kept", "rejected")
@@ -65,22 +67,13 @@ CLIPS = _versioned("clips", [
     pa.field("start_s", pa.float64(), nullable=False),
     pa.field("end_s", pa.float64(), nullable=False),
     pa.field("duration_s", pa.float64(), nullable=False),
-    pa.field("motion", pa.float32()),
-    pa.field("sharpness", pa.float32()),
-    pa.field("brightness", pa.float32()),
-    pa.field("contrast", pa.float32()),
-    pa.field("black_fraction", pa.float32()),
-    pa.field("frozen_fraction", pa.float32()),
-    pa.field("letterbox", pa.float32()),
-    pa.field("dynamic_degree", pa.float32()),
-    pa.field("camera_motion", pa.string()),
-    pa.field("speech", pa.string()),  # subtitle text during the clip (manifest, sidecar or embedded)
-    pa.field("clip_keep_sim", pa.float32()),
+    # every declared score and its provenance (schemas.scores): analysis, CLIP, aesthetics, text
+    *score_fields(),
     pa.field("clip_reject_sim", pa.float32()),
     pa.field("embedding", _list(pa.float32())),
     pa.field("clip_model", pa.string()),
-    pa.field("aesthetic", pa.float32()),  # LAION aesthetic predictor, the clip's least aesthetic frame
-    pa.field("aesthetic_model", pa.string()),
+    pa.field("camera_motion", pa.string()),
+    pa.field("speech", pa.string()),  # subtitle text during the clip (manifest, sidecar or embedded)
     pa.field("status", pa.string(), nullable=False),
     pa.field("reason", pa.string()),
     pa.field("chapter_id", pa.string()),

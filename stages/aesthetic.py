@@ -29,14 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-# Declarations for the stage registry: columns added, the score, its reason.
-COLUMNS = {"aesthetic": pa.float64()}
-REASON = "low_aesthetic"
-SCORE = {
-    "name": "aesthetic", "title": "aesthetic (LAION predictor)",
-    "scale": (0.0, 10.0, False),  # (low, high, log): the predictor is trained on 1-10 ratings (SAC, AVA)
-    "direction": "lower is worse", "threshold": "scores.min_aesthetic", "reason": REASON,
-}
+# The score, its column and its reason are declared in schemas.scores ("aesthetic", low_aesthetic).
 # The cutoff Cosmos-Curate's and NeMo Curator's video tutorials pass (--aesthetic-threshold 3.5);
 # both leave the filter off by default, as scores.min_aesthetic does.
 USUAL_MIN_AESTHETIC = 3.5
@@ -140,13 +133,6 @@ def reduce_min(scores: np.ndarray) -> float:
     if scores.size == 0:
         raise ValueError("no frame scores to reduce")
     return float(scores.min())
-
-
-def aesthetic_reason(score: float, min_aesthetic: float | None) -> str | None:
-    """``low_aesthetic`` below ``scores.min_aesthetic`` (None: off); a NaN score fails it."""
-    if min_aesthetic is not None and not score >= min_aesthetic:
-        return REASON
-    return None
 
 
 class AestheticHead:

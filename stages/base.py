@@ -6,6 +6,8 @@ import abc
 import hashlib
 from dataclasses import dataclass, field
 
+from schemas.scores import thresholds
+
 # Reasons a video ends without clips (videos.reason). Documented in the README.
 VIDEO_REASONS = (
     "not_found", "not_a_file", "empty_file", "file_too_large", "not_a_video", "unsupported_format",
@@ -13,24 +15,13 @@ VIDEO_REASONS = (
     "truncated", "corrupt_stream", "missing_timestamps", "timeout", "memory_limit", "decoder_crash",
     "decode_error", "no_clips",
 )
-# Reasons a clip is dropped (clips.reason).
-CLIP_REASONS = (
-    "too_short", "transition", "low_motion", "high_motion", "blurry", "too_dark", "too_bright",
-    "low_contrast", "black_frames", "frozen", "letterboxed", "low_dynamic_degree",
-    "clip_reject_prompt", "clip_low_keep_sim", "low_aesthetic", "extract_error",
-)
+# Reasons a clip is dropped (clips.reason): the cut's own, every declared threshold's
+# (schemas.scores), and the writer's.
+CUT_REASONS = ("too_short", "transition")
+CLIP_REASONS = (*CUT_REASONS, *(t.reason for _, t in thresholds()), "extract_error")
 # The spec key whose threshold drops a clip with each reason (None: no single threshold decides it).
-CLIP_REASON_SETTINGS = {
-    "too_short": "shots.min_clip_s", "transition": None, "low_motion": "scores.min_motion",
-    "high_motion": "scores.max_motion", "blurry": "scores.min_sharpness", "too_dark": "scores.min_brightness",
-    "too_bright": "scores.max_brightness", "low_contrast": "scores.min_contrast",
-    "black_frames": "scores.max_black_fraction", "frozen": "scores.max_frozen_fraction",
-    "letterboxed": "scores.max_letterbox", "low_dynamic_degree": "scores.min_dynamic_degree",
-    "clip_reject_prompt": "clip_filter.max_reject_margin", "clip_low_keep_sim": "clip_filter.min_keep_sim",
-    "low_aesthetic": "scores.min_aesthetic",
-    "extract_error": None,
-}
-assert set(CLIP_REASON_SETTINGS) == set(CLIP_REASONS)
+CLIP_REASON_SETTINGS = {"too_short": "shots.min_clip_s", "transition": None,
+                        **{t.reason: t.key for _, t in thresholds()}, "extract_error": None}
 
 
 class Rejected(Exception):

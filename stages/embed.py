@@ -16,7 +16,6 @@ import pyarrow as pa
 
 import schemas
 from stages.base import ModelStage, decode_jpegs, subsample
-from stages.decide import clip_reason  # noqa: F401  (the filter's rule, kept importable where it was)
 
 
 def mean_embedding(frame_embeddings: np.ndarray) -> np.ndarray:

@@ -23,18 +23,13 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow as pa
 
+from schemas.scores import BY_NAME
 from stages.base import ModelStage, decode_jpegs, subsample
 
-# Declarations for the stage registry (the shape stages.aesthetic uses): columns read, columns
-# added, the score, its reason.
+# Columns read and added. The score and its reason (text_overlay, above scores.max_text_area)
+# are declared in schemas.scores, with the report's scale.
 READS = {"frames": pa.list_(pa.binary()), "status": pa.string()}
-COLUMNS = {"text_area": pa.float64(), "text_model": pa.string()}
-REASON = "text_overlay"
-SCORE = {
-    "name": "text_area", "title": "on-screen text (share of the frame)",
-    "scale": (0.0, 1.0, False),  # (low, high, log)
-    "direction": "higher is worse", "threshold": "scores.max_text_area", "reason": REASON,
-}
+COLUMNS = {"text_area": BY_NAME["text_area"].type, "text_model": pa.string()}
 PACKAGE = "rapidocr-onnxruntime"
 # Areas are counted at cell centres on a grid with this many cells along the frame's long side:
 # about 1.5 px a cell on the 224-px frames analysis keeps, so a box edge moves the area by at

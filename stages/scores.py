@@ -45,29 +45,3 @@ def flow_magnitude(prev: np.ndarray, cur: np.ndarray) -> float:
     import cv2
 
     return float(cv2.mean(cv2.magnitude(*flow_field(prev, cur)))[0])
-
-
-def score_reason(scores: dict[str, float], limits) -> str | None:
-    """First failed threshold of spec.scores, or None when the clip passes."""
-    m, s, b, c = scores["motion"], scores["sharpness"], scores["brightness"], scores["contrast"]
-    if limits.min_motion is not None and not m >= limits.min_motion:
-        return "low_motion"
-    if limits.max_motion is not None and m > limits.max_motion:
-        return "high_motion"
-    if limits.min_sharpness is not None and not s >= limits.min_sharpness:
-        return "blurry"
-    if limits.min_brightness is not None and b < limits.min_brightness:
-        return "too_dark"
-    if limits.max_brightness is not None and b > limits.max_brightness:
-        return "too_bright"
-    if limits.min_contrast is not None and c < limits.min_contrast:
-        return "low_contrast"
-    if limits.max_black_fraction is not None and scores["black_fraction"] > limits.max_black_fraction:
-        return "black_frames"
-    if limits.max_frozen_fraction is not None and scores["frozen_fraction"] > limits.max_frozen_fraction:
-        return "frozen"
-    if limits.max_letterbox is not None and scores["letterbox"] > limits.max_letterbox:
-        return "letterboxed"
-    if limits.min_dynamic_degree is not None and not scores["dynamic_degree"] >= limits.min_dynamic_degree:
-        return "low_dynamic_degree"
-    return None

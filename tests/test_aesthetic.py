@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.aesthetic import (REASON, AestheticHead, aesthetic_reason, aesthetic_scores, build_head,
+from stages.aesthetic import (AestheticHead, aesthetic_scores, build_head,
                               build_tiny_aesthetic_head, check_head, read_head, reduce_min)
 
 PUBLISHED_WIDTHS = (768, 1024, 128, 64, 16, 1)  # improved-aesthetic-predictor, ViT-L/14
@@ -144,11 +144,20 @@ def test_reduce_min():
 
 
 def test_reason_from_the_threshold():
-    assert REASON == "low_aesthetic"
-    assert aesthetic_reason(3.4, 3.5) == "low_aesthetic"
-    assert aesthetic_reason(3.5, 3.5) is None
-    assert aesthetic_reason(float("nan"), 3.5) == "low_aesthetic"
-    assert aesthetic_reason(0.0, None) is None
+    from types import SimpleNamespace
+
+    from stages.decide import reason
+
+    def judged(score, least, model="head"):
+        clip = {"status": "kept", "reason": None, "aesthetic": score, "aesthetic_model": model}
+        return reason(clip, SimpleNamespace(scores=SimpleNamespace(min_aesthetic=least)))
+
+    assert judged(3.4, 3.5) == "low_aesthetic"
+    assert judged(3.5, 3.5) is None
+    assert judged(float("nan"), 3.5) == "low_aesthetic"
+    assert judged(None, 3.5) == "low_aesthetic"  # measured (the head ran) but no score: fails
+    assert judged(0.0, None) is None
+    assert judged(0.0, 3.5, model=None) is None  # no head ran: not judged
 
 
 def test_head_class_is_lazy_min_and_records_provenance(published):

@@ -25,7 +25,12 @@ def _clip(cid: str, status="kept", reason=None, **kw) -> dict:
 
 
 def test_the_cut_decides_first_then_scores_then_clip():
-    from stages.decide import reason
+    from stages.decide import reason as decide
+
+    settings = SimpleNamespace(scores=SCORES, clip_filter=CLIP_FILTER)
+
+    def reason(clip, *_):
+        return decide(clip, settings)
 
     assert reason(_clip("a", "rejected", "too_short", sharpness=1.0), SCORES, CLIP_FILTER) == "too_short"
     assert reason(_clip("a", sharpness=1.0, clip_keep_sim=0.1, clip_reject_sim=0.9), SCORES, CLIP_FILTER) == "blurry"

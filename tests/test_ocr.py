@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stages.ocr import COLUMNS, READS, SCORE, TextAreaStage, polygon_cells, text_area
+from stages.ocr import COLUMNS, READS, TextAreaStage, polygon_cells, text_area
 
 
 def rect(x0, y0, x1, y1):
@@ -79,9 +79,7 @@ def test_stage_settings_declaration_and_laziness():
             TextAreaStage(**bad)
     stage = pickle.loads(pickle.dumps(TextAreaStage()))  # cheap and picklable: no detector yet
     assert not stage._ready and not hasattr(stage, "_engine")
-    assert COLUMNS["text_area"] == pa.float64() and READS["frames"] == pa.list_(pa.binary())
-    assert SCORE["name"] == "text_area" and SCORE["reason"] == "text_overlay"
-    assert SCORE["threshold"] == "scores.max_text_area" and SCORE["scale"] == (0.0, 1.0, False)
+    assert COLUMNS["text_area"] == pa.float32() and READS["frames"] == pa.list_(pa.binary())
 
 
 # --- the real detector on real footage ------------------------------------------------------
@@ -156,7 +154,7 @@ def test_subtitles_count_clean_footage_does_not(stage, footage):
             {"clip_id": "dropped", "status": "rejected", "frames": [_jpeg(footage["street"][0])]}]
     out = stage(pa.Table.from_pylist(rows, schema=pa.schema([("clip_id", pa.string()), *READS.items()])))
     assert out.column_names == ["clip_id", "frames", "status", "text_area", "text_model"]
-    assert out.schema.field("text_area").type == pa.float64()
+    assert out.schema.field("text_area").type == pa.float32()  # as schemas.scores declares it
     area = dict(zip(out.column("clip_id").to_pylist(), out.column("text_area").to_pylist()))
     # the street shot passes a taxi whose sign the detector boxes in one frame only
     assert area["clean"] < 0.002 and area["street"] < 0.002 and area["dropped"] is None

@@ -21,13 +21,23 @@ def _inputs(n: int, start: int = 0) -> list[dict]:
 # --- the stage graph --------------------------------------------------------------------------
 
 def test_graph_is_one_chain_and_derives_keys_and_fingerprints():
-    assert graph.STAGES == ("analyze", "clip", "caption", "hierarchy")
-    assert [s.after for s in graph.GRAPH] == [None, "analyze", "clip", "caption"]
+    assert graph.STAGES == ("analyze", "clip", "text", "caption", "hierarchy")
+    assert [s.after for s in graph.GRAPH] == [None, "analyze", "clip", "text", "caption"]
+    # a stage switched off drops out of the chain the job runs; the next reads the one before
+    assert [(s.name, s.after) for s in graph.chain(SPEC)] == [
+        ("analyze", None), ("clip", "analyze"), ("caption", "clip"), ("hierarchy", "caption")]
+    assert graph.chain(SPEC)[2].feeder.after == "clip"
+    texts = parse_spec({**SPEC.model_dump(mode="json"), "text": {"enabled": True}})
+    assert [(s.name, s.after) for s in graph.chain(texts)][2:4] == [("text", "clip"), ("caption", "text")]
+    assert graph.chain(texts)[3].feeder.after == "text"
+    on = texts.fingerprints()
+    assert list(on) == [*graph.STAGES, "output", "decide"]
+    assert on["clip"] == SPEC.fingerprints()["clip"] and on["caption"] != SPEC.fingerprints()["caption"]
     assert graph.work_key("hierarchy", "f", "u") == "_work/hierarchy/f/u.json"
     assert graph.work_key("clip", "f", "u") == "_work/clip/f/u.parquet"
     assert graph.work_key("hierarchy", "f", "u", "k") == "_work/hierarchy/f/u-k.json"
     fps = SPEC.fingerprints()
-    assert list(fps) == [*graph.STAGES, "output", "decide"]
+    assert list(fps) == [s for s in graph.STAGES if s != "text"] + ["output", "decide"]
     # a stage's settings move its fingerprint and every later one, never an earlier one
     other = parse_spec({**SPEC.model_dump(mode="json"), "caption": {"max_new_tokens": 7}}).fingerprints()
     assert [fps[s] == other[s] for s in fps] == [True, True, False, False, False, True]

@@ -11,8 +11,8 @@ from pipeline.sinks import write_tar
 from pipeline.spec import SpecError, apply_overrides, parse_spec
 from stages.base import Stats, clean_text, clip_id, subsample, video_id
 from stages.chapters import group_chapters
-from stages.embed import clip_reason, mean_embedding
-from stages.scores import score_reason
+from stages.decide import reason
+from stages.embed import mean_embedding
 from stages.shots import assemble_clips, shots_from_cuts
 
 BASE = {"inputs": {"paths": ["a.mp4"]}, "output": {"uri": "out"}}
@@ -33,15 +33,16 @@ def test_assemble_clips_windows_short_and_trim():
     assert (trimmed[0]["start_frame"], trimmed[0]["end_frame"]) == (5, 95)
 
 
-def test_score_reason_early_returns():
-    limits = parse_spec({**BASE, "scores": {"min_motion": 0.5, "min_brightness": 20, "min_sharpness": 10}}).scores
-    good = {"motion": 1.0, "sharpness": 50.0, "brightness": 100.0, "contrast": 40.0, "black_fraction": 0.0,
-            "frozen_fraction": 0.0, "letterbox": 0.0, "dynamic_degree": 0.5}
-    assert score_reason(good, limits) is None
-    assert score_reason({**good, "motion": 0.1}, limits) == "low_motion"
-    assert score_reason({**good, "motion": float("nan")}, limits) == "low_motion"
-    assert score_reason({**good, "brightness": 5.0}, limits) == "too_dark"
-    assert score_reason({**good, "sharpness": 1.0, "brightness": 5.0}, limits) == "blurry"
+def test_the_first_failed_threshold_in_declared_order_decides():
+    spec = parse_spec({**BASE, "scores": {"min_motion": 0.5, "min_brightness": 20, "min_sharpness": 10}})
+    good = {"status": "kept", "reason": None, "motion": 1.0, "sharpness": 50.0, "brightness": 100.0,
+            "contrast": 40.0, "black_fraction": 0.0, "frozen_fraction": 0.0, "letterbox": 0.0, "dynamic_degree": 0.5}
+    assert reason(good, spec) is None
+    assert reason({**good, "motion": 0.1}, spec) == "low_motion"
+    assert reason({**good, "motion": float("nan")}, spec) == "low_motion"  # a min_ of motion: NaN fails
+    assert reason({**good, "brightness": 5.0}, spec) == "too_dark"
+    assert reason({**good, "brightness": float("nan")}, spec) is None  # brightness: NaN passes
+    assert reason({**good, "sharpness": 1.0, "brightness": 5.0}, spec) == "blurry"
 
 
 def test_clip_summary_ignores_nan():
@@ -70,10 +71,15 @@ def test_bar_fraction_and_camera_motion():
     assert camera_motion(signs, -signs, 0 * n, 3 * n) == "shaky"
 
 
-def test_clip_reason_and_mean_embedding():
-    assert clip_reason(0.3, 0.1, max_reject_margin=0.0, min_keep_sim=None) is None
-    assert clip_reason(0.1, 0.3, max_reject_margin=0.0, min_keep_sim=None) == "clip_reject_prompt"
-    assert clip_reason(0.1, 0.0, max_reject_margin=None, min_keep_sim=0.2) == "clip_low_keep_sim"
+def test_clip_filter_rules_and_mean_embedding():
+    def clip(keep, rej, margin, least):
+        spec = parse_spec({**BASE, "clip_filter": {"max_reject_margin": margin, "min_keep_sim": least}})
+        return reason({"status": "kept", "reason": None, "clip_keep_sim": keep, "clip_reject_sim": rej,
+                       "clip_model": "m"}, spec)
+
+    assert clip(0.3, 0.1, 0.0, None) is None
+    assert clip(0.1, 0.3, 0.0, None) == "clip_reject_prompt"
+    assert clip(0.1, 0.0, None, 0.2) == "clip_low_keep_sim"
     e = mean_embedding(np.array([[3.0, 0.0], [0.0, 5.0]]))
     assert np.allclose(e, [2 ** -0.5, 2 ** -0.5])
 
