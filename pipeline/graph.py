@@ -122,6 +122,17 @@ def chain(spec) -> tuple[Stage, ...]:
     return tuple(out)
 
 
+def follows(spec, name: str) -> str | None:
+    """The stage whose committed result stage ``name`` (or a feeder of that name) reads when
+    ``spec`` runs."""
+    for s in chain(spec):
+        if s.name == name:
+            return s.after
+        if s.feeder is not None and s.feeder.name == name:
+            return s.feeder.after
+    raise ValueError(f"stage {name} does not run with this spec")
+
+
 def work_key(stage: str, fingerprint: str, unit: str, variant: str | None = None) -> str:
     """Where a unit's committed result of ``stage`` lives (the file is the commit); ``variant``:
     what else it was made from (the hierarchy: which of the unit's clips the thresholds keep)."""

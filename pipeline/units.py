@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.sinks import json_bytes, parquet_bytes
-from pipeline.graph import BY_NAME, chain, settings_view, work_key
+from pipeline.graph import BY_NAME, chain, follows, settings_view, work_key
 from pipeline.overlap import SERIAL
 from pipeline.storage import open_store
 
@@ -125,6 +125,8 @@ class _UnitStage(abc.ABC):
 
     def __init__(self, *, spec, fps: dict[str, str], stage):
         self.spec, self.fps, self.stage = spec, fps, stage
+        # the stage whose result this one reads, as this spec runs the graph (pipeline.graph.chain)
+        self.after = follows(spec, stage.name) if stage.after is not None else None
 
     def key(self, row: dict, stage: str | None = None) -> str:
         name = stage or self.stage.name
@@ -132,7 +134,7 @@ class _UnitStage(abc.ABC):
 
     def previous(self, store, row: dict) -> tuple[dict, pa.Table]:
         """The unit's committed result of the stage this one follows."""
-        return decode_unit(store.read(self.key(row, self.stage.after)))
+        return decode_unit(store.read(self.key(row, self.after)))
 
     @abc.abstractmethod
     def work(self, store, row: dict) -> bytes:
@@ -246,7 +248,7 @@ class PrepareUnits(_UnitStage):
     def work(self, store, row: dict, committed: list[dict] | None = None) -> bytes:
         import pickle
 
-        video, clips = decode_unit(store.read(self.key(row, self.stage.after)))
+        video, clips = decode_unit(store.read(self.key(row, self.after)))
         measured = clips.to_pylist()
         rows = with_captions(measured, committed)
         work = caption_work(rows, to_caption(rows, self.spec))

@@ -230,7 +230,7 @@ def test_fixed_bins_cover_their_range():
 # --- run modes and resources ------------------------------------------------------------------
 
 def test_streaming_needs_room_for_every_pool_after_losing_the_largest_node():
-    need = needs(SPEC, list(graph.GRAPH), 0.0)["CPU"]  # 3 actor pools + analyze tasks (no GPUs: no prepare tasks)
+    need = needs(SPEC, list(graph.chain(SPEC)), 0.0)["CPU"]  # 3 actor pools + analyze tasks (no GPUs: no prepare tasks)
     assert need == 4
     assert stream_all(SPEC, [4.0]) and not stream_all(SPEC, [3.0])
     assert not stream_all(SPEC, [1.0, 2.0, 2.0])  # 5 CPUs, but 3 once a worker node is gone
@@ -242,6 +242,8 @@ def test_streaming_needs_room_for_every_pool_after_losing_the_largest_node():
     wide = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"caption": {"concurrency": 4, "num_gpus": 1}}})
     assert needs(wide, [graph.BY_NAME["caption"]], 4.0) == {"CPU": 5.0, "GPU": 4.0}  # prepare task + 4 actors
     assert needs(wide, [graph.BY_NAME["caption"]], 4.0, least=True) == {"CPU": 2.0, "GPU": 1.0}
+    texts = parse_spec({**SPEC.model_dump(mode="json"), "text": {"enabled": True}})
+    assert needs(texts, list(graph.chain(texts)), 0.0)["CPU"] == 5  # and one text task
 
 
 def test_feeder_tasks_run_where_the_actors_have_gpus_unless_the_spec_says():

@@ -239,7 +239,7 @@ def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_r
     import pyarrow as pa
     import ray
 
-    from pipeline.graph import BY_NAME, work_key
+    from pipeline.graph import chain, work_key
     from pipeline.overlap import OVERLAP, SERIAL, CallPlan
     from pipeline.resources import ray_args
     from pipeline.runner import add_stage, finished_blocks
@@ -256,8 +256,9 @@ def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_r
     two = parse_spec(doc)
     fps = two.fingerprints()
     assert fps == spec.fingerprints()  # how calls are taken shapes no result
-    clips = out / "_work" / "clip" / fps["clip"]
-    shutil.copytree(clips, tmp_path / "out" / "_work" / "clip" / fps["clip"])
+    caption = next(s for s in chain(two) if s.name == "caption")  # as this job runs it
+    clips = out / "_work" / caption.after / fps[caption.after]  # what the caption stage reads
+    shutil.copytree(clips, tmp_path / "out" / "_work" / caption.after / fps[caption.after])
     units = sorted(p.stem for p in clips.glob("*.parquet"))
     assert len(units) >= 3
 
@@ -279,8 +280,8 @@ def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_r
     ds = ray.data.from_items([{f.name: None for f in UNIT} | {"unit_id": u} for u in units],
                              override_num_blocks=len(units))
     if feeder_tasks:  # as pipeline.runner chains them: PrepareUnits tasks, then the actor
-        ds = add_stage(ds, BY_NAME["caption"].feeder, two, fps, gpus=0)
-    ds = ds.map_batches(Timed, fn_constructor_kwargs={"spec": two, "fps": fps, "stage": BY_NAME["caption"],
+        ds = add_stage(ds, caption.feeder, two, fps, gpus=0)
+    ds = ds.map_batches(Timed, fn_constructor_kwargs={"spec": two, "fps": fps, "stage": caption,
                                                       "fed": feeder_tasks}, **args)
     made = [json.loads(r) for block in finished_blocks(ds) for r in block.column("seconds_json").to_pylist()]
     assert [c["prepared"] for c in made] == [feeder_tasks] * len(units)  # where the inputs were made
