@@ -386,15 +386,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_LEASE_LOST
     except Exception as err:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        if not isinstance(err, (BotoCoreError, ClientError)):
+        failure = s3_failure(err)
+        if failure is None:
             raise
-        cause = getattr(err, "cause", None) or err  # a Ray task's error wraps botocore's
         print(f"error: the S3 store kept failing past the retry budget (storage.max_attempts): "
-              f"{' '.join(str(cause).split())}; committed work is kept: rerun to resume", file=sys.stderr)
+              f"{failure}; committed work is kept: rerun to resume", file=sys.stderr)
         return 1
 
+
+def s3_failure(err: BaseException) -> str | None:
+    """botocore's error that ended a run, as one line, or None when ``err`` is not one: raised
+    in the driver, or in a Ray task or actor. A Ray task's error wraps the task's exception
+    (``.cause``); through Ray Data that is a UserCodeException whose own cause did not cross
+    the process boundary, so there only the error's text tells: its traceback's
+    ``botocore.exceptions.<Name>: <message>`` line."""
+    import re
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        cause = getattr(err, "cause", None)  # a Ray task's error: what the task raised
+        cause = cause if isinstance(cause, BaseException) else None
+        if cause is None and isinstance(err, (BotoCoreError, ClientError)):
+            return " ".join(str(err).split())
+        if type(err).__module__.startswith("ray.") and not isinstance(cause, (BotoCoreError, ClientError)):
+            lines = re.findall(r"^botocore\.exceptions\.\w+: (.+)$", str(err), re.MULTILINE)
+            if lines:
+                return " ".join(lines[-1].split())
+        err = cause
+    return None
 
 if __name__ == "__main__":
     sys.exit(main())
