@@ -90,6 +90,9 @@ def prepare_demo(root: str | os.PathLike = "data/demo", *, models: bool = True, 
         info["clip"] = build_tiny_clip(root / "models" / "tiny-clip")
         info["aesthetic"] = build_tiny_aesthetic_head(root / "models" / "tiny-aesthetic", TINY_CLIP_CONFIG["embed_dim"])
         info["vlm"] = build_tiny_vlm(root / "models" / "tiny-vlm")
+        from stages.asr import build_tiny_whisper
+
+        info["whisper"] = build_tiny_whisper(root / "models" / "tiny-whisper")["name_or_path"]
     log(f"demo inputs ready in {root}/ ({len(info['videos'])} videos, {len(bad)} bad files"
         + (", tiny random-weight models)" if models else ")"))
     return info

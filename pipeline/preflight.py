@@ -174,6 +174,9 @@ def check_models(spec: JobSpec) -> None:
     if not _looks_local(vlm.name_or_path) and not Path(vlm.name_or_path).exists():
         _hub_or_cache("models.vlm.name_or_path", repr(vlm.name_or_path), vlm.name_or_path,
                       ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
+    if spec.speech.enabled and not _looks_local(spec.speech.model) and not Path(spec.speech.model).exists():
+        _hub_or_cache("speech.model", repr(spec.speech.model), spec.speech.model,
+                      ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
     if spec.text.enabled and importlib.util.find_spec("rapidocr_onnxruntime") is None:
         raise SpecError("text.enabled: the text detector needs the rapidocr-onnxruntime package (its wheel ships "
                         "the PP-OCRv4 weights): pip install 'vidcurate[text]' on every node")

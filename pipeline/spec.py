@@ -231,6 +231,19 @@ class Text(_Section):
         return self
 
 
+class Speech(_Section):
+    enabled: bool = Field(False, description="Transcribe the audio of videos without subtitles with a Whisper "
+                          "model (transformers) in an actor stage before captioning: its timed text is cut to "
+                          "clips and windows as subtitles are (clips.speech) and offered to the caption prompt; "
+                          "videos.subtitles says asr. A video without audio has no speech.")
+    model: str = Field("openai/whisper-large-v3-turbo", description="Hugging Face hub id or local directory of a "
+                       "Whisper model (WhisperForConditionalGeneration).")
+    language: Optional[str] = Field(None, description="Language code or name (a multilingual model); null: the "
+                                    "model detects it per 30-s window.")
+    chunk_s: float = Field(30.0, ge=1, le=30, description="Seconds of audio per window (Whisper reads 30 s).")
+    max_new_tokens: int = Field(224, ge=1, le=440, description="Tokens generated per window at most.")
+
+
 class ClipFilter(_Section):
     keep_prompts: list[str] = Field(["a video frame"], min_length=1, description="Text prompts of what to keep: a "
                                     "clip's keep similarity is the best CLIP cosine between its frames and these.")
@@ -362,6 +375,9 @@ class Resources(_Section):
     caption: StageResources = StageResources(concurrency="auto", batch_size=4, num_gpus="auto", calls_per_actor="auto")
     text: StageResources = Field(StageResources(concurrency=2), description="CPU tasks detecting on-screen "
                                  "text (text.enabled); num_cpus is also the detector's threads.")
+    speech: StageResources = Field(StageResources(concurrency="auto", batch_size=8, num_gpus="auto"),
+                                   description="Whisper actors (speech.enabled); batch_size: 30-s windows per "
+                                   "generate call.")
     prepare: StageResources = Field(StageResources(concurrency=2), description="CPU tasks making the captioner's "
                                     "inputs (frames, prompts, processor) ahead of the caption actors.")
     hierarchy: StageResources = StageResources(concurrency="auto", batch_size=4, num_gpus="auto")
@@ -423,6 +439,7 @@ class JobSpec(_Section):
     scores: Scores = Scores()
     clip_filter: ClipFilter = ClipFilter()
     text: Text = Text()
+    speech: Speech = Speech()
     caption: Caption = Caption()
     chapters: Chapters = Chapters()
     models: Models = Models()

@@ -225,6 +225,38 @@ class TextUnits(_UnitStage):
         return encode_unit(video, _TEXT[settings].process(clips))
 
 
+class SpeechUnits(_UnitStage):
+    """Ray actor stage: speech (stages.asr, Whisper) of each unit whose video carries no
+    subtitles, cut to its clips and windows as subtitles are (stages.subtitles.speech_between,
+    from the first frame's container time), committed per video; ``videos.subtitles`` becomes
+    ``asr`` where the audio gave any text. The model loads on the first video that needs it."""
+
+    def __init__(self, *, spec, fps: dict[str, str], stage):
+        from stages.asr import SpeechStage
+
+        super().__init__(spec=spec, fps=fps, stage=stage)
+        s = spec.speech
+        self.model_stage = SpeechStage(name_or_path=s.model, language=s.language, chunk_s=s.chunk_s,
+                                       max_new_tokens=s.max_new_tokens, batch_size=spec.resources.speech.batch_size)
+
+    def work(self, store, row: dict) -> bytes:
+        from stages.subtitles import speech_between
+
+        video, clips = self.previous(store, row)
+        if video.get("status") != "ok" or video.get("subtitles") or clips.num_rows == 0:
+            return encode_unit(video, clips)
+        cues = self.model_stage.transcribe(video["uri"], self.spec.storage)
+        if not cues:
+            return encode_unit(video, clips)
+        t0 = video.get("start_time_s") or 0.0
+        rows = clips.to_pylist()
+        for c in rows:
+            c["speech"] = speech_between(cues, t0 + c["start_s"], t0 + c["end_s"])
+            for w in c.get("windows") or []:
+                w["speech"] = speech_between(cues, t0 + w["start_s"], t0 + w["end_s"])
+        return encode_unit({**video, "subtitles": "asr"}, schemas.work_table(rows))
+
+
 def committed_captions(store, key: str) -> list[dict] | None:
     """The clip rows of a unit's committed caption result (None: there is none yet)."""
     if not store.exists(key):

@@ -42,8 +42,10 @@ VIDEOS = _versioned("videos", [
     pa.field("height", pa.int32()),
     pa.field("fps", pa.float64()),
     pa.field("rotation", pa.int32()),
-    pa.field("subtitles", pa.string()),  # where speech came from: manifest, sidecar, embedded, or null
+    pa.field("subtitles", pa.string()),  # where speech came from: manifest, sidecar, embedded, asr, or null
     pa.field("duration_s", pa.float64()),
+    # container time of the first decoded frame: every start_s and end_s counts from it
+    pa.field("start_time_s", pa.float64()),
     pa.field("num_frames", pa.int64()),
     # Shot boundaries: a cut at start_frame == end_frame (the first frame of the new shot); a
     # gradual transition spans [start_frame, end_frame], frames no clip contains.

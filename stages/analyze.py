@@ -168,6 +168,7 @@ def _decode_pass(path: str, spec, workers: int, auto: bool = False) -> tuple[dic
         times, span = _checked_times(times, meta, fps, missing_pts, decode_error)
         meta["num_frames"] = len(times)
         meta["duration_s"] = span  # what was decoded: every clip and caption time lies inside it
+        meta["start_time_s"] = times[0] if times else None  # container time of the first frame: times' origin
         boundaries = detector.finish()
         last = len(times) - 1
         meta["boundaries"] = [{"type": b["type"], "start_frame": b["start"], "end_frame": b["end"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -199,3 +200,39 @@ def test_english_only_model(tiny_whisper, talking, tmp_path, one_thread):
         SpeechStage(name_or_path=str(english), language="de").setup()
     cues = SpeechStage(name_or_path=str(english), chunk_s=5.0, max_new_tokens=8).transcribe(str(talking))
     assert all(0.0 <= a <= b <= 5.05 for a, b, _ in cues)
+
+
+@pytest.mark.slow
+def test_speech_stage_gives_clips_the_audio_text_where_no_subtitles_are(demo, ray_local, tiny_whisper, talking,
+                                                                         tmp_path, one_thread):
+    """speech.enabled: a video without subtitles is transcribed in the speech actor stage, its
+    cues cut to its clips as subtitles are (from the first frame's container time), and
+    videos.subtitles says asr; a video without audio has no speech; the caption stage after it
+    is the one that reads these clips."""
+    import pyarrow.parquet as pq
+
+    from pipeline.graph import chain
+    from pipeline.plan import run_job
+    from pipeline.spec import load_spec
+    from tests.conftest import ROOT, demo_overrides
+
+    mute = encode(tmp_path / "mute.mp4", 40)
+    out = tmp_path / "out"
+    spec = load_spec(ROOT / "jobs" / "demo.yaml", [
+        *demo_overrides(demo, out), f"inputs.paths=[{talking}, {mute}]", "text.enabled=false",
+        "scores.max_text_area=null", "scores.min_motion=null", "speech.enabled=true",
+        f"speech.model={tiny_whisper}", "speech.chunk_s=2.0", "speech.max_new_tokens=24",
+        "resources.speech.concurrency=1", "resources.speech.batch_size=2"])
+    assert [s.name for s in chain(spec)] == ["analyze", "clip", "speech", "caption", "hierarchy"]
+    run_job(spec, log=lambda *_: None)
+    videos = {Path(v["uri"]).name: v for v in pq.read_table(out / "videos").to_pylist()}
+    assert videos["talk.mp4"]["subtitles"] == "asr" and videos["mute.mp4"]["subtitles"] is None
+    t0 = videos["talk.mp4"]["start_time_s"]
+    assert t0 is not None and 0 <= t0 < 0.5
+    cues = SpeechStage(name_or_path=tiny_whisper, chunk_s=2.0, max_new_tokens=24, batch_size=2).transcribe(str(talking))
+    clips = pq.read_table(out / "clips").to_pylist()
+    talk = [c for c in clips if c["uri"].endswith("talk.mp4") and c["reason"] not in ("too_short", "transition")]
+    assert talk and any(c["speech"] for c in talk)
+    for c in talk:
+        assert c["speech"] == speech_between(cues, t0 + c["start_s"], t0 + c["end_s"])
+    assert all(c["speech"] is None for c in clips if c["uri"].endswith("mute.mp4"))

@@ -140,3 +140,22 @@ def test_thresholds_move_only_the_decision(key):
     a = parse_spec(base).fingerprints()
     b = parse_spec(apply_overrides(json.loads(json.dumps(base)), [key])).fingerprints()
     assert {k for k in a if a[k] != b[k]} == {"decide"}
+
+
+def test_the_strict_job_turns_every_declared_filter_on(demo):
+    """jobs/strict.yaml sets every threshold schemas.scores declares, with the stages that
+    measure them on, and its models resolve (the demo's tiny ones, built offline)."""
+    from pipeline.preflight import check_models
+    from pipeline.spec import load_spec
+    from schemas.scores import thresholds
+    from stages.decide import limit_of
+
+    root = demo["root"]
+    spec = load_spec(ROOT / "jobs" / "strict.yaml", [
+        f"models.clip.pretrained={demo['clip']['pretrained']}", f"models.clip.config={demo['clip']['config']}",
+        f"models.clip.aesthetic_head={demo['aesthetic']}", f"models.vlm.name_or_path={demo['vlm']['name_or_path']}",
+        f"speech.model={demo['whisper']}", f"inputs.paths=[{root}/videos/*.mp4]"])
+    unset = [t.key for _, t in thresholds() if limit_of(t, spec) is None]
+    assert not unset, f"jobs/strict.yaml leaves these filters off: {unset}"
+    assert spec.text.enabled and spec.speech.enabled and spec.models.clip.aesthetic_head
+    check_models(spec)
