@@ -7,7 +7,8 @@ two conditional PUTs served by two threads at once could both pass; S3 and MinIO
 and the write one step, and so does a moto that serves requests one by one.
 
 ``FaultProxy`` forwards every request to the server and, on a share of them (``rate``), injects
-one fault, drawn from ``kinds``:
+one fault, drawn from ``kinds`` (or, with ``every=N``, on every Nth request, the kinds in turn, a
+``cut_body`` waiting for the next GET: every kind comes up, however few the requests):
 
 - ``500``: an ``InternalError`` answer, the request never forwarded;
 - ``503``: a ``SlowDown`` answer (S3's throttling), never forwarded;
@@ -65,10 +66,12 @@ class MotoServer:
 
 class FaultProxy:
     def __init__(self, upstream: str, rate: float = 0.0, kinds=KINDS, seed: int | None = None,
-                 delay_s: float = 0.0, delay_match: str = "lock.json", strip_conditions: bool = False):
+                 delay_s: float = 0.0, delay_match: str = "lock.json", strip_conditions: bool = False,
+                 every: int = 0):
         self.upstream = upstream.split("://", 1)[1]
         self.rate, self.kinds, self.delay_s, self.delay_match = rate, tuple(kinds), delay_s, delay_match
         self.strip_conditions = strip_conditions
+        self.every, self._turn, self._owed = every, 0, None
         self.requests, self.faults = 0, Counter()
         self._down_at: int | None = None
         self._rng = random.Random(seed)
@@ -107,11 +110,14 @@ class FaultProxy:
         with self._lock:
             self._down_at = (self.requests + after) if down else None
 
-    def reset(self, rate: float | None = None, seed: int | None = None) -> None:
+    def reset(self, rate: float | None = None, seed: int | None = None, every: int | None = None) -> None:
         with self._lock:
             self.requests, self.faults = 0, Counter()
+            self._turn, self._owed = 0, None
             if rate is not None:
                 self.rate = rate
+            if every is not None:
+                self.every = every
             if seed is not None:
                 self._rng = random.Random(seed)
 
@@ -121,12 +127,30 @@ class FaultProxy:
             if self._down_at is not None and self.requests > self._down_at:
                 self.faults["503"] += 1
                 return "503"
+            if self.every:
+                return self._in_turn(method)
             if self._rng.random() >= self.rate:
                 return None
             kinds = [k for k in self.kinds if k != "cut_body" or method == "GET"]
             kind = self._rng.choice(kinds)
             self.faults[kind] += 1
             return kind
+
+    def _in_turn(self, method: str) -> str | None:
+        """``every``: the next kind on every Nth request; a cut_body drawn for another method
+        goes to the next GET. (Called under the lock.)"""
+        if self._owed is not None and method == "GET":
+            kind, self._owed = self._owed, None
+        elif self.requests % self.every:
+            return None
+        else:
+            kind = self.kinds[self._turn % len(self.kinds)]
+            self._turn += 1
+            if kind == "cut_body" and method != "GET":
+                self._owed = kind
+                return None
+        self.faults[kind] += 1
+        return kind
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         body = _read_body(h)

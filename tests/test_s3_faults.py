@@ -3,22 +3,17 @@ connections before and after forwarding, and cuts GET bodies short, on a share o
 (tests/s3proxy.py). Writes, reads, ranged reads and multipart uploads come through with the
 same bytes; past the retry budget a write fails with S3's error, leaves what was there as it
 was, and the next try succeeds. A whole job through faults gives a clean run's output, byte for
-byte; one cut off by an outage fails, and its rerun ends with the same output.
+byte; one cut off by an outage fails in one line, and its rerun ends with the same output.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from pipeline.spec import Storage
 from pipeline.storage import S3Reader, S3Store
-from tests.conftest import ROOT
 from tests.s3proxy import KINDS, FaultProxy, MotoServer
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIAVIDCURATEFAULTS", "AWS_SECRET_ACCESS_KEY": "vidcurate-faults-test",
@@ -33,8 +28,7 @@ def moto():
     os.environ.update(CREDENTIALS)
     server = MotoServer(threaded=True)
     client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1")
-    for bucket in ("unit", "raw", "curated"):
-        client.create_bucket(Bucket=bucket)
+    client.create_bucket(Bucket="unit")
     try:
         yield server, client
     finally:
@@ -106,96 +100,57 @@ def test_storage_past_the_retry_budget(moto):
 
 # --- a whole job --------------------------------------------------------------------------------
 
-def _job(demo: dict, out: str, endpoint: str, inputs: str, extra: list[str] = ()) -> list[str]:
-    sets = [f"inputs.paths=[{inputs}]", f"output.uri={out}", f"storage.endpoint_url={endpoint}",
-            f"models.clip.pretrained={demo['clip']['pretrained']}", f"models.clip.config={demo['clip']['config']}",
-            f"models.vlm.name_or_path={demo['vlm']['name_or_path']}", "output.samples_per_shard=2", f"models.clip.aesthetic_head={demo['aesthetic']}", *extra]
-    return [sys.executable, "-m", "pipeline", "run", str(ROOT / "jobs" / "demo.yaml"), "--quiet"] + \
-        [a for s in sets for a in ("--set", s)]
-
-
-def _run(cmd: list[str], timeout: float = 1200) -> tuple[int, str, float]:
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"vidcurate-faults-{os.getpid()}-{time.time_ns()}.log"
-    started = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **CREDENTIALS}, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            proc.wait(timeout=timeout)
-        finally:
-            try:
-                os.killpg(proc.pid, 9)  # what is left of its local Ray
-            except ProcessLookupError:
-                pass
-            proc.wait()
-    text = log.read_text()
-    log.unlink()
-    return proc.returncode, text, time.perf_counter() - started
-
-
-def _objects(client, bucket: str, prefix: str) -> dict[str, bytes]:
-    """The output (its committed partition records too), without the run's timings."""
-    out = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
-        for o in page.get("Contents", []):
-            key = o["Key"][len(prefix) + 1:]
-            if not key.startswith("_work/") or key.startswith("_work/partitions/"):
-                out[key] = client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
-    return out
-
-
-def _clear(client, bucket: str, prefix: str) -> None:
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
-        for o in page.get("Contents", []):
-            client.delete_object(Bucket=bucket, Key=o["Key"])
+@pytest.mark.slow
+def test_job_through_faults_is_byte_identical(s3_job):
+    """Inputs and output on S3 behind the proxy: the same job as a clean run (tests/conftest.py
+    S3Job) with a fault on every eighth request, every kind in turn: the same objects, byte for
+    byte, nothing left pending."""
+    clean, requests = s3_job.single()
+    assert "manifest.json" in clean and any(k.startswith("shards/") for k in clean)
+    try:
+        s3_job.proxy.reset(every=8)
+        rc, out, err = s3_job.run()
+        assert rc == 0, (out + err)[-3000:]
+        faults = dict(s3_job.proxy.faults)
+        got = s3_job.output()
+        assert sorted(got) == sorted(clean)
+        assert got == clean
+        assert sum(faults.values()) >= requests // 10 and all(faults.get(k) for k in KINDS), faults
+        assert not _pending(s3_job.client, s3_job.bucket)
+    finally:
+        s3_job.calm()
+        s3_job.clear()
 
 
 @pytest.mark.slow
-def test_job_through_faults_is_byte_identical(moto, demo):
-    """Inputs and output on S3 behind the proxy: a clean run, then the same job with 10% of the
-    requests failing (every kind): the same objects, byte for byte. Then an outage cuts a run
-    off halfway (storage.max_attempts=2): it fails naming S3's error, and the rerun, on a store
-    that is back, ends with the clean run's output and reuses what the failed run committed."""
-    server, client = moto
-    root = Path(demo["root"])
-    client.upload_file(str(root / "videos" / "synthetic_cuts.mp4"), "raw", "in/synthetic_cuts.mp4")
-    proxy = FaultProxy(server.endpoint, seed=5)
+def test_a_run_past_the_retry_budget_fails_in_one_line_and_its_rerun_resumes(s3_job):
+    """The store answers 503 to every request from half of a clean run's requests on, and the
+    run allows two attempts (storage.max_attempts=2): ``vidcurate run`` exits 1 with one
+    ``error:`` line naming S3's error and the retry budget, no traceback, no manifest, and every
+    output file it did write is the clean run's. The rerun, on a store that is back, reuses
+    what the failed run committed and ends with the clean run's output."""
+    clean, requests = s3_job.single()
     try:
-        cmd = _job(demo, "s3://curated/job", proxy.endpoint, "s3://raw/in/")
-        rc, text, _ = _run(cmd)
-        assert rc == 0, text[-3000:]
-        clean, requests = _objects(client, "curated", "job"), proxy.requests
-        assert "manifest.json" in clean and any(k.startswith("shards/") for k in clean)
-        _clear(client, "curated", "job")
-
-        proxy.reset(rate=0.1, seed=5)
-        rc, text, _ = _run(cmd)
-        assert rc == 0, text[-3000:]
-        assert sorted(_objects(client, "curated", "job")) == sorted(clean)
-        assert _objects(client, "curated", "job") == clean
-        assert sum(proxy.faults.values()) >= 0.05 * requests and all(proxy.faults[k] for k in KINDS), proxy.faults
-        assert not _pending(client, "curated")
-        _clear(client, "curated", "job")
-
-        # past the budget: inputs on disk (an input whose reads fail is recorded as a decode error)
-        local = _job(demo, "s3://curated/job", proxy.endpoint, str(root / "videos" / "synthetic_cuts.mp4"))
-        proxy.reset(rate=0.0)
-        rc, text, _ = _run(local)
-        assert rc == 0, text[-3000:]
-        clean, requests = _objects(client, "curated", "job"), proxy.requests
-        _clear(client, "curated", "job")
-        proxy.reset()
-        proxy.outage(after=requests // 2)
-        rc, text, _ = _run(_job(demo, "s3://curated/job", proxy.endpoint, str(root / "videos" / "synthetic_cuts.mp4"),
-                                ["storage.max_attempts=2"]))
-        assert rc != 0 and "SlowDown" in text and "reached max retries: 1" in text, text[-3000:]
-        proxy.outage(False)
-        partial = _objects(client, "curated", "job")
+        s3_job.proxy.outage(after=requests // 2)
+        rc, out, err = s3_job.run(["storage.max_attempts=2"], tries=1)
+        s3_job.proxy.outage(False)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert rc == 1 and len(errors) == 1, out[-2000:] + err[-3000:]
+        assert errors[0].startswith("error: the S3 store kept failing past the retry budget (storage.max_attempts): ")
+        assert ("(SlowDown)" in errors[0] or "(503)" in errors[0]) and "reached max retries: 1" in errors[0]
+        assert errors[0].endswith("; committed work is kept: rerun to resume")
+        assert "Traceback" not in out + err, err[-3000:]
+        partial = s3_job.output()
         assert "manifest.json" not in partial
         assert all(clean.get(k) == v for k, v in partial.items() if k != "spec.yaml"), "a committed file differs"
-        rc, text, _ = _run(local)
-        assert rc == 0, text[-3000:]
-        assert _objects(client, "curated", "job") == clean
-        assert not _pending(client, "curated")
+        committed = [o["Key"] for page in s3_job.client.get_paginator("list_objects_v2").paginate(
+            Bucket=s3_job.bucket, Prefix=f"{s3_job.prefix}/_work/analyze/") for o in page.get("Contents", [])]
+        rc, out, err = s3_job.run()
+        assert rc == 0, (out + err)[-3000:]
+        if committed:
+            assert "[resume] committed results reused: analyze " in out, out[-3000:]
+        assert s3_job.output() == clean
+        assert not _pending(s3_job.client, s3_job.bucket)
     finally:
-        proxy.stop()
+        s3_job.calm()
+        s3_job.clear()
