@@ -25,32 +25,19 @@ import pytest
 from pipeline.lock import KEY, LeaseLost, OutputLock
 from pipeline.spec import SpecError, Storage
 from pipeline.storage import LocalStore, S3Store
-from tests.conftest import ROOT
-from tests.s3proxy import FaultProxy, MotoServer
+from tests.conftest import RAY_START_TIMEOUT, ROOT, S3_CREDENTIALS, job_cmd, kill_session, run_cli
+from tests.s3proxy import FaultProxy
 
 ROUNDS = int(os.environ.get("VIDCURATE_RACE_ROUNDS", "12"))
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIAVIDCURATELEASE", "AWS_SECRET_ACCESS_KEY": "vidcurate-lease-test",
-               "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="module")
-def s3():
-    """moto serving one request at a time (see tests/s3proxy.py) with a bucket ``lease``."""
+def s3(moto_s3):
+    """moto serving one request at a time (tests/conftest.py moto_s3) with a bucket ``lease``."""
     import boto3
 
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    server = MotoServer(threaded=False)
-    boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1").create_bucket(Bucket="lease")
-    try:
-        yield server
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name="us-east-1").create_bucket(Bucket="lease")
+    return moto_s3
 
 
 class SlowLocal(LocalStore):
@@ -262,15 +249,6 @@ def test_lease_through_dropped_answers(s3):
 RUN_ROUNDS = max(1, ROUNDS // 12)  # whole runs: each round is one full run of the job
 
 
-def _job(demo: dict, out: str, extra: list[str] = ()) -> list[str]:
-    root = demo["root"]
-    sets = [f"inputs.paths=[{root}/videos/synthetic_cuts.mp4]", f"output.uri={out}",
-            f"models.clip.pretrained={demo['clip']['pretrained']}", f"models.clip.config={demo['clip']['config']}",
-            f"models.vlm.name_or_path={demo['vlm']['name_or_path']}", "output.samples_per_shard=2", f"models.clip.aesthetic_head={demo['aesthetic']}", *extra]
-    return [sys.executable, "-m", "pipeline", "run", str(ROOT / "jobs" / "demo.yaml"), "--quiet"] + \
-        [a for s in sets for a in ("--set", s)]
-
-
 def _start(cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, Path]:
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"vidcurate-lease-{os.getpid()}-{time.time_ns()}.log"
     with open(log, "w") as f:
@@ -280,33 +258,22 @@ def _start(cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, P
 
 
 def _finish(proc: subprocess.Popen, log: Path, timeout: float = 900) -> tuple[int, str]:
-    """Wait for a run; kill what is left of its session (its local Ray) by process group."""
+    """Wait for a run; kill what is left of its session (its local Ray)."""
     try:
         proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
     finally:
-        try:
-            os.killpg(proc.pid, 9)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        kill_session(proc)
     text = log.read_text()
     log.unlink()
     return proc.returncode, text
 
 
-# What Ray says when its local node does not come up in time (on a machine busy with other
-# work): the machine's failure, not the lease's. A run that fails so is run again.
-RAY_START_TIMEOUT = "The current node timed out during startup"
-
-
 def _run(cmd, env=None, tries: int = 3) -> tuple[int, str]:
     """Run a job to its end; again (up to ``tries`` in all) when Ray's own start timed out."""
-    for _ in range(tries):
-        rc, text = _finish(*_start(cmd, env))
-        if rc == 0 or RAY_START_TIMEOUT not in text:
-            break
-        print("the local Ray did not start in time; the run again", flush=True)
-    return rc, text
+    rc, out, err = run_cli(cmd, env, tries=tries)
+    return rc, out + err
 
 
 def _race_runs(cmds: list[list[str]], env: dict, offset: float) -> list[tuple[int, str, int]]:
@@ -344,95 +311,89 @@ def _local_snapshot(out: Path) -> dict[str, bytes]:
             if p.is_file() and (p.relative_to(out).parts[0] != "_work" or p.relative_to(out).parts[1] == "partitions")}
 
 
+@pytest.fixture(scope="module")
+def local_job(demo, tmp_path_factory):
+    """The small corpus's job (tests/conftest.py job_cmd) on one local output: (the output's
+    path, ``single(extra)``: the files of one undisturbed run with ``extra`` settings, made once
+    when first asked for, the output removed after)."""
+    out = tmp_path_factory.mktemp("lease") / "out"
+    made: dict[tuple, dict] = {}
+
+    def single(extra=()) -> dict[str, bytes]:
+        extra = tuple(extra)
+        if extra not in made:
+            shutil.rmtree(out, ignore_errors=True)
+            rc, text = _run(job_cmd(demo, out, extra))
+            assert rc == 0, text[-3000:]
+            made[extra] = _local_snapshot(out)
+            shutil.rmtree(out)
+        return made[extra]
+
+    return out, single
+
+
+OTHER = ("caption.max_new_tokens=12",)  # the second run's other settings in the last round
+
+
 @pytest.mark.slow
-def test_two_runs_race_on_a_local_output(demo, tmp_path):
+def test_two_runs_race_on_a_local_output(demo, local_job):
     """Two ``vidcurate run`` on one local output, started together (0-50 ms apart), several
     times, one round with other settings for the second: exactly one proceeds, the output is
     byte for byte a single run's, the other names the holder."""
-    out = tmp_path / "out"
-    other = ["caption.max_new_tokens=12"]
-    baselines = {}
-
-    def baseline(extra: tuple) -> dict:
-        if extra not in baselines:
-            rc, text = _run(_job(demo, str(out), list(extra)))
-            assert rc == 0, text[-3000:]
-            baselines[extra] = _local_snapshot(out)
-            shutil.rmtree(out)
-        return baselines[extra]
-
+    out, single = local_job
+    shutil.rmtree(out, ignore_errors=True)
     for n in range(RUN_ROUNDS + 1):
-        second = tuple(other) if n == RUN_ROUNDS else ()
-        cmds = [_job(demo, str(out)), _job(demo, str(out), list(second))]
+        second = OTHER if n == RUN_ROUNDS else ()
+        cmds = [job_cmd(demo, out), job_cmd(demo, out, second)]
         results = _race_runs(cmds, {}, offset=offset_of(n))
         won = _one_won(results, socket.gethostname(), lambda i: _run(cmds[i]))
         print(f"local round {n}: run {won} of 2 went on (second {offset_of(n) * 1000:.0f} ms later"
               f"{', other settings' if second else ''})", flush=True)
         got = _local_snapshot(out)
         shutil.rmtree(out)
-        assert got == baseline(second if won == 1 else ()), f"round {n}: the output differs from a single run's"
-
-
-def _s3_snapshot(client, bucket: str, prefix: str) -> dict[str, bytes]:
-    out = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
-        for o in page.get("Contents", []):
-            key = o["Key"][len(prefix) + 1:]
-            if not key.startswith("_work/") or key.startswith("_work/partitions/"):
-                out[key] = client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
-    return out
-
-
-def _s3_clear(client, bucket: str, prefix: str) -> None:
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
-        for o in page.get("Contents", []):
-            client.delete_object(Bucket=bucket, Key=o["Key"])
+        assert got == single(second if won == 1 else ()), f"round {n}: the output differs from a single run's"
 
 
 @pytest.mark.slow
-def test_two_runs_race_on_s3(demo, s3):
-    """The same on moto S3, behind a proxy that holds each request on the lease for 100 ms."""
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
-    proxy = FaultProxy(s3.endpoint, delay_s=0.1)
-    uri, endpoint = "s3://lease/runs", f"storage.endpoint_url={proxy.endpoint}"
-    other = ["caption.max_new_tokens=12"]
-    baselines = {}
+def test_two_runs_race_on_s3(s3_job):
+    """The same on moto S3 (tests/conftest.py S3Job), behind a proxy that holds each request on
+    the lease for 100 ms."""
     try:
-        def baseline(extra: tuple) -> dict:
-            if extra not in baselines:
-                rc, text = _run(_job(demo, uri, [endpoint, *extra]), CREDENTIALS)
-                assert rc == 0, text[-3000:]
-                baselines[extra] = _s3_snapshot(client, "lease", "runs")
-                _s3_clear(client, "lease", "runs")
-            return baselines[extra]
-
         for n in range(RUN_ROUNDS + 1):
-            second = tuple(other) if n == RUN_ROUNDS else ()
-            cmds = [_job(demo, uri, [endpoint]), _job(demo, uri, [endpoint, *second])]
-            results = _race_runs(cmds, CREDENTIALS, offset=offset_of(n))
-            won = _one_won(results, socket.gethostname(), lambda i: _run(cmds[i], CREDENTIALS))
+            second = OTHER if n == RUN_ROUNDS else ()
+            s3_job.clear()
+            s3_job.calm()
+            s3_job.proxy.delay_s = 0.1
+            cmds = [s3_job.cmd(), s3_job.cmd(second)]
+            results = _race_runs(cmds, S3_CREDENTIALS, offset=offset_of(n))
+            won = _one_won(results, socket.gethostname(), lambda i: _run(cmds[i], S3_CREDENTIALS))
             print(f"s3 round {n}: run {won} of 2 went on (second {offset_of(n) * 1000:.0f} ms later"
                   f"{', other settings' if second else ''})", flush=True)
-            got = _s3_snapshot(client, "lease", "runs")
-            _s3_clear(client, "lease", "runs")
-            assert got == baseline(second if won == 1 else ()), f"round {n}: the output differs from a single run's"
+            got = s3_job.output()
+            s3_job.clear()
+            expected, _ = s3_job.single(second if won == 1 else ())
+            assert got == expected, f"round {n}: the output differs from a single run's"
     finally:
-        proxy.stop()
+        s3_job.calm()
+        s3_job.clear()
+
+
+def _committed_work(out: Path) -> dict[str, int]:
+    """Per-video results committed in a local output, by stage."""
+    work = out / "_work"
+    return {d.name: n for d in sorted(work.iterdir()) if d.is_dir() and d.name not in ("logs", "partitions")
+            if (n := sum(1 for f in d.rglob("*") if f.is_file() and not f.name.endswith(".tmp")))}
 
 
 @pytest.mark.slow
-def test_a_run_that_loses_its_lease_stops_and_its_work_is_reused(demo, tmp_path):
+def test_a_run_that_loses_its_lease_stops_and_its_work_is_reused(demo, local_job):
     """Another run's lease replaces this run's mid-run: it exits 4 naming the holder, before
     writing a partition or the manifest; the next run reuses what it committed and ends with a
     single run's output."""
-    out = tmp_path / "out"
-    rc, text = _run(_job(demo, str(out)))
-    assert rc == 0, text[-3000:]
-    expected = _local_snapshot(out)
-    shutil.rmtree(out)
-    proc, log = _start(_job(demo, str(out)))
+    out, single = local_job
+    expected = single()
+    shutil.rmtree(out, ignore_errors=True)
+    proc, log = _start(job_cmd(demo, out))
     deadline = time.time() + 600
     while not list((out / "_work").glob("analyze/*/*.parquet")):  # the run has committed work
         assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
@@ -447,10 +408,13 @@ def test_a_run_that_loses_its_lease_stops_and_its_work_is_reused(demo, tmp_path)
         in text, text[-3000:]
     assert (out / KEY).read_bytes() == taker  # left as it is
     assert not (out / "manifest.json").exists() and not (out / "_work" / "partitions").exists()
-    committed = sorted(p.relative_to(out).as_posix() for p in (out / "_work").rglob("*.parquet"))
-    assert committed
+    committed = _committed_work(out)
+    assert committed.get("analyze"), committed
     (out / KEY).unlink()  # the taker is gone
-    rc, text = _run(_job(demo, str(out)))
+    rc, text = _run(job_cmd(demo, out))
     assert rc == 0, text[-3000:]
-    assert "[resume] committed results reused: analyze 1" in text, text[-3000:]
+    reused = next((line for line in text.splitlines() if line.startswith("[resume] committed results reused: ")),
+                  text[-3000:])
+    assert all(f" {stage} {n}" in reused for stage, n in committed.items()), (committed, reused)
     assert _local_snapshot(out) == expected
+    shutil.rmtree(out)
