@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, demo_overrides
+from tests.conftest import MINI_INPUTS, ROOT, demo_overrides, mini_overrides
 
 JOB = str(ROOT / "jobs" / "demo.yaml")
 
@@ -207,15 +207,21 @@ def test_relative_inputs_say_what_they_were_resolved_against(tmp_path):
 # ---- loud empty results, quiet runs
 
 
-def test_a_run_that_keeps_nothing_exits_3_naming_the_filter_and_prints_no_chatter(demo, tmp_path):
+@pytest.fixture(scope="module")
+def kept_nothing(demo, tmp_path_factory):
+    """``vidcurate run`` on the small corpus (a video and a bad file) with every clip too still
+    for scores.min_motion: (output, its --set arguments, the finished command)."""
+    out = tmp_path_factory.mktemp("kept_nothing") / "out"
+    sets = _sets(mini_overrides(demo, out) + ["scores.min_motion=1000"])
+    return out, sets, _cli("run", JOB, *sets)
+
+
+def test_a_run_that_keeps_nothing_exits_3_naming_the_filter_and_prints_no_chatter(kept_nothing):
     """The whole CLI on real files: every clip too still for scores.min_motion. Exit 3 with one
     line naming the filter and its threshold; a WARNING for the filter that dropped more than
     half; nothing from Ray or the libraries on the terminal (it is in _work/logs/run.log). A
     rerun finds the output complete and says the same, without starting Ray."""
-    root, out = demo["root"], tmp_path / "out"
-    sets = _sets(demo_overrides(demo, out) + [f"inputs.paths=[{root}/videos/carphone_pristine.mp4, {root}/bad/*]",
-                                              "scores.min_motion=1000"])
-    first = _cli("run", JOB, *sets)
+    out, sets, first = kept_nothing
     assert first.returncode == 3, first.stdout + first.stderr
     stats = json.loads((out / "stats.json").read_text())
     clips = stats["counts"]["clips"]
@@ -233,6 +239,23 @@ def test_a_run_that_keeps_nothing_exits_3_naming_the_filter_and_prints_no_chatte
     again = _cli("run", JOB, *sets)
     assert again.returncode == 3 and _error_line(again) == f"error: no clip kept: {want}"
     assert "nothing to do" in again.stdout and "goes to" not in again.stdout
+
+
+def test_job_with_nothing_kept_still_writes_every_table(kept_nothing):
+    """The same output: a videos row per input, the clips with their reason, and the captions
+    and chapters tables written, empty; no shard."""
+    import pyarrow.parquet as pq
+
+    out, _, first = kept_nothing
+    assert first.returncode == 3, first.stdout + first.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["clips_kept"] == 0 and manifest["shards"] == []
+    videos = pq.read_table(out / "videos").to_pylist()
+    assert len(videos) == len(MINI_INPUTS) == manifest["counts"]["videos_in"]
+    clips = pq.read_table(out / "clips").to_pylist()
+    assert clips and all(c["reason"] == "low_motion" for c in clips)
+    for name in ("captions", "chapters"):
+        assert pq.read_table(out / name).num_rows == 0
 
 
 def test_empty_and_lopsided_results_name_the_setting():

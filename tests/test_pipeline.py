@@ -313,24 +313,6 @@ def test_rerun_gives_identical_bytes(demo_run, demo, tmp_path):
     assert again["tables"] == manifest["tables"]  # every part's sha256
 
 
-def test_job_with_nothing_kept_still_writes_every_table(demo, ray_local, tmp_path):
-    from pipeline.plan import run_job
-    from pipeline.spec import load_spec
-
-    root = demo["root"]
-    out = tmp_path / "none_kept"
-    overrides = demo_overrides(demo, out) + [f"inputs.paths=[{root}/videos/carphone_pristine.mp4, {root}/bad/*]",
-                                             "scores.min_motion=1000"]
-    manifest = run_job(load_spec(ROOT / "jobs" / "demo.yaml", overrides), log=lambda *_: None)
-    assert manifest["counts"]["clips_kept"] == 0 and manifest["shards"] == []
-    videos = pq.read_table(out / "videos").to_pylist()
-    assert len(videos) == 1 + len(demo["bad"])
-    clips = pq.read_table(out / "clips").to_pylist()
-    assert clips and all(c["reason"] == "low_motion" for c in clips)
-    for name in ("captions", "chapters"):
-        assert pq.read_table(out / name).num_rows == 0
-
-
 def _snapshot(out: Path) -> dict:
     """path -> (bytes, mtime) of every file of an output outside _work/."""
     return {p.relative_to(out).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
