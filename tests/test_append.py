@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from tests.conftest import ROOT, demo_overrides
+from tests.conftest import ROOT, mini_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +22,15 @@ def _files(out: Path) -> dict[str, tuple[bytes, int]]:
             for p in sorted(out.rglob("*")) if p.is_file() and p.relative_to(out).parts[0] != "_work"}
 
 
-def _run(demo: dict, out: Path, paths: list[str], extra: list[str] = ()) -> dict:
+def _run(demo: dict, out: Path, inputs, extra: list[str] = (), log=lambda *_: None) -> dict:
+    """The demo job on ``inputs`` (paths under the demo root, or inputs.paths as one string) as
+    tests/conftest.py mini_settings runs it, two videos a partition."""
     from pipeline.plan import run_job
     from pipeline.spec import load_spec
 
-    overrides = demo_overrides(demo, out) + [f"inputs.paths=[{', '.join(paths)}]", "output.videos_per_partition=2",
-                                             "output.samples_per_shard=2", *extra]
-    return run_job(load_spec(ROOT / "jobs" / "demo.yaml", overrides), log=lambda *_: None)
+    overrides = mini_overrides(demo, out, inputs) + ["output.videos_per_partition=2", "output.samples_per_shard=2",
+                                                     *extra]
+    return run_job(load_spec(ROOT / "jobs" / "demo.yaml", overrides), log=log)
 
 
 def test_stock_readers_read_every_table_as_one_dataset(demo_run):
@@ -51,15 +53,20 @@ def test_stock_readers_read_every_table_as_one_dataset(demo_run):
     assert sorted(keys) == sorted(k for (k,) in kept) and len(keys) == len(set(keys)) == manifest["counts"]["samples"]
 
 
+# inputs in sorted order: a partition of two bad files, then one of a video with kept clips;
+# the second run adds a bad file and a video whose clips are all dropped, a third partition
+FIRST = ["bad/empty.mp4", "bad/notes_renamed.mp4", "videos/synthetic_cuts.mp4"]
+SECOND = [*FIRST, "bad/random_bytes.mp4", "videos/dark_static.mp4"]
+
+
 def test_more_inputs_append_partitions_and_leave_the_old_ones_alone(demo, ray_local, tmp_path):
-    videos = sorted(demo["videos"])
-    first, second = videos[:3], videos + [str(demo["root"] / "bad" / "*")]
+    first, second = FIRST, SECOND
     out = tmp_path / "grow"
     one = _run(demo, out, first)
-    assert [p["videos"] for p in one["partitions"]] == [2, 1]
+    assert [p["videos"] for p in one["partitions"]] == [2, 1] and one["shards"]
     before = _files(out)
     two = _run(demo, out, second)
-    assert [p["partition"] for p in two["partitions"]] == [0, 1, 2, 3, 4]
+    assert [p["partition"] for p in two["partitions"]] == [0, 1, 2]
     assert two["partitions"][:2] == one["partitions"]
     after = _files(out)
     old = [p for t in one["tables"].values() for p in t["parts"]] + one["shards"] + one["long_shards"]
@@ -69,7 +76,7 @@ def test_more_inputs_append_partitions_and_leave_the_old_ones_alone(demo, ray_lo
         {s["path"] for s in two["shards"] + two["long_shards"]}
     assert {f["path"] for f in old} < listed
     assert {k for k in after if k.split("/")[0] in (*schemas.TABLES, "shards", "long_shards")} == listed
-    assert two["counts"]["videos_in"] == len(videos) + len(demo["bad"])
+    assert two["counts"]["videos_in"] == len(second)
     videos_table = pq.read_table(out / "videos").to_pylist()
     assert len(videos_table) == two["counts"]["videos_in"] == len({v["video_id"] for v in videos_table})
 
@@ -117,7 +124,7 @@ def test_dataset_level_stage_runs_over_every_partition_before_the_writers(demo_r
         shutil.copytree(done / "_work" / stage, out / "_work" / stage)
     stage = DatasetStage("longest", map="tests.test_append:longest_map", reduce="tests.test_append:longest_reduce")
     monkeypatch.setattr(pipeline.plan, "DATASET_STAGES", (stage,))
-    paths = [str(demo["root"] / "videos" / "*.mp4")]
+    paths = str(demo["root"] / "videos" / "*.mp4")
     manifest = _run(demo, out, paths)
     assert len(manifest["partitions"]) == 3
     clips = pq.read_table(out / "clips").to_pylist()
@@ -128,14 +135,11 @@ def test_dataset_level_stage_runs_over_every_partition_before_the_writers(demo_r
     assert manifest["counts"]["clips_kept"] == sum(c["status"] == "kept" for c in clips)
     assert json.loads((out / "stats.json").read_text())["clip_reasons"]["dataset_longest"] == 1
     lines = []
-    from pipeline.plan import run_job
-    from pipeline.spec import load_spec
-
-    again = run_job(load_spec(ROOT / "jobs" / "demo.yaml", demo_overrides(demo, out) + [
-        f"inputs.paths=[{paths[0]}]", "output.videos_per_partition=2", "output.samples_per_shard=2"]), log=lines.append)
+    again = _run(demo, out, paths, log=lines.append)
     assert again == manifest and "nothing to do" in lines[-1]
     # gc keeps the drops the manifest's partitions use and removes those of earlier runs
     from pipeline.output import collect_garbage
+    from pipeline.spec import load_spec
     from pipeline.storage import open_store
 
     used = {key for p in manifest["partitions"] for key in p.get("drops", [])}

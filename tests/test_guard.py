@@ -14,7 +14,7 @@ from pipeline.spec import apply_overrides, parse_spec
 from stages.analyze import analyze_video
 from stages.guard import GuardFailure, run_guarded
 from tests import guard_targets as t
-from tests.conftest import ROOT, demo_overrides
+from tests.conftest import ROOT, demo_overrides, mini_settings
 from tests.corpus import CORPUS_SPEC, build_corpus, decode_check_files, encode
 
 
@@ -158,7 +158,7 @@ def test_corpus_through_the_pipeline(corpus, demo, ray_local, tmp_path):
 
     root, expected = corpus
     out = tmp_path / "out"
-    overrides = demo_overrides(demo, out) + [f"inputs.paths=[{root}/*]"] + CORPUS_SPEC
+    overrides = demo_overrides(demo, out) + [f"inputs.paths=[{root}/*]"] + CORPUS_SPEC + mini_settings()
     manifest = run_job(load_spec(ROOT / "jobs" / "demo.yaml", overrides), log=lambda *_: None)
     videos = {r["uri"].rsplit("/", 1)[1]: r for r in pq.read_table(out / "videos").to_pylist()}
     assert sorted(videos) == sorted(expected)
