@@ -99,7 +99,7 @@ def test_a_threshold_rerun_decodes_nothing_and_calls_no_model_for_measured_clips
 
     stricter = run_job(load_spec(job, demo_overrides(demo, out) + ["scores.min_motion=0.3"]), log=lambda *_: None)
     work = _stage_work(out)
-    assert not {"analyze", "clip", "prepare", "caption"} & set(work), work
+    assert not {"analyze", "clip", "text", "prepare", "caption"} & set(work), work
     clips = _tables(out)["clips"]
     kept = {c["clip_id"] for c in clips if c["status"] == "kept"}
     assert kept < kept_before and stricter["counts"]["clips"] == first["counts"]["clips"]
@@ -112,7 +112,7 @@ def test_a_threshold_rerun_decodes_nothing_and_calls_no_model_for_measured_clips
     looser = load_spec(job, demo_overrides(demo, out) + ["clip_filter.max_reject_margin=1.0"])
     run_job(looser, log=lambda *_: None)
     work = _stage_work(out)
-    assert not {"analyze", "clip"} & set(work), work
+    assert not {"analyze", "clip", "text"} & set(work), work
     clips = _tables(out)["clips"]
     now_kept = {c["clip_id"] for c in clips if c["status"] == "kept"}
     new = now_kept - kept_before
