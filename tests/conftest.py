@@ -50,10 +50,14 @@ MINI_INPUTS = ("videos/synthetic_cuts.mp4", "bad/empty.mp4")
 
 def mini_settings() -> list[str]:
     """One task or actor per stage and every stage in one streaming chain: a run of the small
-    corpus pays each model's load once and no pass's start-up more than once."""
+    corpus pays each model's load once and no pass's start-up more than once. A run's own
+    local Ray gets CPUs (logical ones, on any machine) for every actor and a task of every task
+    stage at once, as ray.stream asks of a cluster: a chain short of them can wait forever for
+    an actor restarted after its worker died (on a shared local Ray, ray_local, there are 2)."""
     from pipeline.spec import Resources
 
-    return [f"resources.{name}.concurrency=1" for name in Resources.model_fields] + ["ray.stream=true"]
+    return [f"resources.{name}.concurrency=1" for name in Resources.model_fields] + ["ray.stream=true",
+                                                                                    "ray.num_cpus=8"]
 
 
 def mini_overrides(demo: dict, out, inputs=MINI_INPUTS) -> list[str]:

@@ -17,47 +17,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, job_cmd, kill_session
 
 pytestmark = pytest.mark.slow
 SECRET = "vidcurate-test-secret-3f9a7c1e5d"
 
 
-def _job(demo: dict, out: str, extra: list[str] = ()) -> list[str]:
-    root = demo["root"]
-    sets = [f"inputs.paths=[{root}/videos/synthetic_cuts.mp4, {root}/videos/bikes.mp4, {root}/bad/random_bytes.mp4]",
-            f"output.uri={out}", f"models.clip.pretrained={demo['clip']['pretrained']}",
-            f"models.clip.config={demo['clip']['config']}", f"models.vlm.name_or_path={demo['vlm']['name_or_path']}",
-            "output.samples_per_shard=2", "output.videos_per_partition=1", f"models.clip.aesthetic_head={demo['aesthetic']}", *extra]
-    return [sys.executable, "-m", "pipeline", "run", str(ROOT / "jobs" / "demo.yaml"), "--quiet"] + \
-        [a for s in sets for a in ("--set", s)]
+# three inputs, one partition each: a run killed mid-way can leave some partitions committed
+INPUTS = ("videos/synthetic_cuts.mp4", "videos/bikes.mp4", "bad/random_bytes.mp4")
+# one streaming chain (tests/conftest.py mini_settings) with prepare tasks feeding the caption
+# actor, as on GPU nodes; test_stage_by_stage_gives_the_same_output runs the other way
+SETTINGS = ("output.videos_per_partition=1", "ray.feeder_tasks=true")
 
 
-def _session_processes(sid: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: the session id
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def _kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver and every process of its session (its Ray), then wait until they are gone."""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 60
-    while (left := _session_processes(proc.pid)) and time.time() < deadline:
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
-    assert not _session_processes(proc.pid)
+def _job(demo: dict, out, extra=(), inputs=INPUTS) -> list[str]:
+    return job_cmd(demo, out, [*SETTINGS, *extra], inputs=inputs)
 
 
 def _run(cmd: list[str], env: dict | None = None, kill_when=None, timeout: float = 600) -> tuple[int, str]:
@@ -72,14 +46,11 @@ def _run(cmd: list[str], env: dict | None = None, kill_when=None, timeout: float
                 if time.time() > deadline:
                     raise AssertionError(f"job did not finish in {timeout}s: {log.read_text()[-3000:]}")
                 if kill_when is not None and kill_when():
-                    _kill_session(proc)
+                    kill_session(proc)
                     break
                 time.sleep(0.2)
         finally:
-            if proc.poll() is None:
-                _kill_session(proc)
-            for pid in _session_processes(proc.pid):  # Ray processes outliving a finished driver
-                os.kill(pid, signal.SIGKILL)
+            kill_session(proc)  # the driver, if still there, and Ray processes outliving it
     text = log.read_text()
     log.unlink()
     return proc.returncode, text
@@ -96,6 +67,7 @@ def baseline(demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("commit") / "out"
     rc, text = _run(_job(demo, str(out)))
     assert rc == 0, text[-3000:]
+    assert "[all stages] 3 videos" in text, text[-3000:]
     files = _snapshot(out)
     manifest = json.loads(files["manifest.json"])
     assert manifest["counts"]["samples"] >= 3 and len(manifest["shards"]) >= 2 and len(manifest["partitions"]) == 3
@@ -135,19 +107,18 @@ def test_killed_workers_change_nothing(baseline, demo, tmp_path):
     _check_manifest(other, got)
 
 
-def test_streaming_all_stages_gives_the_same_output(baseline, demo, tmp_path):
-    """With CPUs for every actor pool, all stages stream in one chain (model actors start while
-    videos still decode), here with prepare tasks feeding the caption actor (``ray.feeder_tasks``);
-    the data written is the stage-by-stage run's (whose caption actors make their own inputs),
-    byte for byte."""
+def test_stage_by_stage_gives_the_same_output(baseline, demo, tmp_path):
+    """Stage by stage (one pass per stage, ``ray.stream=false``), each caption actor making its
+    own inputs (``ray.feeder_tasks=false``): the data written is the streaming chain's (whose
+    caption actor prepare tasks feed), byte for byte."""
     out, files = baseline
     other = tmp_path / "out"
-    rc, text = _run(_job(demo, str(other), ["ray.num_cpus=6", "ray.feeder_tasks=true"]))  # prepare tasks feed the actor
+    rc, text = _run(_job(demo, str(other), ["ray.stream=false", "ray.feeder_tasks=false"]))
     assert rc == 0, text[-3000:]
-    assert "[all stages] 3 videos" in text and "[analyze]" not in text
+    assert "[analyze] 3 videos" in text and "[all stages]" not in text
     got = _snapshot(other)
     assert set(got) == set(files)
-    for name in sorted(set(files) - {"manifest.json", "spec.yaml"}):  # those two record ray.num_cpus
+    for name in sorted(set(files) - {"manifest.json", "spec.yaml"}):  # those two record the ray settings
         assert got[name].replace(str(other).encode(), str(out).encode()) == files[name], name
     mine, theirs = json.loads(got["manifest.json"]), json.loads(files["manifest.json"])
     assert mine["shards"] == theirs["shards"] and mine["tables"] == theirs["tables"]
@@ -319,8 +290,8 @@ def test_job_reads_and_writes_s3_and_keeps_secrets(s3, demo):
         client.upload_file(str(root / name), "raw", f"in/{name}")
     (root.parent / "job_s3.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhello there\n")
     client.upload_file(str(root.parent / "job_s3.srt"), "raw", "in/videos/bikes.srt")
-    cmd = _job(demo, "s3://curated/run1", [f"storage.endpoint_url={s3['endpoint']}",
-                                           "inputs.paths=[s3://raw/in/videos/, s3://raw/in/bad/*.mp4]"])
+    cmd = _job(demo, "s3://curated/run1", [f"storage.endpoint_url={s3['endpoint']}"],
+               inputs="s3://raw/in/videos/, s3://raw/in/bad/*.mp4")
     rc, text = _run(cmd, env=s3["env"])
     assert rc == 0, text[-3000:]
     objects = {}
