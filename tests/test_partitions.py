@@ -21,8 +21,8 @@ def _inputs(n: int, start: int = 0) -> list[dict]:
 # --- the stage graph --------------------------------------------------------------------------
 
 def test_graph_is_one_chain_and_derives_keys_and_fingerprints():
-    assert graph.STAGES == ("analyze", "clip", "text", "caption", "hierarchy")
-    assert [s.after for s in graph.GRAPH] == [None, "analyze", "clip", "text", "caption"]
+    assert graph.STAGES == ("analyze", "clip", "text", "speech", "caption", "hierarchy")
+    assert [s.after for s in graph.GRAPH] == [None, "analyze", "clip", "text", "speech", "caption"]
     # a stage switched off drops out of the chain the job runs; the next reads the one before
     assert [(s.name, s.after) for s in graph.chain(SPEC)] == [
         ("analyze", None), ("clip", "analyze"), ("caption", "clip"), ("hierarchy", "caption")]
@@ -31,7 +31,11 @@ def test_graph_is_one_chain_and_derives_keys_and_fingerprints():
     assert [(s.name, s.after) for s in graph.chain(texts)][2:4] == [("text", "clip"), ("caption", "text")]
     assert graph.chain(texts)[3].feeder.after == "text"
     on = texts.fingerprints()
-    assert list(on) == [*graph.STAGES, "output", "decide"]
+    assert list(on) == [s for s in graph.STAGES if s != "speech"] + ["output", "decide"]
+    both = parse_spec({**texts.model_dump(mode="json"), "speech": {"enabled": True}})
+    assert [(s.name, s.after) for s in graph.chain(both)][2:5] == [("text", "clip"), ("speech", "text"),
+                                                                 ("caption", "speech")]
+    assert list(both.fingerprints()) == [*graph.STAGES, "output", "decide"]
     assert on["clip"] == SPEC.fingerprints()["clip"] and on["caption"] != SPEC.fingerprints()["caption"]
     assert graph.work_key("hierarchy", "f", "u") == "_work/hierarchy/f/u.json"
     assert graph.work_key("clip", "f", "u") == "_work/clip/f/u.parquet"
@@ -316,7 +320,7 @@ def test_auto_pools_fill_the_cluster_in_a_pass_and_never_take_the_feeders_cpu():
     assert pool_sizes(SPEC, [caption], [1.0, 2.0, 2.0], 0.0) == {"caption": 5}
     assert pool_sizes(SPEC, [hierarchy], [1.0, 2.0, 2.0], 0.0) == {"hierarchy": 5}
     assert pool_sizes(SPEC, [caption], [16.0], 4.0) == {"caption": 4}  # one per GPU (num_gpus: auto)
-    assert pool_sizes(SPEC, list(graph.GRAPH), [64.0], 0.0) == {"clip": 1, "caption": 1, "hierarchy": 1}  # a chain
+    assert pool_sizes(SPEC, list(graph.chain(SPEC)), [64.0], 0.0) == {"clip": 1, "caption": 1, "hierarchy": 1}  # a chain
     fixed = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"clip": {"concurrency": 3}}})
     assert pool_sizes(fixed, [clip], [16.0], 0.0) == {"clip": 3}
     halves = parse_spec({**SPEC.model_dump(mode="json"), "resources": {"hierarchy": {"num_gpus": 0.5}}})
