@@ -41,7 +41,7 @@ def test_graph_is_one_chain_and_derives_keys_and_fingerprints():
     assert graph.work_key("clip", "f", "u") == "_work/clip/f/u.parquet"
     assert graph.work_key("hierarchy", "f", "u", "k") == "_work/hierarchy/f/u-k.json"
     fps = SPEC.fingerprints()
-    assert list(fps) == [s for s in graph.STAGES if s != "text"] + ["output", "decide"]
+    assert list(fps) == [s for s in graph.STAGES if s not in ("text", "speech")] + ["output", "decide"]
     # a stage's settings move its fingerprint and every later one, never an earlier one
     other = parse_spec({**SPEC.model_dump(mode="json"), "caption": {"max_new_tokens": 7}}).fingerprints()
     assert [fps[s] == other[s] for s in fps] == [True, True, False, False, False, True]
