@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import ROOT, demo_overrides
+from tests.conftest import ROOT, demo_overrides, mini_settings
 
 SCORES = SimpleNamespace(min_motion=None, max_motion=None, min_sharpness=20.0, min_brightness=None,
                          max_brightness=None, min_contrast=None, max_black_fraction=None, max_frozen_fraction=None,
@@ -87,7 +87,9 @@ def test_a_threshold_rerun_decodes_nothing_and_calls_no_model_for_measured_clips
     """On the demo job's finished output: a stricter motion threshold re-runs no analysis, no
     CLIP and no caption call, only the hierarchy of the videos whose kept clips changed; a looser
     CLIP margin then captions only the clips it newly keeps. The output is then byte for byte
-    that of a fresh run with the final thresholds."""
+    that of a fresh run with the final thresholds. The reruns and the fresh run go one actor
+    per stage in one streaming chain (tests/conftest.py mini_settings): how a run is laid out
+    on the cluster shapes no result, and each starts every model once."""
     from pipeline.plan import run_job
     from pipeline.spec import load_spec
 
@@ -97,7 +99,8 @@ def test_a_threshold_rerun_decodes_nothing_and_calls_no_model_for_measured_clips
     job = ROOT / "jobs" / "demo.yaml"
     kept_before = {c["clip_id"] for c in _tables(out)["clips"] if c["status"] == "kept"}
 
-    stricter = run_job(load_spec(job, demo_overrides(demo, out) + ["scores.min_motion=0.3"]), log=lambda *_: None)
+    stricter = run_job(load_spec(job, [*demo_overrides(demo, out), *mini_settings(), "scores.min_motion=0.3"]),
+                       log=lambda *_: None)
     work = _stage_work(out)
     assert not {"analyze", "clip", "text", "prepare", "caption"} & set(work), work
     clips = _tables(out)["clips"]
@@ -109,7 +112,7 @@ def test_a_threshold_rerun_decodes_nothing_and_calls_no_model_for_measured_clips
     captioned = {c["clip_id"] for c in _tables(out)["captions"] if c["level"] == "clip"}
     assert captioned == kept  # a clip the thresholds drop carries no caption, made earlier or not
 
-    looser = load_spec(job, demo_overrides(demo, out) + ["clip_filter.max_reject_margin=1.0"])
+    looser = load_spec(job, [*demo_overrides(demo, out), *mini_settings(), "clip_filter.max_reject_margin=1.0"])
     run_job(looser, log=lambda *_: None)
     work = _stage_work(out)
     assert not {"analyze", "clip", "text"} & set(work), work
@@ -121,8 +124,8 @@ def test_a_threshold_rerun_decodes_nothing_and_calls_no_model_for_measured_clips
 
     fresh = tmp_path / "fresh"
     again = run_job(looser, log=lambda *_: None)
-    theirs = run_job(load_spec(job, demo_overrides(demo, fresh) + ["clip_filter.max_reject_margin=1.0"]),
-                     log=lambda *_: None)
+    theirs = run_job(load_spec(job, [*demo_overrides(demo, fresh), *mini_settings(),
+                                     "clip_filter.max_reject_margin=1.0"]), log=lambda *_: None)
     assert {n: [p["sha256"] for p in t["parts"]] for n, t in again["tables"].items()} == \
         {n: [p["sha256"] for p in t["parts"]] for n, t in theirs["tables"].items()}
     assert [s["sha256"] for s in again["shards"] + again["long_shards"]] == \
