@@ -58,6 +58,11 @@ def link_hierarchy(rows: dict) -> None:
         if c.get("caption_id"):
             rows["captions"].append(clip_caption(c, ch))
             rows["captions"].extend(window_caption(c, w) for w in c.get("windows") or [])
+    for c in rows["clips"]:  # dropped for its caption (caption_mismatch): the caption stays, marked
+        if c["status"] != "kept" and c.get("caption_id"):
+            rows["captions"].append({**clip_caption({**c, "chapter_id": None}, None), "dropped": c["reason"]})
+            rows["captions"].extend({**window_caption(c, w), "dropped": c["reason"]}
+                                    for w in c.get("windows") or [])
     rows["chapter_of"], rows["video_caption"] = chapter_of, video_caption
 
 
@@ -210,13 +215,16 @@ def run_stats(videos, clips, captions, shards) -> dict:
         if v["status"] != "ok":
             analyze.drop(v["reason"])
     reasons = Counter(c["reason"] for c in clips if c["status"] == "rejected")
-    # the funnel's groups: the cut's rules, then the thresholds by spec section (schemas.scores)
+    # the funnel's groups: the cut's rules, then the thresholds by spec section (schemas.scores),
+    # then those on scores measured after captioning (the caption's own fit)
     shot_drops = set(CUT_REASONS)
-    score_drops = {t.reason for _, t in thresholds() if t.section == "scores"}
-    clip_drops = {t.reason for _, t in thresholds() if t.section == "clip_filter"}
+    late = {t.reason for s, t in thresholds() if s.stage == "caption_fit"}
+    score_drops = {t.reason for _, t in thresholds() if t.section == "scores"} - late
+    clip_drops = {t.reason for _, t in thresholds() if t.section == "clip_filter"} - late
     after_shots = len(clips) - sum(n for r, n in reasons.items() if r in shot_drops)
     after_scores = after_shots - sum(n for r, n in reasons.items() if r in score_drops)
     after_clip = after_scores - sum(n for r, n in reasons.items() if r in clip_drops)
+    after_fit = after_clip - sum(n for r, n in reasons.items() if r in late)
     kept = sum(c["status"] == "kept" for c in clips)
     levels = Counter(c["level"] for c in captions)
     counts = {
@@ -228,6 +236,7 @@ def run_stats(videos, clips, captions, shards) -> dict:
         "clips_after_shots": after_shots,
         "clips_after_scores": after_scores,
         "clips_after_clip_filter": after_clip,
+        "clips_after_caption_fit": after_fit,
         "clips_kept": kept,
         "captions": dict(sorted(levels.items())),
         "clip_caption_parse": dict(sorted(Counter(c["parse_status"] for c in captions

@@ -13,7 +13,9 @@ def _print_summary(manifest: dict, out: str, say=print) -> None:
     say(f"  videos    in {c['videos_in']}, accepted {c['videos_ok']}, rejected {c['videos_rejected']}, "
         f"errors {c['videos_error']}")
     say(f"  clips     {c['clips']} found; kept after shots {c['clips_after_shots']}, after scores "
-        f"{c['clips_after_scores']}, after CLIP filter {c['clips_after_clip_filter']}")
+        f"{c['clips_after_scores']}, after CLIP filter {c['clips_after_clip_filter']}"
+        + (f", after caption fit {c['clips_after_caption_fit']}"
+           if c.get("clips_after_caption_fit", c["clips_after_clip_filter"]) != c["clips_after_clip_filter"] else ""))
     caps = ", ".join(f"{k} {v}" for k, v in c["captions"].items()) or "none"
     say(f"  captions  {caps}; chapters {c['chapters']}")
     say(f"  shards    {c['shards']} ({c['samples']} samples) in {len(manifest['partitions'])} partition(s)")

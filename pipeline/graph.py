@@ -63,7 +63,9 @@ GRAPH: tuple[Stage, ...] = (
     Stage("caption", "speech", ("models.vlm", "caption"), "actor", "pipeline.units:CaptionUnits",
           prompts=("caption.prompt_name",), unit_batch="caption.videos_per_batch",
           feeder=Stage("prepare", "speech", (), "task", "pipeline.units:PrepareUnits")),
-    Stage("hierarchy", "caption", ("chapters",), "actor", "pipeline.units:HierarchyUnits",
+    Stage("caption_fit", "caption", ("models.clip", "caption_fit"), "actor", "pipeline.units:CaptionFitUnits",
+          enabled="caption_fit.enabled"),
+    Stage("hierarchy", "caption_fit", ("chapters",), "actor", "pipeline.units:HierarchyUnits",
           prompts=("chapters.chapter_prompt", "chapters.video_prompt", "chapters.entity_prompt", "chapter_title_v1"),
           result="json"),
 )

@@ -349,7 +349,11 @@ def build_report(summary: dict, manifest: dict, detail: dict[str, list[dict]], t
     funnel = [("videos in", counts["videos_in"]), ("videos accepted", counts["videos_ok"]),
               ("clips found", counts["clips"]), ("after shot rules", counts["clips_after_shots"]),
               ("after score filters", counts["clips_after_scores"]),
-              ("after CLIP filter", counts["clips_after_clip_filter"]), ("kept", counts["clips_kept"]),
+              ("after CLIP filter", counts["clips_after_clip_filter"]),
+              *([("after caption fit", counts["clips_after_caption_fit"])]
+                if counts.get("clips_after_caption_fit", counts["clips_after_clip_filter"])
+                != counts["clips_after_clip_filter"] else []),
+              ("kept", counts["clips_kept"]),
               ("captioned", counts["captions"].get("clip", 0)), ("samples in shards", counts["samples"])]
     parts += ["<h2>Funnel</h2>", _bars([(k, v, KEPT) for k, v in funnel])]
     video_reasons = Counter({k[len("dropped_"):]: v for k, v in stats["video_reasons"].items()

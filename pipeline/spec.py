@@ -200,6 +200,11 @@ class Scores(_Section):
     max_text_area: Optional[float] = Field(None, ge=0, le=1, description="Reject (text_overlay) above this share "
                                            "of the frame covered by on-screen text that persists over the clip "
                                            "(subtitles, captions, watermarks, logos); needs text.enabled.")
+    min_caption_clip_sim: Optional[float] = Field(None, ge=-1, le=1, description="Reject (caption_mismatch) below "
+                                                  "this CLIP cosine between the clip caption's text embedding and "
+                                                  "the clip's image embedding (on the CLIP model's scale: matching "
+                                                  "pairs score about 0.25-0.35 on ViT-B/32 and ViT-L/14); needs "
+                                                  "caption_fit.enabled. The clip keeps its caption, marked dropped.")
 
     @model_validator(mode="after")
     def _order(self):
@@ -242,6 +247,12 @@ class Speech(_Section):
                                     "model detects it per 30-s window.")
     chunk_s: float = Field(30.0, ge=1, le=30, description="Seconds of audio per window (Whisper reads 30 s).")
     max_new_tokens: int = Field(224, ge=1, le=440, description="Tokens generated per window at most.")
+
+
+class CaptionFit(_Section):
+    enabled: bool = Field(False, description="Score how well each clip caption fits its clip "
+                          "(clips.caption_clip_sim): the CLIP text embedding of the caption against the clip's "
+                          "image embedding, with models.clip, in an actor stage after captioning.")
 
 
 class ClipFilter(_Section):
@@ -378,6 +389,9 @@ class Resources(_Section):
     speech: StageResources = Field(StageResources(concurrency="auto", batch_size=8, num_gpus="auto"),
                                    description="Whisper actors (speech.enabled); batch_size: 30-s windows per "
                                    "generate call.")
+    caption_fit: StageResources = Field(StageResources(concurrency="auto", batch_size=64, num_gpus="auto"),
+                                        description="CLIP actors scoring caption-clip fit (caption_fit.enabled); "
+                                        "batch_size: captions per text-encoder call.")
     prepare: StageResources = Field(StageResources(concurrency=2), description="CPU tasks making the captioner's "
                                     "inputs (frames, prompts, processor) ahead of the caption actors.")
     hierarchy: StageResources = StageResources(concurrency="auto", batch_size=4, num_gpus="auto")
@@ -441,6 +455,7 @@ class JobSpec(_Section):
     text: Text = Text()
     speech: Speech = Speech()
     caption: Caption = Caption()
+    caption_fit: CaptionFit = CaptionFit()
     chapters: Chapters = Chapters()
     models: Models = Models()
     resources: Resources = Resources()
@@ -454,9 +469,16 @@ class JobSpec(_Section):
         return self
 
     @model_validator(mode="after")
-    def _text(self):
-        if self.scores.max_text_area is not None and not self.text.enabled:
-            raise ValueError("scores.max_text_area needs text.enabled: true (the stage that measures text_area)")
+    def _measured(self):
+        """A threshold set on a score whose stage is switched off would never decide anything."""
+        from pipeline.graph import BY_NAME, setting
+        from schemas.scores import thresholds
+        from stages.decide import limit_of
+
+        for score, threshold in thresholds():
+            switch = BY_NAME[score.stage].enabled
+            if switch and limit_of(threshold, self) is not None and not setting(self, switch):
+                raise ValueError(f"{threshold.key} needs {switch}: true (the stage that measures {score.name})")
         return self
 
     def fingerprints(self) -> dict[str, str]:

@@ -145,12 +145,16 @@ class _UnitStage(abc.ABC):
         decision, the hierarchy, reads what it needs to name it)."""
         return self.key(row)
 
+    def committed(self, store, key: str, row: dict) -> bool:
+        """Whether the unit's result at ``key`` is committed and still whole."""
+        return store.exists(key)
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         store = open_store(self.spec.output.uri, self.spec.storage)
         rows = batch.to_pylist()
         for row in rows:
             key = self.result_key(store, row)
-            if store.exists(key):
+            if self.committed(store, key, row):
                 row["reused"] = [*(row["reused"] or []), self.stage.name]
                 continue
             fault_point(self.stage.name)
@@ -410,6 +414,47 @@ class CaptionUnits(_UnitStage):
         return pa.Table.from_pylist(rows, schema=UNIT)
 
 
+class CaptionFitUnits(_UnitStage):
+    """Ray actor stage: caption-clip fit (stages.fit) of each unit's captioned clips, in model
+    batches of ``resources.caption_fit.batch_size`` captions, committed per video. It decides
+    nothing: ``caption_mismatch`` is applied by stages.decide. A threshold rerun that keeps
+    more clips adds their captions to the committed caption result in place, so a committed
+    fit result counts only while it scores every caption there; otherwise the unit's captions
+    are scored again (one text-encoder pass, no image)."""
+
+    def __init__(self, *, spec, fps: dict[str, str], stage):
+        from stages.fit import CaptionFitStage
+
+        super().__init__(spec=spec, fps=fps, stage=stage)
+        self.batch_size = spec.resources.caption_fit.batch_size
+        self.model_stage = CaptionFitStage(model=spec.models.clip, settings=spec.caption_fit)  # loads on first use
+        self._read: dict[str, tuple[dict, pa.Table]] = {}
+
+    @staticmethod
+    def _captioned(clips: pa.Table, column: str = "caption_model") -> set[str]:
+        return {i for i, m in zip(clips.column("clip_id").to_pylist(), clips.column(column).to_pylist()) if m}
+
+    def committed(self, store, key: str, row: dict) -> bool:
+        video, clips = self._read[row["unit_id"]] = self.previous(store, row)
+        if not store.exists(key):
+            return False
+        scored = decode_unit(store.read(key))[1]
+        if self._captioned(clips) <= self._captioned(scored, "caption_fit_model"):
+            del self._read[row["unit_id"]]
+            return True
+        return False
+
+    def work(self, store, row: dict) -> bytes:
+        video, clips = self._read.pop(row["unit_id"])
+        rows = clips.to_pylist()
+        todo = [r for r in rows if r.get("caption_text") and r.get("embedding") is not None]
+        scored = {}
+        for start in range(0, len(todo), self.batch_size):
+            for r in self.model_stage(schemas.work_table(todo[start:start + self.batch_size])).to_pylist():
+                scored[r["clip_id"]] = r
+        return encode_unit(video, schemas.work_table([scored.get(r["clip_id"], r) for r in rows]))
+
+
 def kept_variant(kept: list[str]) -> str | None:
     """The hierarchy result's name part for a kept set (None when nothing is kept)."""
     import hashlib
@@ -472,7 +517,7 @@ def read_unit(store, fps: dict[str, str], unit: str, spec) -> tuple[dict, list[d
     rows = decided(clips.drop_columns(["frames"]).to_pylist(), spec)
     kept = [c["clip_id"] for c in rows if c["status"] == "kept"]
     for c in rows:
-        if c["status"] != "kept":
+        if c["status"] != "kept" and c["reason"] != "caption_mismatch":  # dropped for its caption: it stays
             c.update({k: None for k in CAPTION_COLUMNS})
             c["windows"] = [{**w, **{k: None for k in w if k.startswith("caption_")}}
                             for w in c.get("windows") or []] or None

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from schemas.scores import score_fields
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 
 VIDEO_STATUS = ("ok", "rejected", "error")
 CLIP_STATUS = ("kept", "rejected")
@@ -111,6 +111,9 @@ CAPTIONS = _versioned("captions", [
     pa.field("model", pa.string(), nullable=False),
     pa.field("prompt_version", pa.string(), nullable=False),
     pa.field("generation", pa.string(), nullable=False),
+    # the reason its clip was dropped when the caption itself dropped it (caption_mismatch: the
+    # caption is kept, for inspection and re-captioning); null for every caption of kept clips
+    pa.field("dropped", pa.string()),
 ])
 
 CHAPTERS = _versioned("chapters", [

@@ -122,6 +122,10 @@ SCORES: tuple[Score, ...] = (
     # on-screen text that persists over the sampled frames (stages.ocr, PP-OCRv4 detection)
     Score("text_area", pa.float32(), "text", "on-screen text (share of the frame)", (0.0, 1.0, False),
           (_max("scores.max_text_area", "text_overlay"),), measured_by="text_model", provenance="text_model"),
+    # the clip caption against the clip's image embedding, by CLIP (stages.fit, after captioning)
+    Score("caption_clip_sim", pa.float32(), "caption_fit", "caption-clip fit (CLIP text-image cosine)",
+          (-1.0, 1.0, False), (_min("scores.min_caption_clip_sim", "caption_mismatch"),),
+          measured_by="caption_fit_model", provenance="caption_fit_model"),
 )
 
 BY_NAME: dict[str, Score] = {s.name: s for s in SCORES}

@@ -102,7 +102,7 @@ def test_a_threshold_rerun_decodes_nothing_and_calls_no_model_for_measured_clips
     stricter = run_job(load_spec(job, [*demo_overrides(demo, out), *mini_settings(), "scores.min_motion=0.3"]),
                        log=lambda *_: None)
     work = _stage_work(out)
-    assert not {"analyze", "clip", "text", "prepare", "caption"} & set(work), work
+    assert not {"analyze", "clip", "text", "prepare", "caption", "caption_fit"} & set(work), work
     clips = _tables(out)["clips"]
     kept = {c["clip_id"] for c in clips if c["status"] == "kept"}
     assert kept < kept_before and stricter["counts"]["clips"] == first["counts"]["clips"]
@@ -121,6 +121,9 @@ def test_a_threshold_rerun_decodes_nothing_and_calls_no_model_for_measured_clips
     new = now_kept - kept_before
     assert new and {c["clip_id"] for c in _tables(out)["captions"] if c["level"] == "clip"} == now_kept
     assert work["caption"]["videos"] == len({c["video_id"] for c in clips if c["clip_id"] in new})
+    # the caption results grew in place: their fit is scored again, for those videos only
+    assert work["caption_fit"]["videos"] == work["caption"]["videos"]
+    assert all(c["caption_clip_sim"] is not None for c in clips if c["clip_id"] in now_kept)
 
     fresh = tmp_path / "fresh"
     again = run_job(looser, log=lambda *_: None)
@@ -160,5 +163,5 @@ def test_the_strict_job_turns_every_declared_filter_on(demo):
         f"speech.model={demo['whisper']}", f"inputs.paths=[{root}/videos/*.mp4]"])
     unset = [t.key for _, t in thresholds() if limit_of(t, spec) is None]
     assert not unset, f"jobs/strict.yaml leaves these filters off: {unset}"
-    assert spec.text.enabled and spec.speech.enabled and spec.models.clip.aesthetic_head
+    assert spec.text.enabled and spec.speech.enabled and spec.caption_fit.enabled and spec.models.clip.aesthetic_head
     check_models(spec)

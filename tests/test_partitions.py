@@ -21,8 +21,8 @@ def _inputs(n: int, start: int = 0) -> list[dict]:
 # --- the stage graph --------------------------------------------------------------------------
 
 def test_graph_is_one_chain_and_derives_keys_and_fingerprints():
-    assert graph.STAGES == ("analyze", "clip", "text", "speech", "caption", "hierarchy")
-    assert [s.after for s in graph.GRAPH] == [None, "analyze", "clip", "text", "speech", "caption"]
+    assert graph.STAGES == ("analyze", "clip", "text", "speech", "caption", "caption_fit", "hierarchy")
+    assert [s.after for s in graph.GRAPH] == [None, "analyze", "clip", "text", "speech", "caption", "caption_fit"]
     # a stage switched off drops out of the chain the job runs; the next reads the one before
     assert [(s.name, s.after) for s in graph.chain(SPEC)] == [
         ("analyze", None), ("clip", "analyze"), ("caption", "clip"), ("hierarchy", "caption")]
@@ -31,17 +31,20 @@ def test_graph_is_one_chain_and_derives_keys_and_fingerprints():
     assert [(s.name, s.after) for s in graph.chain(texts)][2:4] == [("text", "clip"), ("caption", "text")]
     assert graph.chain(texts)[3].feeder.after == "text"
     on = texts.fingerprints()
-    assert list(on) == [s for s in graph.STAGES if s != "speech"] + ["output", "decide"]
+    assert list(on) == [s for s in graph.STAGES if s not in ("speech", "caption_fit")] + ["output", "decide"]
     both = parse_spec({**texts.model_dump(mode="json"), "speech": {"enabled": True}})
     assert [(s.name, s.after) for s in graph.chain(both)][2:5] == [("text", "clip"), ("speech", "text"),
                                                                  ("caption", "speech")]
-    assert list(both.fingerprints()) == [*graph.STAGES, "output", "decide"]
+    every = parse_spec({**both.model_dump(mode="json"), "caption_fit": {"enabled": True}})
+    assert [(s.name, s.after) for s in graph.chain(every)][-2:] == [("caption_fit", "caption"),
+                                                                   ("hierarchy", "caption_fit")]
+    assert list(every.fingerprints()) == [*graph.STAGES, "output", "decide"]
     assert on["clip"] == SPEC.fingerprints()["clip"] and on["caption"] != SPEC.fingerprints()["caption"]
     assert graph.work_key("hierarchy", "f", "u") == "_work/hierarchy/f/u.json"
     assert graph.work_key("clip", "f", "u") == "_work/clip/f/u.parquet"
     assert graph.work_key("hierarchy", "f", "u", "k") == "_work/hierarchy/f/u-k.json"
     fps = SPEC.fingerprints()
-    assert list(fps) == [s for s in graph.STAGES if s not in ("text", "speech")] + ["output", "decide"]
+    assert list(fps) == [s for s in graph.STAGES if s not in ("text", "speech", "caption_fit")] + ["output", "decide"]
     # a stage's settings move its fingerprint and every later one, never an earlier one
     other = parse_spec({**SPEC.model_dump(mode="json"), "caption": {"max_new_tokens": 7}}).fingerprints()
     assert [fps[s] == other[s] for s in fps] == [True, True, False, False, False, True]
