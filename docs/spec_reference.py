@@ -113,9 +113,12 @@ def reruns(path: str) -> str:
         return ("re-decides from the recorded scores: no decode and no CLIP call; captions only for clips it "
                 "newly keeps, chapters only of videos whose kept clips change; rewrites the outputs")
     if path not in SPEED_ONLY:
-        for i, stage in enumerate(GRAPH):
-            if any(covers(s) for s in stage.settings):
-                return "re-runs " + ", ".join(s.name for s in GRAPH[i:]) + " and rewrites the outputs"
+        moved: set[str] = set()
+        for stage in GRAPH:  # the stages holding the key, and every stage reading one that moved
+            if any(covers(s) for s in stage.settings) or moved & set(stage.reads):
+                moved.add(stage.name)
+        if moved:
+            return "re-runs " + ", ".join(s.name for s in GRAPH if s.name in moved) + " and rewrites the outputs"
         if any(covers(s) for s in OUTPUT_SETTINGS):
             return "rewrites the Parquet parts and shards; no stage re-runs"
     return "no stage re-runs: committed results are reused"

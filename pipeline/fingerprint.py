@@ -1,8 +1,10 @@
 """Stage fingerprints: per stage, a hash of everything that shapes its per-video results.
 
-Committed work (pipeline.units) is reused when its stage's fingerprint matches; each stage's
-fingerprint includes the previous stage's, the schema version and the vidcurate version. The
-stages, their settings and prompts come from the stage graph (pipeline.graph).
+Committed work (pipeline.units) is reused when its stage's fingerprint matches. A stage's
+fingerprint covers its settings and prompts, the fingerprints of the stages whose columns it
+reads (``Stage.reads``; those the spec runs), the schema version and the vidcurate version; so
+a stage that nothing reads (a score only the decision uses) moves no other fingerprint. The
+stages, their settings, prompts and reads come from the stage graph (pipeline.graph).
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ def fingerprints(spec) -> dict[str, str]:
     from stages.models import load_prompt
 
     doc = spec.model_dump(mode="json")
-    rows = [(s.name, s.settings, s.prompts) for s in chain(spec)] + [("output", OUTPUT_SETTINGS, ())]
-    out, prev = {}, f"{schemas.SCHEMA_VERSION}:{__version__}"
-    for stage, keys, prompts in rows:
+    stages = chain(spec)
+    # the written parts and shards hold every stage's columns: "output" reads them all
+    rows = [(s.name, s.settings, s.prompts, s.reads) for s in stages] + \
+        [("output", OUTPUT_SETTINGS, (), tuple(s.name for s in stages))]
+    out, base = {}, f"{schemas.SCHEMA_VERSION}:{__version__}"
+    for stage, keys, prompts, reads in rows:
         picked = {k: setting(doc, k) for k in keys}
         for k in SPEED_ONLY:
             section, _, name = k.rpartition(".")
@@ -38,8 +43,9 @@ def fingerprints(spec) -> dict[str, str]:
         picked["prompts"] = [load_prompt(setting(spec, p) if "." in p else p) for p in prompts]
         if stage == "output":
             picked["encoder"], picked["chapter_bytes"] = ENCODER, CHAPTER_BYTES
-        blob = json.dumps([prev, stage, picked], sort_keys=True).encode()
-        out[stage] = prev = hashlib.sha256(blob).hexdigest()[:16]
+        inputs = [out[r] for r in reads if r in out]  # a stage switched off is no input
+        blob = json.dumps([base, inputs, stage, picked], sort_keys=True).encode()
+        out[stage] = hashlib.sha256(blob).hexdigest()[:16]
     # the thresholds: they shape which clips are kept (the written partitions), no measurement
     from stages.decide import THRESHOLDS
 

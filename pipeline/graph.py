@@ -42,6 +42,16 @@ class Stage:
     feeder: "Stage | None" = None
     unit_batch: str | None = None
     enabled: str | None = None  # a spec setting that switches the stage on (None: always on)
+    # What its result holds of its own: clip columns, fields of each window, fields of the
+    # videos row. The first stage (analyze) owns everything no later stage declares. A reader
+    # takes each column from the last stage before it that owns it (pipeline.units.unit_view).
+    adds: tuple[str, ...] = ()
+    window_adds: tuple[str, ...] = ()
+    video_adds: tuple[str, ...] = ()
+    # The stages whose columns shape its result (its fingerprint covers theirs, and only theirs).
+    # Which clips it works on may also follow the decision (the thresholds over every score),
+    # but a per-clip result does not depend on which others were kept, so that is no input.
+    reads: tuple[str, ...] = ()
 
     @property
     def resources(self) -> str:
@@ -52,22 +62,31 @@ class Stage:
         return getattr(importlib.import_module(module), name)
 
 
+_CAPTION = ("caption_text", "caption_fields", "caption_parse_status", "caption_model", "caption_prompt_version",
+            "caption_generation")
+
 GRAPH: tuple[Stage, ...] = (
     Stage("analyze", None, ("probe", "analysis", "shots", "caption.window_s", "caption.subtitles",
                             "models.transnetv2"), "task", "pipeline.units:AnalyzeUnits"),
     Stage("clip", "analyze", ("models.clip", "clip_filter.keep_prompts", "clip_filter.reject_prompts",
-                              "clip_filter.frames"), "actor", "pipeline.units:ClipUnits"),
-    Stage("text", "clip", ("text",), "task", "pipeline.units:TextUnits", enabled="text.enabled"),
+                              "clip_filter.frames"), "actor", "pipeline.units:ClipUnits",
+          adds=("embedding", "clip_keep_sim", "clip_reject_sim", "clip_model", "aesthetic", "aesthetic_model"),
+          reads=("analyze",)),
+    Stage("text", "clip", ("text",), "task", "pipeline.units:TextUnits", enabled="text.enabled",
+          adds=("text_area", "text_model"), reads=("analyze",)),
     Stage("speech", "text", ("speech", "resources.speech.batch_size"), "actor", "pipeline.units:SpeechUnits",
-          enabled="speech.enabled"),
+          enabled="speech.enabled", adds=("speech",), window_adds=("speech",), video_adds=("subtitles",),
+          reads=("analyze",)),
     Stage("caption", "speech", ("models.vlm", "caption"), "actor", "pipeline.units:CaptionUnits",
           prompts=("caption.prompt_name",), unit_batch="caption.videos_per_batch",
-          feeder=Stage("prepare", "speech", (), "task", "pipeline.units:PrepareUnits")),
+          feeder=Stage("prepare", "speech", (), "task", "pipeline.units:PrepareUnits"),
+          adds=_CAPTION, window_adds=("caption_text", "caption_fields", "caption_parse_status"),
+          reads=("analyze", "speech")),
     Stage("caption_fit", "caption", ("models.clip", "caption_fit"), "actor", "pipeline.units:CaptionFitUnits",
-          enabled="caption_fit.enabled"),
+          enabled="caption_fit.enabled", adds=("caption_clip_sim", "caption_fit_model"), reads=("clip", "caption")),
     Stage("hierarchy", "caption_fit", ("chapters",), "actor", "pipeline.units:HierarchyUnits",
           prompts=("chapters.chapter_prompt", "chapters.video_prompt", "chapters.entity_prompt", "chapter_title_v1"),
-          result="json"),
+          result="json", reads=("analyze", "clip", "speech", "caption")),
 )
 
 # What shapes the written parts and shards beyond the per-video results.
@@ -101,12 +120,26 @@ FINAL = GRAPH[-1].name
 
 
 def _check(graph: tuple[Stage, ...]) -> None:
-    """The rows form one chain in table order (each follows the row above it)."""
+    """The rows run in table order (each follows the row above it); a stage reads only stages
+    above it; every score's columns belong to the stage schemas.scores names."""
+    from schemas.scores import SCORES
+
     for prev, stage in zip((None,) + tuple(s.name for s in graph), graph):
         if stage.after != prev:
             raise ValueError(f"stage graph: {stage.name} follows {stage.after!r}, expected {prev!r}")
         if stage.kind not in ("task", "actor"):
             raise ValueError(f"stage graph: {stage.name}: kind must be task or actor")
+    order = [s.name for s in graph]
+    for stage in graph:
+        for read in stage.reads:
+            if read not in order or order.index(read) >= order.index(stage.name):
+                raise ValueError(f"stage graph: {stage.name} reads {read!r}, which does not run before it")
+    owner = {c: s.name for s in graph for c in s.adds}
+    for score in SCORES:
+        for column in filter(None, (score.name if score.type is not None else None, score.provenance)):
+            if score.stage != graph[0].name and owner.get(column) != score.stage:
+                raise ValueError(f"stage graph: {column} is measured by {score.stage} (schemas.scores), "
+                                 f"but {owner.get(column)!r} adds it")
 
 
 _check(GRAPH)
@@ -124,6 +157,17 @@ def chain(spec) -> tuple[Stage, ...]:
         out.append(replace(s, after=prev, feeder=feeder))
         prev = s.name
     return tuple(out)
+
+
+def before(spec, name: str) -> tuple[Stage, ...]:
+    """The stages ``spec`` runs before stage ``name`` (or a feeder of that name), in order:
+    what a unit view for it is made of (pipeline.units.unit_view)."""
+    out = []
+    for s in chain(spec):
+        if s.name == name or (s.feeder is not None and s.feeder.name == name):
+            return tuple(out)
+        out.append(s)
+    raise ValueError(f"stage {name} does not run with this spec")
 
 
 def follows(spec, name: str) -> str | None:

@@ -389,9 +389,10 @@ class Resources(_Section):
     speech: StageResources = Field(StageResources(concurrency="auto", batch_size=8, num_gpus="auto"),
                                    description="Whisper actors (speech.enabled); batch_size: 30-s windows per "
                                    "generate call.")
-    caption_fit: StageResources = Field(StageResources(concurrency="auto", batch_size=64, num_gpus="auto"),
-                                        description="CLIP actors scoring caption-clip fit (caption_fit.enabled); "
-                                        "batch_size: captions per text-encoder call.")
+    caption_fit: StageResources = Field(StageResources(concurrency="auto", batch_size=1, num_gpus="auto"),
+                                        description="CLIP actors scoring caption-clip fit (caption_fit.enabled). "
+                                        "Each caption goes through the text encoder alone (a clip's score must not "
+                                        "depend on which captions shared a call), so batch_size is not read.")
     prepare: StageResources = Field(StageResources(concurrency=2), description="CPU tasks making the captioner's "
                                     "inputs (frames, prompts, processor) ahead of the caption actors.")
     hierarchy: StageResources = StageResources(concurrency="auto", batch_size=4, num_gpus="auto")

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.sinks import json_bytes, parquet_bytes
-from pipeline.graph import BY_NAME, chain, follows, settings_view, work_key
+from pipeline.graph import BY_NAME, before, chain, settings_view, work_key
 from pipeline.overlap import SERIAL
 from pipeline.storage import open_store
 
@@ -62,10 +62,44 @@ def encode_unit(video: dict, clips: pa.Table) -> bytes:
     return parquet_bytes(clips.replace_schema_metadata(meta))
 
 
-def decode_unit(data: bytes) -> tuple[dict, pa.Table]:
-    table = pq.read_table(pa.BufferReader(data))
+def decode_unit(data: bytes, columns: list[str] | None = None) -> tuple[dict, pa.Table]:
+    table = pq.read_table(pa.BufferReader(data), columns=columns)
     video = json.loads(table.schema.metadata[_META])
     return video, table.replace_schema_metadata(None)
+
+
+def unit_view(store, fps: dict[str, str], unit: str, stages, light: bool = False) -> tuple[dict, pa.Table]:
+    """A unit's videos row and clip rows as ``stages`` (pipeline.graph rows in chain order, the
+    first stage first) committed them: the first stage's rows, with each later stage's own
+    columns (``Stage.adds``, ``window_adds``, ``video_adds``) laid over them. A stage's result
+    may also hold other columns, as they were when it ran; those are never read from it (its
+    fingerprint does not cover the stages that own them). ``light``: without the frames and the
+    windows (what a decision reads)."""
+    first, *rest = [s for s in stages if s.result == "parquet"]
+    heavy = ("frames", "windows") if light else ()
+    video, table = decode_unit(store.read(work_key(first.name, fps[first.name], unit)),
+                               [f.name for f in schemas.CLIP_WORK if f.name not in heavy] if light else None)
+    ids = table.column("clip_id").to_pylist()
+    for s in rest:
+        if not (s.adds or s.window_adds or s.video_adds):
+            continue
+        window_adds = s.window_adds if "windows" in table.column_names else ()
+        columns = ["clip_id", *s.adds, *(["windows"] if window_adds else [])]
+        theirs_video, theirs = decode_unit(store.read(work_key(s.name, fps[s.name], unit)), columns)
+        if theirs.column("clip_id").to_pylist() != ids:
+            raise ValueError(f"unit {unit}: the {s.name} result holds other clips than the {first.name} result")
+        for name in s.adds:
+            table = table.set_column(table.schema.get_field_index(name), table.schema.field(name), theirs.column(name))
+        if window_adds:
+            windows = table.column("windows").to_pylist()
+            for mine, their in zip(windows, theirs.column("windows").to_pylist()):
+                for w, tw in zip(mine or (), their or ()):
+                    w.update({k: tw.get(k) for k in window_adds})
+            field = table.schema.field("windows")
+            table = table.set_column(table.schema.get_field_index("windows"), field,
+                                     pa.array(windows, type=field.type))
+        video = {**video, **{k: theirs_video.get(k) for k in s.video_adds}}
+    return video, table
 
 
 def _timed(row: dict, stage: str, started: float, seconds_taken: float | None = None) -> None:
@@ -125,16 +159,14 @@ class _UnitStage(abc.ABC):
 
     def __init__(self, *, spec, fps: dict[str, str], stage):
         self.spec, self.fps, self.stage = spec, fps, stage
-        # the stage whose result this one reads, as this spec runs the graph (pipeline.graph.chain)
-        self.after = follows(spec, stage.name) if stage.after is not None else None
 
     def key(self, row: dict, stage: str | None = None) -> str:
         name = stage or self.stage.name
         return work_key(name, self.fps[name], row["unit_id"])
 
     def previous(self, store, row: dict) -> tuple[dict, pa.Table]:
-        """The unit's committed result of the stage this one follows."""
-        return decode_unit(store.read(self.key(row, self.after)))
+        """The unit as the stages before this one committed it (unit_view)."""
+        return unit_view(store, self.fps, row["unit_id"], before(self.spec, self.stage.name))
 
     @abc.abstractmethod
     def work(self, store, row: dict) -> bytes:
@@ -268,6 +300,27 @@ def committed_captions(store, key: str) -> list[dict] | None:
     return decode_unit(store.read(key))[1].to_pylist()
 
 
+def caption_pending(store, fps: dict[str, str], unit: str, spec, key: str) -> tuple[bool, list[dict] | None]:
+    """(whether the unit has clips to caption, its committed caption rows or None): the clips the
+    thresholds keep, decided on the unit as the stages before captioning committed it, that
+    the committed caption result (at ``key``) does not hold."""
+    committed = committed_captions(store, key)
+    if committed is None:
+        return True, None
+    _, clips = unit_view(store, fps, unit, before(spec, "caption"), light=True)
+    return bool(to_caption(with_captions(clips.to_pylist(), committed), spec)), committed
+
+
+def caption_inputs(store, fps: dict[str, str], unit: str, spec, committed: list[dict] | None):
+    """(videos row, measured clip rows, rows to caption): the unit as the stages before
+    captioning committed it, with the committed captions, marked so that exactly the clips the
+    thresholds keep that have no caption yet are captioned."""
+    video, clips = unit_view(store, fps, unit, before(spec, "caption"))
+    measured = clips.to_pylist()
+    rows = with_captions(measured, committed)
+    return video, measured, caption_work(rows, to_caption(rows, spec))
+
+
 class PrepareUnits(_UnitStage):
     """Ray task stage feeding the caption actors: reads each unit's clip-stage result and makes
     the captioner's inputs (prompts, decoded frames, processor arrays) on CPU workers for the
@@ -284,10 +337,7 @@ class PrepareUnits(_UnitStage):
     def work(self, store, row: dict, committed: list[dict] | None = None) -> bytes:
         import pickle
 
-        video, clips = decode_unit(store.read(self.key(row, self.after)))
-        measured = clips.to_pylist()
-        rows = with_captions(measured, committed)
-        work = caption_work(rows, to_caption(rows, self.spec))
+        video, measured, work = caption_inputs(store, self.fps, row["unit_id"], self.spec, committed)
         return pickle.dumps({"video": video, "measured": measured, "rows": work,
                              "inputs": self.caption.prepare(work)}, protocol=5)
 
@@ -295,8 +345,8 @@ class PrepareUnits(_UnitStage):
         store = open_store(self.spec.output.uri, self.spec.storage)
         rows = batch.to_pylist()
         for row in rows:
-            committed = committed_captions(store, self.key(row, "caption"))
-            if committed is not None and not to_caption(committed, self.spec):
+            pending, committed = caption_pending(store, self.fps, row["unit_id"], self.spec, self.key(row, "caption"))
+            if not pending:
                 row["reused"] = [*(row["reused"] or []), "caption"]
                 continue
             fault_point("prepare")
@@ -351,8 +401,8 @@ class CaptionUnits(_UnitStage):
         (with a feeder, PrepareUnits did that and sent no inputs)."""
         if self.fed:
             return row["prepared"] is not None
-        committed = committed_captions(store, self.key(row))
-        if committed is not None and not to_caption(committed, self.spec):
+        pending, committed = caption_pending(store, self.fps, row["unit_id"], self.spec, self.key(row))
+        if not pending:
             row["reused"] = [*(row["reused"] or []), "caption"]
             return False
         self._committed[row["unit_id"]] = committed
@@ -370,10 +420,8 @@ class CaptionUnits(_UnitStage):
             return ready["video"], ready["measured"], ready["rows"], ready["inputs"]
         fault_point("prepare")
         started = time.perf_counter()
-        video, clips = self.previous(store, row)
-        measured = clips.to_pylist()
-        rows = with_captions(measured, self._committed.pop(row["unit_id"], None))
-        work = caption_work(rows, to_caption(rows, self.spec))
+        video, measured, work = caption_inputs(store, self.fps, row["unit_id"], self.spec,
+                                               self._committed.pop(row["unit_id"], None))
         with self._inputs_lock:  # the processor loads once, whichever call comes first
             self.model_stage.setup_inputs()
         inputs = self.model_stage.prepare(work)
@@ -415,18 +463,16 @@ class CaptionUnits(_UnitStage):
 
 
 class CaptionFitUnits(_UnitStage):
-    """Ray actor stage: caption-clip fit (stages.fit) of each unit's captioned clips, in model
-    batches of ``resources.caption_fit.batch_size`` captions, committed per video. It decides
-    nothing: ``caption_mismatch`` is applied by stages.decide. A threshold rerun that keeps
-    more clips adds their captions to the committed caption result in place, so a committed
-    fit result counts only while it scores every caption there; otherwise the unit's captions
-    are scored again (one text-encoder pass, no image)."""
+    """Ray actor stage: caption-clip fit (stages.fit) of each unit's captioned clips, committed
+    per video. It decides nothing: ``caption_mismatch`` is applied by stages.decide. A
+    threshold rerun that keeps more clips adds their captions to the committed caption result
+    in place, so a committed fit result counts only while it scores every caption there;
+    otherwise the unit's captions are scored again (one text-encoder pass each, no image)."""
 
     def __init__(self, *, spec, fps: dict[str, str], stage):
         from stages.fit import CaptionFitStage
 
         super().__init__(spec=spec, fps=fps, stage=stage)
-        self.batch_size = spec.resources.caption_fit.batch_size
         self.model_stage = CaptionFitStage(model=spec.models.clip, settings=spec.caption_fit)  # loads on first use
         self._read: dict[str, tuple[dict, pa.Table]] = {}
 
@@ -438,7 +484,7 @@ class CaptionFitUnits(_UnitStage):
         video, clips = self._read[row["unit_id"]] = self.previous(store, row)
         if not store.exists(key):
             return False
-        scored = decode_unit(store.read(key))[1]
+        scored = decode_unit(store.read(key), ["clip_id", "caption_fit_model"])[1]
         if self._captioned(clips) <= self._captioned(scored, "caption_fit_model"):
             del self._read[row["unit_id"]]
             return True
@@ -446,13 +492,7 @@ class CaptionFitUnits(_UnitStage):
 
     def work(self, store, row: dict) -> bytes:
         video, clips = self._read.pop(row["unit_id"])
-        rows = clips.to_pylist()
-        todo = [r for r in rows if r.get("caption_text") and r.get("embedding") is not None]
-        scored = {}
-        for start in range(0, len(todo), self.batch_size):
-            for r in self.model_stage(schemas.work_table(todo[start:start + self.batch_size])).to_pylist():
-                scored[r["clip_id"]] = r
-        return encode_unit(video, schemas.work_table([scored.get(r["clip_id"], r) for r in rows]))
+        return encode_unit(video, self.model_stage(clips))
 
 
 def kept_variant(kept: list[str]) -> str | None:
@@ -512,13 +552,15 @@ def read_unit(store, fps: dict[str, str], unit: str, spec) -> tuple[dict, list[d
     so the rows are the same whatever thresholds ran before."""
     from stages.decide import decided
 
-    last, before = chain(spec)[-2:][::-1]
-    video, clips = decode_unit(store.read(work_key(before.name, fps[before.name], unit)))
+    last = chain(spec)[-1]
+    video, clips = unit_view(store, fps, unit, before(spec, last.name))
     rows = decided(clips.drop_columns(["frames"]).to_pylist(), spec)
     kept = [c["clip_id"] for c in rows if c["status"] == "kept"]
+    # what was made from a clip's caption (its fit) goes with the caption
+    derived = [col for s in chain(spec) if "caption" in s.reads for col in s.adds]
     for c in rows:
         if c["status"] != "kept" and c["reason"] != "caption_mismatch":  # dropped for its caption: it stays
-            c.update({k: None for k in CAPTION_COLUMNS})
+            c.update({k: None for k in (*CAPTION_COLUMNS, *derived)})
             c["windows"] = [{**w, **{k: None for k in w if k.startswith("caption_")}}
                             for w in c.get("windows") or []] or None
     if video.get("status") == "ok":

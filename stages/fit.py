@@ -51,11 +51,13 @@ class CaptionFitStage(ModelStage):
         return torch.nn.functional.normalize(e, dim=-1).cpu().numpy()
 
     def process(self, batch: pa.Table) -> pa.Table:
+        """Each caption goes through the text encoder on its own: a batch's shape can move the
+        last bits of a float, and a clip's score must not depend on which captions it was
+        scored with (a threshold rerun scores the captions it adds beside older ones)."""
         rows = batch.to_pylist()
-        todo = [r for r in rows if r.get("caption_text") and r.get("embedding") is not None]
-        if todo:
-            text = self.text_embeddings([r["caption_text"] for r in todo])
-            for r, t in zip(todo, text):
+        for r in rows:
+            if r.get("caption_text") and r.get("embedding") is not None:
+                t = self.text_embeddings([r["caption_text"]])[0]
                 image = np.asarray(r["embedding"], dtype=np.float32)
                 image = image / max(float(np.linalg.norm(image)), 1e-12)
                 r.update(caption_clip_sim=float(t @ image), caption_fit_model=self._model_id)

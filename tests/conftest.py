@@ -60,17 +60,26 @@ def mini_settings() -> list[str]:
                                                                                     "ray.num_cpus=8"]
 
 
-def mini_overrides(demo: dict, out, inputs=MINI_INPUTS) -> list[str]:
+# The demo job's optional stages (pipeline.graph: an ``enabled`` setting) switched off, with the
+# threshold that needs one of them: a test of leases, faults or exit codes gains nothing from
+# two more model processes starting. The exactly-once tests (test_commit, test_append) keep
+# every stage on.
+OPTIONAL_OFF = ("text.enabled=false", "scores.max_text_area=null", "caption_fit.enabled=false")
+
+
+def mini_overrides(demo: dict, out, inputs=MINI_INPUTS, *, every_stage: bool = False) -> list[str]:
     """demo_overrides on ``inputs`` (paths under the demo root, the small corpus by default; or
-    one string, inputs.paths as it is, e.g. an S3 prefix), run as mini_settings() says."""
+    one string, inputs.paths as it is, e.g. an S3 prefix), run as mini_settings() says, with
+    the optional stages off unless ``every_stage``."""
     paths = inputs if isinstance(inputs, str) else ", ".join(str(demo["root"] / p) for p in inputs)
-    return [*demo_overrides(demo, out), f"inputs.paths=[{paths}]", *mini_settings()]
+    return [*demo_overrides(demo, out), f"inputs.paths=[{paths}]", *mini_settings(),
+            *(() if every_stage else OPTIONAL_OFF)]
 
 
-def job_cmd(demo: dict, out, extra=(), *, inputs=MINI_INPUTS) -> list[str]:
+def job_cmd(demo: dict, out, extra=(), *, inputs=MINI_INPUTS, every_stage: bool = False) -> list[str]:
     """``python -m pipeline run jobs/demo.yaml --quiet`` on ``out``: mini_overrides, two samples
     a shard, then ``extra`` settings."""
-    sets = [*mini_overrides(demo, out, inputs), "output.samples_per_shard=2", *extra]
+    sets = [*mini_overrides(demo, out, inputs, every_stage=every_stage), "output.samples_per_shard=2", *extra]
     return [sys.executable, "-m", "pipeline", "run", str(ROOT / "jobs" / "demo.yaml"), "--quiet"] + \
         [a for s in sets for a in ("--set", s)]
 

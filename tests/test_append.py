@@ -28,7 +28,7 @@ def _run(demo: dict, out: Path, inputs, extra: list[str] = (), log=lambda *_: No
     from pipeline.plan import run_job
     from pipeline.spec import load_spec
 
-    overrides = mini_overrides(demo, out, inputs) + ["output.videos_per_partition=2", "output.samples_per_shard=2",
+    overrides = mini_overrides(demo, out, inputs, every_stage=True) + ["output.videos_per_partition=2", "output.samples_per_shard=2",
                                                      *extra]
     return run_job(load_spec(ROOT / "jobs" / "demo.yaml", overrides), log=log)
 

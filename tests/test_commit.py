@@ -31,7 +31,7 @@ SETTINGS = ("output.videos_per_partition=1", "ray.feeder_tasks=true")
 
 
 def _job(demo: dict, out, extra=(), inputs=INPUTS) -> list[str]:
-    return job_cmd(demo, out, [*SETTINGS, *extra], inputs=inputs)
+    return job_cmd(demo, out, [*SETTINGS, *extra], inputs=inputs, every_stage=True)
 
 
 def _run(cmd: list[str], env: dict | None = None, kill_when=None, timeout: float = 600) -> tuple[int, str]:
@@ -93,8 +93,8 @@ def test_killed_workers_change_nothing(baseline, demo, tmp_path):
     """Workers of every stage die once mid-run (as if OOM-killed); Ray retries them and the
     output equals the undisturbed run byte for byte."""
     out, files = baseline
-    markers = {stage: tmp_path / f"{stage}.crashed" for stage in ("analyze", "clip", "prepare", "caption", "hierarchy",
-                                                                      "write")}
+    markers = {stage: tmp_path / f"{stage}.crashed" for stage in ("analyze", "clip", "text", "prepare", "caption",
+                                                                      "caption_fit", "hierarchy", "write")}
     fault = ",".join(f"{stage}:{path}" for stage, path in markers.items())
     other = tmp_path / "out"
     rc, text = _run(_job(demo, str(other)), env={"VIDCURATE_FAULT": fault})
@@ -189,17 +189,18 @@ def test_changed_caption_setting_reuses_earlier_stages(baseline, demo, tmp_path)
     last = json.loads((other / "_work" / "last_run.json").read_text())
     assert "analyze" not in last["stages"] and last["stages"]["caption"]["videos"] == 3
 
-    # gc: the first run's caption and hierarchy results are superseded; nothing current goes
+    # gc: the first run's caption, caption-fit and hierarchy results are superseded; nothing
+    # current goes
     manifest = json.loads((other / "manifest.json").read_text())
     fps = manifest["fingerprints"]
     work = other / "_work"
     assert len(list((work / "caption").iterdir())) == 2
     before = _snapshot(other)  # everything outside _work
     rc, text = _run([sys.executable, "-m", "pipeline", "gc", str(other), "--dry-run"])
-    assert rc == 0 and "would remove 6 files" in text and len(list((work / "caption").iterdir())) == 2, text
+    assert rc == 0 and "would remove 9 files" in text and len(list((work / "caption").iterdir())) == 2, text
     rc, text = _run([sys.executable, "-m", "pipeline", "gc", str(other)])
-    assert rc == 0 and "removed 6 files" in text, text
-    for stage in ("analyze", "clip", "caption", "hierarchy"):
+    assert rc == 0 and "removed 9 files" in text, text
+    for stage in ("analyze", "clip", "text", "caption", "caption_fit", "hierarchy"):
         assert [d.name for d in (work / stage).iterdir()] == [fps[stage]]
         assert len(list((work / stage / fps[stage]).iterdir())) == 3
     assert not (work / "lock.json").exists()

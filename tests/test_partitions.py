@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from dataclasses import replace
 
 from pipeline import assemble, graph, partitions, summary
 from pipeline.runner import ResourceWatch, fed, needs, pool_sizes, stream_all, videos_per_block
@@ -39,25 +40,40 @@ def test_graph_is_one_chain_and_derives_keys_and_fingerprints():
     assert [(s.name, s.after) for s in graph.chain(every)][-2:] == [("caption_fit", "caption"),
                                                                    ("hierarchy", "caption_fit")]
     assert list(every.fingerprints()) == [*graph.STAGES, "output", "decide"]
-    assert on["clip"] == SPEC.fingerprints()["clip"] and on["caption"] != SPEC.fingerprints()["caption"]
+    # a score stage that nothing reads moves no other stage's fingerprint, only what is written
+    plain = SPEC.fingerprints()
+    assert {s for s in plain if plain[s] != on[s]} == {"output"}
+    fitted = parse_spec({**SPEC.model_dump(mode="json"), "caption_fit": {"enabled": True}}).fingerprints()
+    assert {s for s in plain if plain[s] != fitted[s]} == {"output"}
+    persist = parse_spec({**texts.model_dump(mode="json"), "text": {"enabled": True, "min_persist": 3}}).fingerprints()
+    assert {s for s in on if on[s] != persist[s]} == {"text", "output"}
+    # speech is read by the captioner and the hierarchy (the prompt offers it)
+    assert {s for s in on if on[s] != both.fingerprints()[s]} == {"caption", "hierarchy", "output"}
     assert graph.work_key("hierarchy", "f", "u") == "_work/hierarchy/f/u.json"
     assert graph.work_key("clip", "f", "u") == "_work/clip/f/u.parquet"
     assert graph.work_key("hierarchy", "f", "u", "k") == "_work/hierarchy/f/u-k.json"
     fps = SPEC.fingerprints()
     assert list(fps) == [s for s in graph.STAGES if s not in ("text", "speech", "caption_fit")] + ["output", "decide"]
-    # a stage's settings move its fingerprint and every later one, never an earlier one
+    # a stage's settings move its fingerprint and those of the stages reading it, never another
     other = parse_spec({**SPEC.model_dump(mode="json"), "caption": {"max_new_tokens": 7}}).fingerprints()
     assert [fps[s] == other[s] for s in fps] == [True, True, False, False, False, True]
+    assert fps["caption"] != other["caption"] != fps["caption"]
     # thresholds move only the decision: no measurement, caption or hierarchy is made again
     doc = SPEC.model_dump(mode="json")
     for change in ({"scores": {"min_sharpness": 25.0}}, {"clip_filter": {"max_reject_margin": 0.3}},
                    {"clip_filter": {"min_keep_sim": 0.1}}):
         moved = parse_spec({**doc, **{k: {**doc[k], **v} for k, v in change.items()}}).fingerprints()
         assert [fps[s] == moved[s] for s in fps] == [True, True, True, True, True, False], change
+    # new CLIP prompts: the captions stand (the captioner reads no CLIP column); the hierarchy
+    # reads the embeddings, so it is made again
     prompts = parse_spec({**doc, "clip_filter": {**doc["clip_filter"], "keep_prompts": ["a dog"]}}).fingerprints()
-    assert [fps[s] == prompts[s] for s in fps] == [True, False, False, False, False, True]
+    assert [fps[s] == prompts[s] for s in fps] == [True, False, True, False, False, True]
     with pytest.raises(ValueError, match="follows"):
         graph._check((graph.GRAPH[1], graph.GRAPH[0]))
+    with pytest.raises(ValueError, match="does not run before it"):
+        graph._check((graph.GRAPH[0], replace(graph.GRAPH[1], reads=("caption",))))
+    with pytest.raises(ValueError, match="text_area is measured by text"):
+        graph._check((*graph.GRAPH[:2], replace(graph.GRAPH[2], adds=()), *graph.GRAPH[3:]))
     for stage in graph.GRAPH:  # every runner named by the table exists
         assert callable(stage.runner_class())
 

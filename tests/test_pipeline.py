@@ -239,7 +239,7 @@ def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_r
     import pyarrow as pa
     import ray
 
-    from pipeline.graph import chain, work_key
+    from pipeline.graph import before, chain, work_key
     from pipeline.overlap import OVERLAP, SERIAL, CallPlan
     from pipeline.resources import ray_args
     from pipeline.runner import add_stage, finished_blocks
@@ -257,9 +257,10 @@ def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_r
     fps = two.fingerprints()
     assert fps == spec.fingerprints()  # how calls are taken shapes no result
     caption = next(s for s in chain(two) if s.name == "caption")  # as this job runs it
-    clips = out / "_work" / caption.after / fps[caption.after]  # what the caption stage reads
-    shutil.copytree(clips, tmp_path / "out" / "_work" / caption.after / fps[caption.after])
-    units = sorted(p.stem for p in clips.glob("*.parquet"))
+    for stage in before(two, "caption"):  # what the caption stage reads
+        shutil.copytree(out / "_work" / stage.name / fps[stage.name],
+                        tmp_path / "out" / "_work" / stage.name / fps[stage.name])
+    units = sorted(p.stem for p in (out / "_work" / "analyze" / fps["analyze"]).glob("*.parquet"))
     assert len(units) >= 3
 
     class Timed(CaptionUnits):
