@@ -9,7 +9,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.vidcurate-installed
 
-.PHONY: setup demo test setup-vllm test-vllm clean
+.PHONY: setup demo test test-extended setup-vllm test-vllm clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +35,13 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider --durations=25
+
+# the whole runs the default suite leaves out (marked extended): each repeats, another way, a
+# guarantee the default suite proves once (stage by stage, every caption mode); and the lease
+# races, three rounds each (the default suite runs one, the second run with other settings)
+test-extended: setup
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 -m extended
+	VIDCURATE_RACE_ROUNDS=36 $(PY) -m pytest -q -p no:cacheprovider tests/test_lease.py -k race
 
 # the vLLM backend's end-to-end test (tests/test_vllm.py), which `make test` skips without
 # vLLM; here a missing vLLM is an error, not a skip

@@ -107,6 +107,7 @@ def test_killed_workers_change_nothing(baseline, demo, tmp_path):
     _check_manifest(other, got)
 
 
+@pytest.mark.extended
 def test_stage_by_stage_gives_the_same_output(baseline, demo, tmp_path):
     """Stage by stage (one pass per stage, ``ray.stream=false``), each caption actor making its
     own inputs (``ray.feeder_tasks=false``): the data written is the streaming chain's (whose
@@ -158,6 +159,7 @@ def test_killed_driver_resumes_to_identical_output(baseline, demo):
     assert rc == 0 and "nothing to do" in text and _snapshot(out) == files
 
 
+@pytest.mark.extended
 def test_resume_fills_a_partition_a_killed_run_left_out(baseline, demo):
     """Writers commit partitions in the order their videos finish, so a run killed mid-way can
     leave partitions 0 and 2 committed without 1 (which test_killed_driver_resumes_to_identical_output

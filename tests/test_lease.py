@@ -3,8 +3,8 @@ disk and on S3 (a moto server over HTTP), in threads of one process and in whole
 run`` processes started together; a run that loses it stops before its next commit.
 
 Rounds: VIDCURATE_RACE_ROUNDS (default 12 in-process; whole runs: a twelfth of it, at least 1,
-and one more where the second run has other settings). Many rounds, by hand:
-VIDCURATE_RACE_ROUNDS=120 pytest tests/test_lease.py.
+the last one with other settings for the second run). Many rounds, by hand:
+VIDCURATE_RACE_ROUNDS=120 pytest tests/test_lease.py (make test-extended runs 36).
 """
 
 from __future__ import annotations
@@ -342,8 +342,8 @@ def test_two_runs_race_on_a_local_output(demo, local_job):
     byte for byte a single run's, the other names the holder."""
     out, single = local_job
     shutil.rmtree(out, ignore_errors=True)
-    for n in range(RUN_ROUNDS + 1):
-        second = OTHER if n == RUN_ROUNDS else ()
+    for n in range(RUN_ROUNDS):
+        second = OTHER if n == RUN_ROUNDS - 1 else ()
         cmds = [job_cmd(demo, out), job_cmd(demo, out, second)]
         results = _race_runs(cmds, {}, offset=offset_of(n))
         won = _one_won(results, socket.gethostname(), lambda i: _run(cmds[i]))
@@ -359,8 +359,8 @@ def test_two_runs_race_on_s3(s3_job):
     """The same on moto S3 (tests/conftest.py S3Job), behind a proxy that holds each request on
     the lease for 100 ms."""
     try:
-        for n in range(RUN_ROUNDS + 1):
-            second = OTHER if n == RUN_ROUNDS else ()
+        for n in range(RUN_ROUNDS):
+            second = OTHER if n == RUN_ROUNDS - 1 else ()
             s3_job.clear()
             s3_job.calm()
             s3_job.proxy.delay_s = 0.1

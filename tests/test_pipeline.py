@@ -224,7 +224,8 @@ def test_outputs_beside_manifest(demo_run):
     assert sum(stats["counts"]["clip_caption_parse"].values()) == clip_captions
 
 
-@pytest.mark.parametrize("feeder_tasks,calls", [(False, 2), (True, 2), (False, "auto")],
+@pytest.mark.parametrize("feeder_tasks,calls", [pytest.param(False, 2, marks=pytest.mark.extended), (True, 2),
+                                                pytest.param(False, "auto", marks=pytest.mark.extended)],
                          ids=["inputs-made-in-actor", "inputs-from-prepare-tasks", "cpu-actor-choosing-its-way"])
 def test_caption_actor_taking_two_calls_at_once_commits_the_same_captions(demo_run, tmp_path, feeder_tasks, calls):
     """resources.caption.calls_per_actor: 2 (the default where the actors get GPUs): the actor
