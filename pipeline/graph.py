@@ -1,13 +1,16 @@
 """The stage graph, declared once.
 
-Each row is one per-video stage: its name, the stage it follows, the spec settings that shape
-its measurements (hashed into its fingerprint; thresholds never are: they only decide, in
-stages.decide, and their own "decide" fingerprint covers them), the prompts it reads, the resources it runs with
-(``spec.resources.<name>``), whether it runs as Ray tasks or as an actor pool, and the class
-that does the work (``module:Class``, imported where it runs). Everything else is derived from
-this table: the order of the stages, the fingerprint chain, the keys of committed work, the
-reads of the previous stage's result, both run modes (one streaming chain or stage by stage)
-and what ``vidcurate gc`` may delete.
+Each row is one per-video stage: its name, the stage it runs after, the spec settings that
+shape its measurements (hashed into its fingerprint; thresholds never are: they only decide,
+in stages.decide, and their own "decide" fingerprint covers them), the prompts it reads, the
+columns it adds (``adds``), the stages whose columns it reads (``reads``), the resources it
+runs with (``spec.resources.<name>``), whether it runs as Ray tasks or as an actor pool, and
+the class that does the work (``module:Class``, imported where it runs). Everything else is
+derived from this table: the order of the stages, the fingerprints (a DAG: a stage's covers
+the stages it reads and no other, so a score only the decision uses moves no caption), the
+keys of committed work, each stage's view of a unit (pipeline.units.unit_view: the first
+stage's rows with each later stage's own columns laid over them), both run modes (one
+streaming chain or stage by stage) and what ``vidcurate gc`` may delete.
 
 Adding a per-video stage means one stage module, one row here and one spec section (and, for a
 score, its row in schemas.scores). A stage with an ``enabled`` setting runs only when that is

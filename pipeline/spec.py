@@ -484,8 +484,8 @@ class JobSpec(_Section):
 
     def fingerprints(self) -> dict[str, str]:
         """Per stage, a hash of everything that shapes its per-video results: its settings
-        (pipeline.fingerprint.STAGE_SETTINGS, prompt texts included), the previous stage's
-        fingerprint, the schema version and the vidcurate version. Committed work is reused when
+        (pipeline.graph, prompt texts included), the fingerprints of the stages whose columns
+        it reads, the schema version and the vidcurate version. Committed work is reused when
         its fingerprint matches."""
         from pipeline.fingerprint import fingerprints
 
