@@ -113,6 +113,7 @@ def longest_reduce(spec, fps, partials: list[dict]) -> dict:
     return {p: {clip: "dataset_longest"}}
 
 
+@pytest.mark.extended
 def test_dataset_level_stage_runs_over_every_partition_before_the_writers(demo_run, demo, tmp_path, monkeypatch):
     import pipeline.plan
     from pipeline.graph import DatasetStage

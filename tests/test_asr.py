@@ -220,7 +220,7 @@ def test_speech_stage_gives_clips_the_audio_text_where_no_subtitles_are(demo, ra
     out = tmp_path / "out"
     spec = load_spec(ROOT / "jobs" / "demo.yaml", [
         *demo_overrides(demo, out), f"inputs.paths=[{talking}, {mute}]", "text.enabled=false",
-        "scores.max_text_area=null", "scores.min_motion=null", "speech.enabled=true",
+        "scores.max_text_area=null", "caption_fit.enabled=false", "scores.min_motion=null", "speech.enabled=true",
         f"speech.model={tiny_whisper}", "speech.chunk_s=2.0", "speech.max_new_tokens=24",
         "resources.speech.concurrency=1", "resources.speech.batch_size=2"])
     assert [s.name for s in chain(spec)] == ["analyze", "clip", "speech", "caption", "hierarchy"]

@@ -125,28 +125,24 @@ def test_stage_by_stage_gives_the_same_output(baseline, demo, tmp_path):
     assert mine["shards"] == theirs["shards"] and mine["tables"] == theirs["tables"]
 
 
-def test_killed_driver_resumes_to_identical_output(baseline, demo):
-    """Kill the driver (and its Ray) at several points, rerun each time: the final output is the
-    undisturbed run's, byte for byte, with no orphan listed and none left behind."""
+def _killed_driver_resumes(baseline, demo, points: tuple[str, ...]) -> None:
+    """Kill the driver (and its Ray) once each of ``points`` (globs under _work/) has a file,
+    rerunning each time: the final output is the undisturbed run's, byte for byte, with no
+    orphan listed and none left behind."""
     out, files = baseline
     import shutil
 
     shutil.rmtree(out)
     work = out / "_work"
-
-    def committed(pattern: str):
-        return lambda: any(work.glob(pattern))
-
-    points = [committed("analyze/*/*.parquet"), committed("caption/*/*.parquet"),
-              committed("partitions/*.json")]
-    for when in points:
-        rc, text = _run(_job(demo, str(out)), kill_when=when)
-        assert rc == -signal.SIGKILL, f"the job ended before the kill point: {text[-2000:]}"
+    for pattern in points:
+        rc, text = _run(_job(demo, str(out)), kill_when=lambda: any(work.glob(pattern)))
+        assert rc == -signal.SIGKILL, f"the job ended before the kill point {pattern}: {text[-2000:]}"
         assert not (out / "manifest.json").exists()
     # leftovers of a crash: a half-written shard and a temporary file
     (out / "shards").mkdir(exist_ok=True)
     (out / "shards" / "part-000099-000000.tar").write_bytes(b"partial")
     (out / "shards" / "part-000000-000000.tar.tmp").write_bytes(b"partial")
+    (out / "clips").mkdir(exist_ok=True)
     (out / "clips" / "part-000000.parquet.tmp").write_bytes(b"partial")
     rc, text = _run(_job(demo, str(out)))
     assert rc == 0, text[-3000:]
@@ -157,6 +153,17 @@ def test_killed_driver_resumes_to_identical_output(baseline, demo):
     _check_manifest(out, got)
     rc, text = _run(_job(demo, str(out)))  # finished: nothing to do, nothing changes
     assert rc == 0 and "nothing to do" in text and _snapshot(out) == files
+
+
+def test_killed_driver_resumes_to_identical_output(baseline, demo):
+    """The driver killed once a caption is committed, then rerun (_killed_driver_resumes)."""
+    _killed_driver_resumes(baseline, demo, ("caption/*/*.parquet",))
+
+
+@pytest.mark.extended
+def test_driver_killed_at_three_points_resumes_to_identical_output(baseline, demo):
+    """Killed after the first analysis, after the first caption, after the first partition."""
+    _killed_driver_resumes(baseline, demo, ("analyze/*/*.parquet", "caption/*/*.parquet", "partitions/*.json"))
 
 
 @pytest.mark.extended

@@ -51,6 +51,15 @@ def test_report_is_written_self_contained_and_rebuildable(demo_run):
     assert f'<h3>kept: <span class="shown">{min(kept, 8)} of {kept} shown</span></h3>' in page
     assert page.count("data:image/jpeg;base64,") >= min(kept, 8)
     assert "min_motion 0.02" in page  # the demo's threshold drawn on its histogram
+    # every declared score has its histogram (schemas.scores; the demo runs every score stage),
+    # with the job's threshold drawn, and every reason its contact sheet
+    from schemas.scores import SCORES
+
+    assert [s.title for s in SCORES if s.title not in page] == []
+    assert "max_text_area 0.05" in page
+    reasons = json.loads((out / "stats.json").read_text())["clip_reasons"]
+    assert "text_overlay" in reasons
+    assert [r for r in reasons if f"<h3>{r}: " not in page] == []
     before = (out / "report.html").read_bytes()
     rebuild(str(out))
     assert (out / "report.html").read_bytes() == before  # no timestamps: the same bytes

@@ -123,6 +123,7 @@ def test_job_through_faults_is_byte_identical(s3_job):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_run_past_the_retry_budget_fails_in_one_line_and_its_rerun_resumes(s3_job):
     """The store answers 503 to every request from half of a clean run's requests on, and the
     run allows two attempts (storage.max_attempts=2): ``vidcurate run`` exits 1 with one
