@@ -9,6 +9,10 @@
         s["dense"]     # [(start_s, end_s, text)]: window captions, times from the clip start
         s["meta"]      # the sample's json (scores, chapter, structured caption fields, ids)
 
+In a process that has itself decoded video with PyAV (or runs Ray) before the DataLoader starts,
+pass ``multiprocessing_context="spawn"``: a worker forked from such a process can block forever
+inside FFmpeg (seen in this project's tests).
+
 Those samples differ in shape (frame count, width) and hold lists and dicts, so they go one at a
 time (``batch_size=None``). Fixed-size samples, for batches with the DataLoader's default collate:
 ``size=(H, W)`` and ``num_frames=T`` together.

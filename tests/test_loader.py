@@ -15,6 +15,12 @@ from pipeline.loader import check_options, even_indices, fit_box, fixed_length, 
 from tests.conftest import ROOT
 
 
+# DataLoader workers started by spawn, and a timeout: a worker forked from this process (which
+# runs Ray and has decoded with PyAV in other tests) can block forever inside FFmpeg; a real
+# trainer's process is in the same place once it has decoded video itself (pipeline.loader).
+WORKERS = {"multiprocessing_context": "spawn", "timeout": 300}
+
+
 @pytest.mark.slow
 def test_loader_gives_frames_times_and_dense_captions(demo_run):
     import torch
@@ -58,7 +64,7 @@ def test_loader_batches_the_demo_shards_with_the_default_collate(demo_run):
     for long, fit in ((False, "pad"), (True, "crop")):
         plain = {s["key"]: s for s in clip_dataset(manifest_urls(out, long), fps=2, size=64, as_torch=False)}
         ds = clip_dataset(manifest_urls(out, long), fps=2, size=(64, 96), num_frames=6, fit=fit)
-        batches = list(torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2))
+        batches = list(torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, **WORKERS))
         keys = [k for b in batches for k in b["key"]]
         assert sorted(keys) == sorted(plain) and len(keys) == len(set(keys)) > 0
         for b in batches:
@@ -293,7 +299,7 @@ def test_fixed_size_samples_batch_across_two_workers(shards):
 
     urls, samples = shards
     ds = clip_dataset(urls, fps=FPS, size=SIZE, num_frames=T, fit="pad", shuffle=4)
-    batches = list(torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2))
+    batches = list(torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, **WORKERS))
     assert sorted(k for b in batches for k in b["key"]) == sorted(samples)  # each sample once
     for batch in batches:
         _check_batch(batch, samples, "pad", "uniform")
